@@ -1,0 +1,71 @@
+"""The collector contract: a source reads its data and hands it on with ``await ctx.emit(...)``.
+
+A collector is a small class built from its config section and a :class:`CollectorContext`;
+the service runs ``await collector.run()`` as a task and cancels it on stop.
+
+- Pull sources (journald, files) pass a :class:`~agent.typing.Checkpoint` with each emit;
+  it is committed in the same SQLite transaction as the batch holding those events, and
+  ``ctx.checkpoint(source)`` returns the last committed position on start.
+- ``await ctx.emit`` blocks while the spool is full: the source simply stops reading.
+- In one-shot mode (``ctx.once``) ``run()`` returns once the source is read to its current end.
+- Events must carry a deterministic ``id`` (``agent.events.stable_id``) when they come from a
+  position that can be re-read; the pipeline assigns one otherwise.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import structlog
+
+from agent.typing import Checkpoint, Emit, Event
+
+
+@dataclass
+class CollectorContext:
+    """What the service gives each collector."""
+
+    server: str
+    emit_fn: Emit
+    checkpoints: dict[str, str] = field(default_factory=dict)
+    once: bool = False
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    log: Any = field(default_factory=lambda: structlog.get_logger("collector"))
+    #: set by the service: records a named internal event as a metric (``count("gap", source=…)``)
+    counter: Any = None
+    #: extra objects some collectors need (hook server for ops, the config, the state dir)
+    services: dict[str, Any] = field(default_factory=dict)
+
+    async def emit(self, events: list[Event], checkpoint: Checkpoint | None = None) -> None:
+        """Hand events (and the source position after them) to the pipeline; waits while the spool is full."""
+        await self.emit_fn(events, checkpoint)
+
+    def checkpoint(self, source: str) -> str | None:
+        """The last committed position of ``source``, or None when it was never read."""
+        return self.checkpoints.get(source)
+
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
+        """Count a named internal event (gap, truncated line, parse failure …) as a metric."""
+        if self.counter is not None:
+            self.counter(name, n, **labels)
+
+
+class Collector(abc.ABC):
+    """Base of every collector. Subclasses set ``name`` and implement ``run``."""
+
+    name: ClassVar[str]
+
+    def __init__(self, config: Any, ctx: CollectorContext) -> None:
+        self.config = config
+        self.ctx = ctx
+        self.log = structlog.get_logger(f"collector.{self.name}")
+
+    @abc.abstractmethod
+    async def run(self) -> None:
+        """Read the source and emit; return only in one-shot mode or when the source is done."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (files, readers) after ``run`` ends or is cancelled."""
