@@ -1,0 +1,88 @@
+"""The wire schema (``schema/batch.schema.json``): one file validates batches and single events
+for the agent, its tests and the reference receiver."""
+
+from __future__ import annotations
+
+import functools
+import json
+from importlib import resources
+from typing import Any
+
+import fastjsonschema
+
+SCHEMA_FILE = "batch.schema.json"
+
+
+class SchemaError(ValueError):
+    """A batch or event that does not match the schema; the message names the field."""
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    """The parsed JSON Schema document."""
+    text = resources.files("agent").joinpath("schema", SCHEMA_FILE).read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def _compile(root_ref: str | None) -> Any:
+    doc = dict(schema())
+    if root_ref is not None:
+        doc = {"$schema": doc["$schema"], "$defs": doc["$defs"], "$ref": root_ref}
+    return fastjsonschema.compile(doc)
+
+
+@functools.cache
+def _batch_validator() -> Any:
+    return _compile(None)
+
+
+@functools.cache
+def _event_validator() -> Any:
+    # the envelope only: the per-kind data check runs once, by kind, in validate_event
+    doc = schema()
+    defs = dict(doc["$defs"])
+    defs["event"] = {k: v for k, v in defs["event"].items() if k != "allOf"}
+    return fastjsonschema.compile({"$schema": doc["$schema"], "$defs": defs, "$ref": "#/$defs/event"})
+
+
+@functools.cache
+def _data_validator(kind: str) -> Any:
+    return _compile(f"#/$defs/data_{kind}")
+
+
+def _raise(exc: fastjsonschema.JsonSchemaValueException) -> None:
+    raise SchemaError(exc.message.replace("data.", "", 1) if exc.message.startswith("data.") else exc.message) from None
+
+
+def validate_batch(batch: Any) -> None:
+    """Raise :class:`SchemaError` unless ``batch`` is a valid version-1 batch."""
+    try:
+        _batch_validator()(batch)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        _raise(exc)
+
+
+def validate_event(event: Any) -> None:
+    """Raise :class:`SchemaError` unless ``event`` is a complete, valid event."""
+    try:
+        _event_validator()(event)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        _raise(exc)
+    # the if/then dispatch reports a data problem without saying which kind; name it
+    kind = event["kind"]
+    try:
+        _data_validator(kind)(event["data"])
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise SchemaError(f"{kind}: {exc.message}") from None
+
+
+def validate_data(kind: str, data: Any) -> None:
+    """Raise :class:`SchemaError` unless ``data`` is valid for ``kind``."""
+    from agent.events import KINDS
+
+    if kind not in KINDS:
+        raise SchemaError(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+    try:
+        _data_validator(kind)(data)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise SchemaError(f"{kind}: {exc.message}") from None

@@ -1,0 +1,54 @@
+"""Shared test helpers: real-part requirements and polling without sleep-and-hope."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pytest
+
+T = TypeVar("T")
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need(ok: bool, what: str) -> None:
+    """Skip when a real part is missing on a developer machine; fail when CI=true."""
+    if ok:
+        return
+    if IN_CI:
+        pytest.fail(f"required part missing in CI: {what}")
+    pytest.skip(f"missing part: {what}")
+
+
+def need_binary(name: str, path: str | None = None) -> str:
+    """The path of a required program (see :func:`need`)."""
+    found = path if path and os.access(path, os.X_OK) else shutil.which(name)
+    need(found is not None, f"program {name}")
+    assert found is not None
+    return found
+
+
+def need_root() -> None:
+    need(os.geteuid() == 0, "root privileges")
+
+
+def wait_until(pred: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+    """Poll ``pred`` until it returns something truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T = pred()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+        last = pred()
+    return last
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
