@@ -169,10 +169,14 @@ class AuthConfig(Section):
     enabled: bool = True
     paths: list[str] = ["/var/log/auth.log", "/var/log/secure"]
     source: Literal["auto", "journald", "file"] = "auto"
+    #: PAM services whose session opened/closed lines are noise, not user activity
+    ignore_pam_services: list[str] = ["cron", "CRON", "crond", "systemd-user", "atd"]
 
 
 class SftpConfig(Section):
     enabled: bool = True
+    #: sftp-server processes tracked at once (the oldest is forgotten beyond this)
+    max_sessions: int = Field(default=4096, ge=16)
 
 
 class CommandsConfig(Section):
