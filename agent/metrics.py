@@ -1,0 +1,81 @@
+"""The agent's own metrics (prometheus-client) and the /metrics + /healthz endpoint.
+
+Every drop, eviction, retry and failure is a named internal event that becomes a counter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+
+class AgentMetrics:
+    """All counters and gauges, on a registry of their own."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter(
+            "alpacon_agent_events",
+            "Events by what happened to them (received, shipped, evicted, dead_lettered, dropped)",
+            ["kind", "outcome", "source"],
+            registry=r,
+        )
+        self.internal = Counter(
+            "alpacon_agent_internal_events",
+            "Named internal events of the collectors (journal gaps, truncated lines, parse failures …)",
+            ["name", "source"],
+            registry=r,
+        )
+        self.hook_requests = Counter(
+            "alpacon_agent_hook_requests", "Hook API answers by status", ["op", "status"], registry=r
+        )
+        self.spool_bytes = Gauge("alpacon_agent_spool_bytes", "Bytes of batches in the spool", registry=r)
+        self.spool_batches = Gauge("alpacon_agent_spool_batches", "Batches waiting in the spool", registry=r)
+        self.spool_dead = Gauge("alpacon_agent_spool_dead_letters", "Batches in the dead-letter table", registry=r)
+        self.ship_latency = Histogram(
+            "alpacon_agent_ship_latency_seconds",
+            "Time from the first send attempt of a batch to its acknowledgement",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.retries = Counter("alpacon_agent_ship_retries", "Send attempts that will be retried", ["reason"], registry=r)
+        self.last_ship = Gauge(
+            "alpacon_agent_last_successful_ship_timestamp_seconds", "When a batch was last acknowledged", registry=r
+        )
+        self.shipping_paused = Gauge(
+            "alpacon_agent_shipping_paused", "1 while the backend refuses the credentials (401/403)", registry=r
+        )
+        self.evictions = Counter("alpacon_agent_spool_evictions", "Batches evicted to make room", registry=r)
+
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
+        source = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        self.internal.labels(name, source).inc(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        v = self.registry.get_sample_value(name, labels or {})
+        return 0.0 if v is None else v
+
+
+def make_http_app(metrics: AgentMetrics, health: Callable[[], dict[str, Any]]) -> web.Application:
+    """The local observability endpoint: ``/metrics`` (Prometheus text) and ``/healthz`` (JSON)."""
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def health_handler(request: web.Request) -> web.Response:
+        h = health()
+        h["time"] = time.time()
+        return web.json_response(h, status=200 if h.get("ok", True) else 503)
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", health_handler)
+    return app

@@ -1,0 +1,99 @@
+"""Redaction: secrets in any string of an event's data are replaced before it is spooled.
+
+Each pattern either has a named group ``secret`` (only that span is replaced, so the
+reader still sees *what* was hidden: ``password=[REDACTED]``) or is replaced whole.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+#: Built-in patterns: credentials that show up in command lines and log lines.
+#: Each is paired in BUILTIN_TRIGGERS with lower-case words one of which any match contains,
+#: so that the common line (no secret) costs a few substring checks, not nine regex scans.
+BUILTIN_PATTERNS: tuple[str, ...] = (
+    # key=value / key: value forms
+    r"(?i)\b(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret)"
+    r"\s*[=:]\s*(?P<secret>\"[^\"]*\"|'[^']*'|[^\s&;,\"']+)",
+    # --password VALUE / --password=VALUE (and friends)
+    r"(?i)--(?:password|passwd|pass|token|secret|api-key|access-key|client-secret)(?:=|\s+)(?P<secret>\"[^\"]*\"|'[^']*'|\S+)",
+    # mysql -pSECRET (the password glued to -p), in the mysql family of clients
+    r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb|mariadb-dump)\b[^\n|;&]*?\s-p(?P<secret>[^\s-][^\s]*)",
+    # HTTP authorization headers
+    r"(?i)\bauthorization\s*:\s*(?:bearer|basic|token|digest)\s+(?P<secret>[A-Za-z0-9._~+/=:-]+)",
+    r"(?i)\b(?:bearer)\s+(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)",
+    # AWS secret access keys (named) and access key ids
+    r"(?i)aws_?secret_?access_?key\W{0,3}\s*[=:]?\s*[\"']?(?P<secret>[A-Za-z0-9/+=]{40})",
+    r"\b(?P<secret>(?:AKIA|ASIA)[0-9A-Z]{16})\b",
+    # credentials in URLs: scheme://user:secret@host
+    r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]+:(?P<secret>[^\s@/]+)@",
+    # private key blocks
+    r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----(?P<secret>[\s\S]*?)-----END (?:[A-Z]+ )?PRIVATE KEY-----",
+)
+BUILTIN_TRIGGERS: tuple[tuple[str, ...], ...] = (
+    ("pass", "pwd", "secret", "token", "key"),
+    ("--",),
+    ("mysql", "mariadb"),
+    ("authorization",),
+    ("bearer",),
+    ("secret",),
+    ("akia", "asia"),
+    ("://",),
+    ("private key",),
+)
+
+
+class Redactor:
+    """Replaces secrets in strings and, recursively, in an event's ``data``."""
+
+    def __init__(
+        self,
+        patterns: Iterable[str] = (),
+        *,
+        builtin: bool = True,
+        replacement: str = "[REDACTED]",
+    ) -> None:
+        self.replacement = replacement
+        rules: list[tuple[tuple[str, ...] | None, re.Pattern[str]]] = []
+        if builtin:
+            rules += [(t, re.compile(p)) for t, p in zip(BUILTIN_TRIGGERS, BUILTIN_PATTERNS, strict=True)]
+        rules += [(None, re.compile(p)) for p in patterns]
+        self._rules = rules
+
+    def _sub(self, m: re.Match[str]) -> str:
+        if "secret" in m.re.groupindex and m.group("secret") is not None:
+            start, end = m.span("secret")
+            s0 = m.start()
+            whole = m.group(0)
+            return whole[: start - s0] + self.replacement + whole[end - s0 :]
+        return self.replacement
+
+    def redact_text(self, text: str) -> str:
+        """``text`` with every secret replaced."""
+        lower = None
+        for triggers, rx in self._rules:
+            if triggers is not None:
+                if lower is None:
+                    lower = text.lower()
+                if not any(t in lower for t in triggers):
+                    continue
+            if rx.search(text) is not None:
+                text = rx.sub(self._sub, text)
+                lower = None
+        return text
+
+    def redact_value(self, value: Any) -> Any:
+        """Strings redacted inside lists and dicts; other values returned as they are."""
+        if isinstance(value, str):
+            return self.redact_text(value)
+        if isinstance(value, dict):
+            return {k: self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+        event["data"] = self.redact_value(event["data"])
+        return event

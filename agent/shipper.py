@@ -1,0 +1,239 @@
+"""The shipper: reads spooled batches in order, sends them through the sink, deletes them on ack.
+
+Retryable failures are retried forever with exponential backoff and jitter (tenacity),
+honouring Retry-After; 401/403 pause shipping (the data stays, retried slowly); 413 splits
+the batch; other refusals move it to the dead-letter table with the reason (invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+import orjson
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
+
+from agent.config import SinkConfig
+from agent.errors import AuthError, Rejected, RetryableShipError, ShipError, TooLarge
+from agent.events import format_ts
+from agent.metrics import AgentMetrics
+from agent.sinks import Sink
+from agent.spool import NewBatch, Spool, SpoolBatch
+
+log = structlog.get_logger("shipper")
+
+
+class Shipper:
+    """Moves batches from the spool to the sink, in spool order."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        executor: Executor,
+        sink: Sink,
+        agent_info: dict[str, str],
+        cfg: SinkConfig,
+        metrics: AgentMetrics,
+        on_space: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.spool = spool
+        self.executor = executor
+        self.sink = sink
+        self.cfg = cfg
+        self.metrics = metrics
+        self.on_space = on_space
+        self._agent_json = orjson.dumps(agent_info)
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self.paused_reason: str | None = None
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+        self.permanent_failures: list[str] = []
+        self._backoff = wait_exponential_jitter(initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s)
+
+    # -- wiring -------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """New batches were spooled."""
+        self._wake.set()
+
+    async def _db(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def payload(self, batch_id: str, body: bytes) -> bytes:
+        """The wire-protocol document for a batch; ``sent_at`` is fresh for every attempt."""
+        return b"".join(
+            (
+                b'{"schema":1,"agent":',
+                self._agent_json,
+                b',"batch_id":"',
+                batch_id.encode(),
+                b'","sent_at":"',
+                format_ts().encode(),
+                b'","events":',
+                body,
+                b"}",
+            )
+        )
+
+    # -- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Dispatch batches to ``in_flight`` workers, oldest first, until cancelled."""
+        queue: asyncio.Queue[SpoolBatch] = asyncio.Queue(maxsize=self.cfg.in_flight)
+        in_progress: set[int] = set()
+        workers = [asyncio.create_task(self._worker(queue, in_progress)) for _ in range(self.cfg.in_flight)]
+        after = 0
+        try:
+            while True:
+                batches = await self._db(self.spool.pending, self.cfg.in_flight * 2, after)
+                if not batches:
+                    if not in_progress and queue.empty():
+                        after = 0  # start over: catches requeued dead letters and anything skipped
+                        more = await self._db(self.spool.pending, 1, 0)
+                        if not more:
+                            self._idle.set()
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), 1.0)
+                    except TimeoutError:
+                        pass
+                    continue
+                self._idle.clear()
+                for b in batches:
+                    after = max(after, b.seq)
+                    if b.seq in in_progress:
+                        continue
+                    in_progress.add(b.seq)
+                    await queue.put(b)
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Wait until the spool has nothing left to ship."""
+        self.wake()
+        await self._idle.wait()
+
+    async def _worker(self, queue: asyncio.Queue[SpoolBatch], in_progress: set[int]) -> None:
+        while True:
+            batch = await queue.get()
+            try:
+                await self.ship(batch)
+            finally:
+                in_progress.discard(batch.seq)
+
+    # -- one batch -----------------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, AuthError):
+            return self.cfg.auth_pause_s
+        base = self._backoff(state)
+        if isinstance(exc, ShipError) and exc.retry_after is not None:
+            return max(exc.retry_after, 0.05)
+        return base
+
+    def _before_sleep(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        reason = "unknown"
+        if isinstance(exc, AuthError):
+            reason = "auth"
+            if self.paused_reason is None:
+                log.error(
+                    "backend refuses the credentials: shipping paused, data kept",
+                    reason=str(exc),
+                    retry_in_s=self.cfg.auth_pause_s,
+                )
+            self.paused_reason = str(exc)
+            self.metrics.shipping_paused.set(1)
+        elif isinstance(exc, ShipError):
+            reason = "no_answer" if exc.status is None else str(exc.status)
+            log.warning("send failed, will retry", reason=str(exc), attempt=state.attempt_number)
+        self.last_error = str(exc)
+        self.metrics.retries.labels(reason).inc()
+
+    async def _send(self, batch_id: str, body: bytes, n_events: int) -> None:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((RetryableShipError, AuthError)),
+            wait=self._wait,
+            stop=stop_never,
+            before_sleep=self._before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                await self.sink.send(batch_id, self.payload(batch_id, body), n_events)
+
+    async def ship(self, batch: SpoolBatch) -> None:
+        """Send one batch until it is stored, split or dead-lettered; then remove it from the spool."""
+        started = time.monotonic()
+        dead: list[tuple[NewBatch, str, int | None]] = []
+        await self._ship_part(batch.batch_id, batch.body, batch.n_events, batch.priority, dead)
+        if dead and len(dead) == 1 and dead[0][0].batch_id == batch.batch_id:
+            _, reason, status = dead[0]
+            await self._db(self.spool.dead_letter, batch.seq, reason, status)
+            self._count_kinds(batch.kinds, "dead_lettered")
+        else:
+            for part, reason, status in dead:
+                await self._db(self.spool.add_dead_letter, part, reason, status)
+                self._count_kinds(part.kinds, "dead_lettered")
+            await self._db(self.spool.ack, batch.seq)
+            shipped = dict(batch.kinds)
+            for part, _, _ in dead:
+                for k, n in part.kinds.items():
+                    shipped[k] = shipped.get(k, 0) - n
+            self._count_kinds(shipped, "shipped")
+            self.metrics.ship_latency.observe(time.monotonic() - started)
+        self.on_space()
+
+    async def _ship_part(
+        self, batch_id: str, body: bytes, n_events: int, priority: int, dead: list[tuple[NewBatch, str, int | None]]
+    ) -> None:
+        try:
+            await self._send(batch_id, body, n_events)
+        except TooLarge as exc:
+            events = orjson.loads(body)
+            if len(events) <= 1:
+                dead.append((self._part(batch_id, events, priority), f"too large even alone: {exc}", exc.status))
+                log.error("event too large for the backend, dead-lettered", batch_id=batch_id)
+                return
+            half = len(events) // 2
+            log.warning("backend says batch too large, splitting", batch_id=batch_id, events=len(events))
+            for i, chunk in enumerate((events[:half], events[half:]), 1):
+                part = self._part(f"{batch_id}.{i}", chunk, priority)
+                await self._ship_part(part.batch_id, part.body, part.n_events, priority, dead)
+            return
+        except Rejected as exc:
+            log.error("backend refused batch, moved to dead letters", batch_id=batch_id, reason=str(exc))
+            self.permanent_failures.append(f"batch {batch_id}: {exc}")
+            events = orjson.loads(body)
+            dead.append((self._part(batch_id, events, priority), str(exc), exc.status))
+            return
+        if self.paused_reason is not None:
+            log.info("backend accepts the credentials again: shipping resumed")
+            self.paused_reason = None
+            self.metrics.shipping_paused.set(0)
+        self.last_success = time.time()
+        self.last_error = None
+        self.metrics.last_ship.set(self.last_success)
+
+    @staticmethod
+    def _part(batch_id: str, events: list[dict[str, Any]], priority: int) -> NewBatch:
+        kinds: dict[str, int] = {}
+        for e in events:
+            k = e.get("kind", "unknown")
+            kinds[k] = kinds.get(k, 0) + 1
+        return NewBatch(batch_id, priority, len(events), kinds, orjson.dumps(events))
+
+    def _count_kinds(self, kinds: dict[str, int], outcome: str) -> None:
+        for k, n in kinds.items():
+            if n > 0:
+                self.metrics.events.labels(k, outcome, "shipper").inc(n)

@@ -1,0 +1,92 @@
+"""The workspace backend sink: one POST per batch (wire protocol version 1), gzip, keep-alive."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import zlib
+
+import aiohttp
+
+from agent.config import SinkConfig
+from agent.errors import ShipError
+from agent.retry import decide, to_error
+
+
+def _gzip(data: bytes, level: int) -> bytes:
+    c = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return c.compress(data) + c.flush()
+
+
+class HttpSink:
+    """POSTs batches to ``sink.url``; translates every failure into a ShipError at this one boundary."""
+
+    def __init__(self, cfg: SinkConfig, version: str) -> None:
+        self.cfg = cfg
+        self.version = version
+        self._session: aiohttp.ClientSession | None = None
+        self._token = cfg.token()
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        t = self.cfg.tls
+        if not self.cfg.url.startswith("https://"):
+            return True
+        if not t.verify:
+            return False
+        ctx = ssl.create_default_context(cafile=t.ca_file)
+        if t.cert_file:
+            ctx.load_cert_chain(t.cert_file, t.key_file)
+        return ctx
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self.cfg.in_flight + 2, ssl=self._ssl(), keepalive_timeout=30)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s),
+                auto_decompress=True,
+            )
+        return self._session
+
+    def reload_token(self) -> None:
+        self._token = self.cfg.token()
+
+    async def send(self, batch_id: str, payload: bytes, n_events: int) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": batch_id,
+            "User-Agent": f"alpacon-agent/{self.version}",
+        }
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        body = payload
+        if self.cfg.compression == "gzip":
+            loop = asyncio.get_running_loop()
+            if len(payload) > 65536:
+                body = await loop.run_in_executor(None, _gzip, payload, self.cfg.gzip_level)
+            else:
+                body = _gzip(payload, self.cfg.gzip_level)
+            headers["Content-Encoding"] = "gzip"
+        status: int | None = None
+        reason = ""
+        retry_after = None
+        try:
+            async with self._get_session().post(self.cfg.url, data=body, headers=headers) as resp:
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+                if not 200 <= status < 300:
+                    text = (await resp.content.read(2048)).decode("utf-8", "replace")
+                    reason = f"HTTP {status}: {text.strip()}" if text.strip() else f"HTTP {status}"
+                else:
+                    await resp.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status = None
+            reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        err: ShipError | None = to_error(decide(status, reason, retry_after), status)
+        if err is not None:
+            raise err
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,333 @@
+"""The durable spool: SQLite in WAL mode holding batches, source checkpoints and dead letters.
+
+A batch row and the checkpoints of the sources whose events it holds commit in one
+transaction (invariant 1). The spool keeps a byte cap (invariant 3): bulk batches
+(system_log, metrics) are evicted, oldest first, to make room for audit batches; when no
+room can be made, :class:`~agent.errors.SpoolFull` is raised and nothing is written.
+
+All methods are synchronous and must be called from one thread (the service runs them on
+a single-thread executor); the byte total is tracked in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.errors import SpoolFull
+from agent.events import PRIORITY_AUDIT, PRIORITY_BULK
+from agent.typing import Checkpoint
+
+SCHEMA_VERSION = 1
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL UNIQUE,
+    priority INTEGER NOT NULL,
+    created REAL NOT NULL,
+    n_events INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    kinds TEXT NOT NULL,
+    body BLOB NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_priority ON batches (priority, seq);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    source TEXT PRIMARY KEY,
+    position TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    batch_id TEXT NOT NULL,
+    created REAL NOT NULL,
+    dead_at REAL NOT NULL,
+    n_events INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    kinds TEXT NOT NULL,
+    body BLOB NOT NULL,
+    status INTEGER,
+    reason TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class NewBatch:
+    """A batch about to be spooled: ``body`` is the JSON array of its events."""
+
+    batch_id: str
+    priority: int
+    n_events: int
+    kinds: dict[str, int]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolBatch:
+    """A spooled batch waiting to be shipped."""
+
+    seq: int
+    batch_id: str
+    priority: int
+    created: float
+    n_events: int
+    kinds: dict[str, int]
+    body: bytes
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """A bulk batch dropped to make room for audit data."""
+
+    batch_id: str
+    n_events: int
+    kinds: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStats:
+    batches: int
+    bytes: int
+    events: int
+    oldest_age_s: float | None
+    dead_letters: int
+    dead_events: int
+    max_bytes: int
+
+
+class Spool:
+    """The SQLite spool under the state directory (``spool.db``)."""
+
+    FILENAME = "spool.db"
+
+    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, synchronous: str = "normal") -> None:
+        self.path = Path(state_dir) / self.FILENAME
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.max_bytes = max_bytes
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        os.chmod(self.path, 0o600)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(_DDL)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path}: spool schema {row[0]} is newer than this agent ({SCHEMA_VERSION})")
+        self._bytes = {PRIORITY_BULK: 0, PRIORITY_AUDIT: 0}
+        for prio, total in self._db.execute("SELECT priority, COALESCE(SUM(bytes), 0) FROM batches GROUP BY priority"):
+            self._bytes[prio] = self._bytes.get(prio, 0) + int(total)
+
+    # -- bookkeeping -------------------------------------------------------------------
+    @property
+    def bytes(self) -> int:
+        """Bytes of batch bodies held (the figure the cap applies to)."""
+        return sum(self._bytes.values())
+
+    def close(self) -> None:
+        self._db.close()
+
+    def meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def checkpoints(self) -> dict[str, str]:
+        """Every source's committed position."""
+        return dict(self._db.execute("SELECT source, position FROM checkpoints"))
+
+    # -- writing -----------------------------------------------------------------------
+    def fits(self, n_bytes: int, priority: int) -> bool:
+        """Whether ``n_bytes`` of ``priority`` could be written now (counting evictable bulk)."""
+        free = self.max_bytes - self.bytes
+        if priority == PRIORITY_AUDIT:
+            free += self._bytes.get(PRIORITY_BULK, 0)
+        return n_bytes <= free
+
+    def append(self, batches: Iterable[NewBatch], checkpoints: Iterable[Checkpoint] = ()) -> list[Eviction]:
+        """Write batches and checkpoints in one transaction; return the bulk batches evicted for room.
+
+        Raises :class:`SpoolFull` (writing nothing) when they cannot fit: bulk data never
+        evicts other data; audit data evicts bulk batches, oldest first.
+        """
+        batches = list(batches)
+        checkpoints = list(checkpoints)
+        new_bytes = sum(len(b.body) for b in batches)
+        audit_bytes = sum(len(b.body) for b in batches if b.priority == PRIORITY_AUDIT)
+        bulk_bytes = new_bytes - audit_bytes
+        free = self.max_bytes - self.bytes
+        if new_bytes > free:
+            # only audit data may make room, and only by evicting bulk batches
+            if bulk_bytes > free or new_bytes > free + self._bytes.get(PRIORITY_BULK, 0):
+                raise SpoolFull(
+                    f"spool at {self.bytes} of {self.max_bytes} bytes; {new_bytes} more do not fit"
+                )
+        now = time.time()
+        evicted: list[Eviction] = []
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            need = new_bytes - free
+            if need > 0:
+                freed = 0
+                victims = []
+                for seq, batch_id, n, kinds, size in db.execute(
+                    "SELECT seq, batch_id, n_events, kinds, bytes FROM batches WHERE priority=? ORDER BY seq",
+                    (PRIORITY_BULK,),
+                ):
+                    victims.append(seq)
+                    evicted.append(Eviction(batch_id, n, json.loads(kinds)))
+                    freed += size
+                    if freed >= need:
+                        break
+                db.executemany("DELETE FROM batches WHERE seq=?", [(s,) for s in victims])
+            else:
+                freed = 0
+            db.executemany(
+                "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (b.batch_id, b.priority, now, b.n_events, len(b.body), json.dumps(b.kinds), b.body)
+                    for b in batches
+                ],
+            )
+            if checkpoints:
+                db.executemany(
+                    "INSERT INTO checkpoints (source, position, updated) VALUES (?, ?, ?)"
+                    " ON CONFLICT(source) DO UPDATE SET position=excluded.position, updated=excluded.updated",
+                    [(c.source, c.position, now) for c in checkpoints],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._bytes[PRIORITY_BULK] = self._bytes.get(PRIORITY_BULK, 0) - freed
+        for b in batches:
+            self._bytes[b.priority] = self._bytes.get(b.priority, 0) + len(b.body)
+        return evicted
+
+    # -- reading and acknowledging -------------------------------------------------------
+    def pending(self, limit: int, after_seq: int = 0) -> list[SpoolBatch]:
+        """Up to ``limit`` batches after ``after_seq``, oldest first."""
+        rows = self._db.execute(
+            "SELECT seq, batch_id, priority, created, n_events, kinds, body, attempts FROM batches"
+            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            (after_seq, limit),
+        ).fetchall()
+        return [
+            SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7]) for r in rows
+        ]
+
+    def ack(self, seq: int) -> bool:
+        """Delete a shipped batch; False when it was gone already (evicted meanwhile)."""
+        row = self._db.execute("DELETE FROM batches WHERE seq=? RETURNING priority, bytes", (seq,)).fetchone()
+        if row is None:
+            return False
+        self._bytes[row[0]] -= row[1]
+        return True
+
+    def note_attempt(self, seq: int, error: str) -> None:
+        self._db.execute("UPDATE batches SET attempts = attempts + 1, last_error=? WHERE seq=?", (error[:1000], seq))
+
+    def dead_letter(self, seq: int, reason: str, status: int | None = None) -> bool:
+        """Move a batch to the dead-letter table with the reason it was refused."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute(
+                "SELECT batch_id, created, n_events, bytes, kinds, body, priority FROM batches WHERE seq=?", (seq,)
+            ).fetchone()
+            if row is None:
+                db.execute("ROLLBACK")
+                return False
+            db.execute(
+                "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row[0], row[1], time.time(), row[2], row[3], row[4], row[5], status, reason[:4000]),
+            )
+            db.execute("DELETE FROM batches WHERE seq=?", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._bytes[row[6]] -= row[3]
+        return True
+
+    def add_dead_letter(self, batch: NewBatch, reason: str, status: int | None = None) -> None:
+        """Record data that was refused before it reached the batch table (an invalid event)."""
+        now = time.time()
+        self._db.execute(
+            "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (batch.batch_id, now, now, batch.n_events, len(batch.body), json.dumps(batch.kinds), batch.body,
+             status, reason[:4000]),
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT seq, batch_id, dead_at, n_events, bytes, kinds, status, reason FROM dead_letters"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [
+            {"seq": r[0], "batch_id": r[1], "dead_at": r[2], "n_events": r[3], "bytes": r[4],
+             "kinds": json.loads(r[5]), "status": r[6], "reason": r[7]}
+            for r in rows
+        ]
+
+    def requeue_dead(self) -> int:
+        """Move every dead letter back into the batch table (at the end); returns how many.
+
+        Requeued batches bypass the cap: they were already counted against it once, and an
+        operator asked for them explicitly.
+        """
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute("SELECT seq, batch_id, n_events, bytes, kinds, body FROM dead_letters ORDER BY seq").fetchall()
+            now = time.time()
+            for seq, batch_id, n, size, kinds, body in rows:
+                k = json.loads(kinds)
+                prio = PRIORITY_AUDIT if any(kind not in ("system_log", "metrics") for kind in k) else PRIORITY_BULK
+                db.execute(
+                    "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT(batch_id) DO NOTHING",
+                    (batch_id, prio, now, n, size, kinds, body),
+                )
+                db.execute("DELETE FROM dead_letters WHERE seq=?", (seq,))
+                self._bytes[prio] = self._bytes.get(prio, 0) + size
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return len(rows)
+
+    def stats(self) -> SpoolStats:
+        n, events, oldest = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(n_events), 0), MIN(created) FROM batches"
+        ).fetchone()
+        dn, devents = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n_events), 0) FROM dead_letters").fetchone()
+        return SpoolStats(
+            batches=n,
+            bytes=self.bytes,
+            events=events,
+            oldest_age_s=(time.time() - oldest) if oldest is not None else None,
+            dead_letters=dn,
+            dead_events=devents,
+            max_bytes=self.max_bytes,
+        )
