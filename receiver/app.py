@@ -29,7 +29,7 @@ import structlog
 from aiohttp import web
 
 from agent.events import KINDS
-from agent.schema import SchemaError, validate_batch, validate_event
+from agent.schema import SchemaError, validate_batch
 from receiver.faults import FaultInjector, FaultSettings, FaultSettingsError
 from receiver.store import EventStore, Query
 from receiver.views import VIEWS, ParamError, parse_common, parse_int
@@ -132,19 +132,17 @@ def parse_batch(body: bytes) -> Any:
 
 
 def check_batch(batch: Any) -> None:
-    """Validate against the wire schema; the reason names the field (and the kind for data)."""
+    """Validate against the wire schema; the reason names the field (and the event's kind)."""
     try:
         validate_batch(batch)
     except SchemaError as exc:
         reason = str(exc)
-        m = re.match(r"events\[(\d+)\]", reason)
+        m = re.match(r"events\[(\d+)\]\.?", reason)
         if m and isinstance(batch, dict) and isinstance(batch.get("events"), list):
-            i = int(m.group(1))
-            try:
-                validate_event(batch["events"][i])
-            except (SchemaError, KeyError, TypeError, IndexError) as inner:
-                if isinstance(inner, SchemaError) and str(inner) != reason:
-                    reason = f"events[{i}]: {inner}"
+            event = batch["events"][int(m.group(1))]
+            kind = event.get("kind") if isinstance(event, dict) else None
+            if isinstance(kind, str) and kind in KINDS:
+                reason = f"events[{m.group(1)}] ({kind}): {reason[m.end() :] or reason}"
         raise IngestError(400, f"schema: {reason}") from None
 
 
@@ -255,6 +253,7 @@ class ReceiverState:
 
 
 STATE: web.AppKey[ReceiverState] = web.AppKey("receiver_state", ReceiverState)
+DROPPED: web.RequestKey[bool] = web.RequestKey("receiver_dropped", bool)
 
 
 def authorized(state: ReceiverState, request: web.Request) -> bool:
@@ -287,7 +286,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             resp = await handler(request)
     except web.HTTPException as exc:
         if ingest:
-            state.count_status("dropped" if request.get("dropped") else exc.status)
+            state.count_status("dropped" if request.get(DROPPED) else exc.status)
         raise
     if ingest:
         state.count_status(resp.status)
@@ -308,7 +307,7 @@ async def ingest(request: web.Request) -> web.StreamResponse:
         await drain(request, settings.max_compressed_bytes)
         if decision.drop:
             log.info("fault", fault="drop")
-            request["dropped"] = True
+            request[DROPPED] = True
             if request.transport is not None:
                 request.transport.close()
             raise web.HTTPServiceUnavailable()
@@ -353,13 +352,7 @@ async def healthz(request: web.Request) -> web.StreamResponse:
     return json_response({"ok": True, "mode": request.app[STATE].mode})
 
 
-def _need_store(state: ReceiverState) -> EventStore:
-    if state.store is None:
-        raise web.HTTPNotFound(
-            body=orjson.dumps({"error": "not available in count mode"}),
-            content_type="application/json",
-        )
-    return state.store
+NO_STORE = "not available in count mode"
 
 
 def _kinds(text: str | None) -> tuple[str, ...]:
@@ -374,7 +367,9 @@ def _kinds(text: str | None) -> tuple[str, ...]:
 
 async def events(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/events``: raw events in arrival order with their receive ``seq``."""
-    store = _need_store(request.app[STATE])
+    store = request.app[STATE].store
+    if store is None:
+        return error_response(404, NO_STORE)
     params = dict(request.query)
     try:
         kinds = _kinds(params.pop("kind", None))
@@ -393,7 +388,9 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def ids(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/ids?kind=``: every stored event id in arrival order (for exact-set checks)."""
-    store = _need_store(request.app[STATE])
+    store = request.app[STATE].store
+    if store is None:
+        return error_response(404, NO_STORE)
     params = dict(request.query)
     try:
         kinds = _kinds(params.pop("kind", None))
@@ -409,7 +406,9 @@ async def ids(request: web.Request) -> web.StreamResponse:
 
 async def batches(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/batches?limit=``: the latest batch receipts with their Idempotency-Key."""
-    store = _need_store(request.app[STATE])
+    store = request.app[STATE].store
+    if store is None:
+        return error_response(404, NO_STORE)
     try:
         params = dict(request.query)
         limit = parse_int("limit", params.pop("limit", "1000"), 1, 100_000)
@@ -485,7 +484,9 @@ async def view(request: web.Request) -> web.StreamResponse:
     name = request.match_info["view"]
     if name not in VIEWS:
         return error_response(404, f"no view {name[:64]!r}; views: {', '.join(VIEWS)}")
-    store = _need_store(request.app[STATE])
+    store = request.app[STATE].store
+    if store is None:
+        return error_response(404, NO_STORE)
     try:
         return json_response(await query_view(store, name, request.query))
     except ParamError as exc:
@@ -548,7 +549,11 @@ async def start(
     runner = web.AppRunner(app, auto_decompress=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     server = site._server
     assert server is not None and server.sockets
     return runner, server.sockets[0].getsockname()[1]
@@ -653,14 +658,14 @@ async def serve(
 ) -> None:
     app = make_app(token=token, db_path=db, mode=args.mode, faults=faults)
     host, port = args.listen
-    runner, real_port = await start(app, host, port)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"listening on http://{shown}:{real_port}", flush=True)
-    log.info("listening", host=host, port=real_port, mode=args.mode, db=db)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    runner, real_port = await start(app, host, port)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"listening on http://{shown}:{real_port}", flush=True)
+    log.info("listening", host=host, port=real_port, mode=args.mode, db=db)
     try:
         await stop.wait()
     finally:
