@@ -1,0 +1,124 @@
+"""Derivers: turn ``system_log`` events into audit events (user_activity, webftp_transfer).
+
+The journald and syslog-file collectors call every callable in ``ctx.services["derivers"]``
+on each ``system_log`` event they produce (``deriver(event) -> list[Event]``) and emit the
+derived events in the same emit call, so they share the source line's checkpoint. A derived
+event's id is ``stable_id(<ns>, <line id>)``: re-reading a line re-derives the same ids.
+
+"Never both twice": sshd, sudo, su and sftp-server lines usually reach the agent twice on a
+server that runs both journald and rsyslog (once from the journal, once from auth.log). Each
+deriver therefore accepts lines from one *origin* only, chosen by ``collectors.auth.source``:
+
+- ``journald``: only events read from the journal;
+- ``file``: only events read from one of ``collectors.auth.paths`` (``/var/log/auth.log``,
+  ``/var/log/secure`` …) — the service must add :func:`auth_file_paths` to the file source;
+- ``auto``: ``journald`` when the journald collector is enabled, ``file`` otherwise.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+from agent.typing import Event
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+
+Origin = Literal["journald", "file"]
+Deriver = Callable[[Event], list[Event]]
+
+
+def event_origin(event: Event) -> tuple[Origin | None, str | None]:
+    """Where a ``system_log`` event was read: (``journald`` | ``file`` | None, file path or None).
+
+    Uses ``data.source`` when the collector filled it (``journald…`` or a file path), else the
+    id namespace (``jd-`` journald, ``f-`` files).
+    """
+    data = event.get("data") or {}
+    src = data.get("source")
+    if isinstance(src, str) and src:
+        if src.startswith("journald") or src.startswith("journal"):
+            return "journald", None
+        if src.startswith("file:"):
+            return "file", src[5:]
+        if src.startswith("/"):
+            return "file", src
+    eid = event.get("id") or ""
+    if eid.startswith("jd-"):
+        return "journald", None
+    if eid.startswith("f-"):
+        return "file", None
+    return None, None
+
+
+class OriginFilter:
+    """Accepts the events of one origin (and, for files, only the auth log paths)."""
+
+    def __init__(self, origin: Origin | None, paths: Sequence[str] = ()) -> None:
+        self.origin = origin
+        self.paths = list(paths)
+
+    def __call__(self, event: Event) -> bool:
+        if self.origin is None:
+            return True
+        origin, path = event_origin(event)
+        if origin is None:
+            # an event that does not say where it came from: accept it only when there is
+            # just one possible origin anyway (tests, direct calls)
+            return True
+        if origin != self.origin:
+            return False
+        if origin == "file" and path and self.paths:
+            return any(path == p or fnmatch.fnmatchcase(path, p) for p in self.paths)
+        return True
+
+
+def auth_origin(cfg: AgentConfig) -> Origin:
+    """The one origin the auth and sftp derivers read (see the module docstring)."""
+    src = cfg.collectors.auth.source
+    if src == "auto":
+        return "journald" if cfg.collectors.journald.enabled else "file"
+    return src  # type: ignore[return-value]
+
+
+def auth_file_paths(cfg: AgentConfig) -> list[str]:
+    """The auth log files the file source must tail for the derivers ([] when journald feeds them).
+
+    Only existing files are returned: ``/var/log/auth.log`` on Debian, ``/var/log/secure`` on
+    RHEL; both when both exist (they never hold the same lines).
+    """
+    if not (cfg.collectors.auth.enabled or cfg.collectors.sftp.enabled):
+        return []
+    if auth_origin(cfg) != "file":
+        return []
+    return [p for p in cfg.collectors.auth.paths if os.path.exists(p)]
+
+
+def build_derivers(cfg: AgentConfig) -> list[Deriver]:
+    """The enabled derivers, each limited to the auth origin chosen by the config."""
+    origin = auth_origin(cfg)
+    accept = OriginFilter(origin, cfg.collectors.auth.paths)
+    out: list[Deriver] = []
+    if cfg.collectors.auth.enabled:
+        from collectors.auth import AuthDeriver
+
+        out.append(AuthDeriver(accept=accept, ignore_services=cfg.collectors.auth.ignore_pam_services))
+    if cfg.collectors.sftp.enabled:
+        from collectors.sftp import SftpDeriver
+
+        out.append(SftpDeriver(accept=accept, max_sessions=cfg.collectors.sftp.max_sessions))
+    return out
+
+
+def line_id(event: Event) -> str:
+    """The source line's id, or a stand-in built from its content when it has none."""
+    eid = event.get("id")
+    if eid:
+        return eid
+    d: dict[str, Any] = event.get("data") or {}
+    from agent.events import stable_id
+
+    return stable_id("line", event.get("ts"), d.get("program"), d.get("pid"), d.get("message"))
