@@ -48,7 +48,12 @@ class SinkConfig(Section):
     token_file: str | None = None
     path: str | None = Field(default=None, description="file sink: JSON lines output path")
     timeout_s: float = Field(default=30.0, gt=0)
-    in_flight: int = Field(default=2, ge=1, le=64)
+    in_flight: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="batches sent at once; above 1, batches can arrive out of order after retries",
+    )
     compression: Literal["gzip", "none"] = "gzip"
     gzip_level: int = Field(default=1, ge=1, le=9)
     backoff_initial_s: float = Field(default=0.5, gt=0)

@@ -98,6 +98,7 @@ class Shipper:
                 if not batches:
                     if not in_progress and queue.empty():
                         after = 0  # start over: catches requeued dead letters and anything skipped
+                        await self._db(self.spool.resync)
                         more = await self._db(self.spool.pending, 1, 0)
                         if not more:
                             self._idle.set()

@@ -126,15 +126,19 @@ class Spool:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: spool schema {row[0]} is newer than this agent ({SCHEMA_VERSION})")
-        self._bytes = {PRIORITY_BULK: 0, PRIORITY_AUDIT: 0}
-        for prio, total in self._db.execute("SELECT priority, COALESCE(SUM(bytes), 0) FROM batches GROUP BY priority"):
-            self._bytes[prio] = self._bytes.get(prio, 0) + int(total)
+        self.resync()
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
     def bytes(self) -> int:
         """Bytes of batch bodies held (the figure the cap applies to)."""
         return sum(self._bytes.values())
+
+    def resync(self) -> None:
+        """Recount the bytes held from the table (another process may have requeued dead letters)."""
+        self._bytes = {PRIORITY_BULK: 0, PRIORITY_AUDIT: 0}
+        for prio, total in self._db.execute("SELECT priority, COALESCE(SUM(bytes), 0) FROM batches GROUP BY priority"):
+            self._bytes[prio] = self._bytes.get(prio, 0) + int(total)
 
     def close(self) -> None:
         self._db.close()

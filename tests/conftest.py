@@ -1,0 +1,45 @@
+"""Fixtures shared by every suite: a running receiver and a running agent bound to it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import AgentProcess, ReceiverProcess, agent_config
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[ReceiverProcess]:
+    """The reference receiver on a free loopback port, storing into tmp_path."""
+    with ReceiverProcess(tmp_path / "receiver") as r:
+        yield r
+
+
+@pytest.fixture
+def agent_factory(tmp_path: Path) -> Iterator[object]:
+    """Build agents: ``agent_factory(receiver, **config overrides) -> AgentProcess`` (not started)."""
+    made: list[AgentProcess] = []
+
+    def make(receiver: ReceiverProcess | None = None, name: str = "agent", **overrides: object) -> AgentProcess:
+        d = tmp_path / name
+        d.mkdir(exist_ok=True)
+        a = AgentProcess(d, agent_config(d, receiver, **overrides))
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        if a.proc is not None:
+            a.kill()
+
+
+@pytest.fixture
+def agent(agent_factory: object, receiver: ReceiverProcess) -> Iterator[AgentProcess]:
+    """A running agent shipping to ``receiver``, with the hook API and no system sources."""
+    a = agent_factory(receiver)  # type: ignore[operator]
+    a.start()
+    yield a
+    if a.proc is not None:
+        a.stop()
