@@ -18,6 +18,7 @@ from agent.config import DEFAULT_CONFIG_PATH
 COMMAND_MODULES: list[str] = [
     "agent.commands",
     "agent.doctor",
+    "collectors.exec_cli",
 ]
 
 
