@@ -71,6 +71,25 @@ def cursor_seqnum(cursor: str) -> tuple[str, int] | None:
         return None
 
 
+def apply_derivers(events: list[Event], derivers: list[Deriver], log: Any,
+                   ctx: CollectorContext, source: str) -> list[Event]:
+    """Each event followed by what the derivers make of it (audit events from log lines).
+
+    Derived events travel in the same emit (same checkpoint) as their line, so they are never
+    lost or doubled; a failing deriver is logged and counted, and the line is still emitted.
+    """
+    out: list[Event] = []
+    for ev in events:
+        out.append(ev)
+        for deriver in derivers:
+            try:
+                out.extend(deriver(ev))
+            except Exception:
+                log.exception("deriver_failed", deriver=getattr(deriver, "__name__", repr(deriver)))
+                ctx.count("deriver_failed", source=source)
+    return out
+
+
 class _TsFormatter:
     """RFC 3339 UTC with milliseconds from epoch µs, caching the per-second prefix."""
 
@@ -310,21 +329,6 @@ class JournaldCollector(Collector):
         else:
             self.log.info("journal_start", source=self.source, at=how, **info)
 
-    def _derive(self, events: list[Event]) -> list[Event]:
-        derivers: list[Deriver] = self.ctx.services.get("derivers", [])
-        if not derivers:
-            return events
-        out: list[Event] = []
-        for ev in events:
-            out.append(ev)
-            for deriver in derivers:
-                try:
-                    out.extend(deriver(ev))
-                except Exception:  # a broken deriver must not stop log collection
-                    self.log.exception("deriver_failed", deriver=getattr(deriver, "__name__", repr(deriver)))
-                    self.ctx.count("deriver_failed", source=self.source)
-        return out
-
     async def run(self) -> None:
         if not await self._open_reader():
             return
@@ -333,6 +337,7 @@ class JournaldCollector(Collector):
         if how == "tail":
             # remember where "end" was, so a restart before any new entry loses nothing
             await self.ctx.emit([], Checkpoint(self.source, info["cursor"]))
+        derivers: list[Deriver] = self.ctx.services.get("derivers", [])
         pending = asyncio.ensure_future(self._call(self._read_chunk))
         try:
             while not self.ctx.stopping.is_set():
@@ -342,7 +347,10 @@ class JournaldCollector(Collector):
                         pending = asyncio.ensure_future(self._call(self._read_chunk))
                     if chunk.truncated:
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
-                    await self.ctx.emit(self._derive(chunk.events), Checkpoint(self.source, chunk.cursor))
+                    events = chunk.events
+                    if derivers:
+                        events = apply_derivers(events, derivers, self.log, self.ctx, self.source)
+                    await self.ctx.emit(events, Checkpoint(self.source, chunk.cursor))
                     if not chunk.at_end:
                         continue
                 if self.ctx.once:

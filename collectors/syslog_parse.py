@@ -1,0 +1,226 @@
+"""Syslog line parsing: one text line in, a timestamp and ``system_log`` data out, never an error.
+
+Formats, tried by the line's first character:
+
+- RFC 3164 with the traditional timestamp: ``Nov 26 21:22:36 web-01 sshd[812]: message``
+- RFC 3164 with rsyslog's high-precision RFC 3339 timestamp (Debian 12's ``/var/log/syslog``):
+  ``2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: message``
+- RFC 5424: ``<34>1 2026-11-26T21:22:36.003Z web-01 su 123 ID47 [sd@1 k="v"] message``
+  (structured data and MSGID kept in ``extra``)
+- anything else: the raw fallback (the whole line is the message, program ``unknown``).
+
+An optional ``<PRI>`` prefix gives facility and level; without it the level is ``info``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+from agent.config import LEVELS
+from agent.events import format_ts
+
+FACILITIES: tuple[str, ...] = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+    "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)
+UNKNOWN_PROGRAM = "unknown"
+_MONTHS = {m: i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+_PRI = re.compile(r"<(\d{1,3})>")
+#: RFC 3164 TAG: program, optional [pid], then ':' (optional as a whole)
+_TAG = r"(?:([^\s\[\]:]{1,256})(?:\[([^\]\s]{0,32})\])?: ?)?"
+_TRAD = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\S{1,256}) " + _TAG)
+_RFC3339 = re.compile(
+    r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d) (\S{1,256}) " + _TAG)
+_V1 = re.compile(r"1 (\S{1,64}) (\S{1,255}) (\S{1,48}) (\S{1,128}) (\S{1,32}) ")
+_SD_ID = re.compile(r"\[([^\s=\]\"]{1,64})")
+_SD_PARAM = re.compile(r" ([^\s=\]\"]{1,64})=\"((?:[^\"\\]|\\.)*+)\"", re.S)
+_SD_UNESCAPE = re.compile(r"\\([\"\\\]])")
+
+
+def _pid(text: str | None) -> int | None:
+    if text and text.isdigit() and len(text) <= 10:
+        value = int(text)
+        return value if value < 1 << 31 else None
+    return None
+
+
+class _Clock:
+    """Turns timestamps into RFC 3339 UTC milliseconds, caching per second (files repeat them)."""
+
+    def __init__(self) -> None:
+        self._trad: tuple[str, str] = ("", "")
+        self._iso: tuple[str, str] = ("", "")
+
+    def traditional(self, mon: str, day: str, hh: str, mm: str, ss: str) -> str | None:
+        key = f"{mon}{day}{hh}{mm}{ss}"
+        if key == self._trad[0]:
+            return self._trad[1]
+        month = _MONTHS.get(mon)
+        if month is None:
+            return None
+        now = time.time()
+        year = time.localtime(now).tm_year
+        try:
+            stamp = time.mktime((year, month, int(day), int(hh), int(mm), int(ss), 0, 0, -1))
+            if stamp > now + 7 * 86400:  # "Dec 31" read in January: last year's line
+                stamp = time.mktime((year - 1, month, int(day), int(hh), int(mm), int(ss), 0, 0, -1))
+        except (ValueError, OverflowError):
+            return None
+        out = format_ts(stamp)
+        self._trad = (key, out)
+        return out
+
+    def iso(self, base: str, frac: str | None, zone: str) -> str | None:
+        ms = (frac[1:4] if frac else "").ljust(3, "0")
+        if zone in ("Z", "+00:00", "-00:00"):
+            return f"{base}.{ms}Z"
+        key = base + zone
+        if key != self._iso[0]:
+            try:
+                dt = datetime.fromisoformat(base + zone)
+            except ValueError:
+                return None
+            self._iso = (key, format_ts(dt)[:-5])
+        return f"{self._iso[1]}.{ms}Z"
+
+
+class SyslogLineParser:
+    """Parses syslog lines; keeps small timestamp caches, so use one per file or collector."""
+
+    def __init__(self) -> None:
+        self._clock = _Clock()
+
+    def parse(self, line: str) -> tuple[str | None, dict[str, Any]]:
+        """``(ts or None, data)`` for one line without its newline; never raises."""
+        try:
+            return self._parse(line)
+        except Exception:  # the raw fallback never fails
+            return None, raw_data(line)
+
+    def _parse(self, line: str) -> tuple[str | None, dict[str, Any]]:
+        pos = 0
+        facility = None
+        level = "info"
+        if line[:1] == "<":
+            m = _PRI.match(line)
+            if m and int(m.group(1)) < 192:
+                pri = int(m.group(1))
+                facility, level = FACILITIES[pri >> 3], LEVELS[pri & 7]
+                pos = m.end()
+                if line.startswith("1 ", pos):
+                    parsed = self._rfc5424(line, pos, facility, level)
+                    if parsed is not None:
+                        return parsed
+        c = line[pos:pos + 1]
+        if c.isdigit():
+            m = _RFC3339.match(line, pos)
+            if m is None:
+                return None, raw_data(line, facility, level)
+            base, frac, zone, hostname, program, pid = m.groups()
+            ts = self._clock.iso(base, frac, zone)
+        elif c.isupper():
+            m = _TRAD.match(line, pos)
+            if m is None:
+                return None, raw_data(line, facility, level)
+            mon, day, hh, mi, ss, hostname, program, pid = m.groups()
+            ts = self._clock.traditional(mon, day, hh, mi, ss)
+        else:
+            return None, raw_data(line, facility, level)
+        return ts, {
+            "program": program or UNKNOWN_PROGRAM,
+            "level": level,
+            "pid": int(pid) if pid and pid.isdigit() and len(pid) <= 9 else None,
+            "message": line[m.end():],
+            "facility": facility,
+            "hostname": hostname,
+        }
+
+    def _rfc5424(self, line: str, pos: int, facility: str, level: str) -> tuple[str | None, dict[str, Any]] | None:
+        m = _V1.match(line, pos)
+        if m is None:
+            return None
+        stamp, host, app, procid, msgid = m.groups()
+        ts = None
+        if stamp != "-":
+            t = _RFC3339.match(stamp + " - ")  # the same timestamp grammar
+            if t is not None:
+                ts = self._clock.iso(t.group(1), t.group(2), t.group(3))
+        i = m.end()
+        extra: dict[str, Any] = {}
+        if msgid != "-":
+            extra["msgid"] = msgid
+        if line.startswith("-", i):
+            i += 1
+        else:
+            sd, i = parse_structured_data(line, i)
+            if sd is None:
+                return None
+            extra["structured_data"] = sd
+        message = line[i + 1:] if line.startswith(" ", i) else line[i:]
+        if message.startswith("\ufeff"):
+            message = message[1:]
+        data: dict[str, Any] = {
+            "program": app if app != "-" else UNKNOWN_PROGRAM,
+            "level": level,
+            "pid": _pid(procid),
+            "message": message,
+            "facility": facility,
+            "hostname": host if host != "-" else None,
+        }
+        if procid != "-" and data["pid"] is None:
+            extra["procid"] = procid
+        if extra:
+            data["extra"] = extra
+        return ts, data
+
+
+def parse_structured_data(line: str, i: int) -> tuple[dict[str, dict[str, str]] | None, int]:
+    """RFC 5424 STRUCTURED-DATA at ``line[i:]``: ``({sd_id: {name: value}}, end)``; None if malformed.
+
+    Linear in the input: each element is matched once, parameters by a possessive-style regex.
+    """
+    out: dict[str, dict[str, str]] = {}
+    n = len(line)
+    while i < n and line[i] == "[":
+        m = _SD_ID.match(line, i)
+        if m is None:
+            return None, i
+        params: dict[str, str] = {}
+        j = m.end()
+        while True:
+            p = _SD_PARAM.match(line, j)
+            if p is None:
+                break
+            params[p.group(1)] = _SD_UNESCAPE.sub(r"\1", p.group(2))
+            j = p.end()
+        if j >= n or line[j] != "]":
+            return None, i
+        out[m.group(1)] = params
+        i = j + 1
+    return out, i
+
+
+def raw_data(line: str, facility: str | None = None, level: str = "info") -> dict[str, Any]:
+    """The fallback: the whole line is the message."""
+    return {
+        "program": UNKNOWN_PROGRAM,
+        "level": level,
+        "pid": None,
+        "message": line,
+        "facility": facility,
+        "hostname": None,
+    }
+
+
+_default = SyslogLineParser()
+
+
+def parse_line(line: str) -> tuple[str | None, dict[str, Any]]:
+    """Parse one line with a shared parser (see :meth:`SyslogLineParser.parse`)."""
+    return _default.parse(line)
