@@ -328,6 +328,9 @@ async def ingest(request: web.Request) -> web.StreamResponse:
     except IngestError as exc:
         log.info("rejected", status=exc.status, reason=exc.reason)
         return error_response(exc.status, exc.reason)
+    except sqlite3.Error as exc:
+        log.error("store failed", error=str(exc))
+        return error_response(500, f"store: {exc}")
     n = stored + duplicates
     now = time.monotonic()
     state.batches_accepted += 1

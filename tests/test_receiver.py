@@ -235,6 +235,8 @@ class TestReceiverIngest:
             (b"\x1f\x8b\x08\x00garbage", {"Content-Encoding": "gzip"}, 400, "gzip"),
             (gzip.compress(b'{"a": 1}')[:-6], {"Content-Encoding": "gzip"}, 400, "truncated"),
             (gzip.compress(b"{}") + b"tail", {"Content-Encoding": "gzip"}, 400, "after the end"),
+            (b"[" * 5000 + b"]" * 5000, {}, 400, "JSON"),
+            (b'{"schema": 1, "events": "' + b"x" * 100_000 + b'"}', {}, 400, "schema"),
             (b"{}", {"Content-Encoding": "br"}, 415, "Content-Encoding"),
             (b"{}", {"Content-Type": "text/plain"}, 415, "Content-Type"),
             ('{"é": "\udcff"}'.encode("utf-8", "surrogatepass"), {}, 400, "JSON"),
@@ -805,6 +807,20 @@ class TestReceiverCLI:
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=10)
+
+
+class TestReceiverStoreFailure:
+    async def test_store_error_is_a_500_with_the_reason(self, tmp_path: Any) -> None:
+        """When SQLite fails (here: the table is gone) the answer is 500 naming the store."""
+        async for r in _serve(tmp_path):
+            import sqlite3
+
+            db = sqlite3.connect(tmp_path / "r.db")
+            db.execute("DROP TABLE events")
+            db.commit()
+            db.close()
+            status, body, _ = await r.post(batch([log_ev("x")]))
+            assert status == 500 and body["error"].startswith("store:")
 
 
 class TestReceiverConcurrency:
