@@ -168,7 +168,8 @@ class SftpDeriver:
             s.verbose = True
         # any request line settles what the previous request left open
         s = self._session(key, create=False)
-        out = self._settle(key, s) if s is not None else []
+        closing = _unq(mc["path"]) if (mc := RE_CLOSE.match(message)) else None
+        out = self._settle(key, s, closing) if s is not None else []
         if m := RE_OPENED.match(message):
             s = self._session(key)
             assert s is not None
@@ -189,6 +190,8 @@ class SftpDeriver:
             assert s is not None
             path = _unq(m["path"])
             f = s.open_files.pop(path, None)
+            if s.failed_open == path:
+                s.failed_open = None
             read, written = int(m["read"]), int(m["written"])
             if written > 0:
                 typ, size = "upload", written
@@ -237,16 +240,16 @@ class SftpDeriver:
         self._count("ambiguous_status")
         return []
 
-    def _settle(self, key: tuple[Any, str, int], s: _Session) -> list[Row]:
+    def _settle(self, key: tuple[Any, str, int], s: _Session, closing: str | None = None) -> list[Row]:
         """A new request arrived: a pending remove/rename/… succeeded; an open that got an
-        error and was never closed failed."""
+        error and was never closed failed (unless this request is its close)."""
         out: list[Row] = []
         if s.pending is not None:
             what, row, pts, plid = s.pending
             s.pending = None
             if what != "open":
                 out += self._finish(key, s, row, pts, plid, None)
-        if s.failed_open is not None:
+        if s.failed_open is not None and s.failed_open != closing:
             path, s.failed_open = s.failed_open, None
             f = s.open_files.get(path)
             if f is not None and f.error is not None and f.err_lid is not None:
