@@ -62,7 +62,7 @@ class _Clock:
         if key == self._trad[0]:
             return self._trad[1]
         month = _MONTHS.get(mon)
-        if month is None:
+        if month is None or not (0 < int(day) <= 31 and int(hh) < 24 and int(mm) < 60 and int(ss) < 61):
             return None
         now = time.time()
         year = time.localtime(now).tm_year
@@ -77,16 +77,14 @@ class _Clock:
         return out
 
     def iso(self, base: str, frac: str | None, zone: str) -> str | None:
-        ms = (frac[1:4] if frac else "").ljust(3, "0")
-        if zone in ("Z", "+00:00", "-00:00"):
-            return f"{base}.{ms}Z"
         key = base + zone
         if key != self._iso[0]:
             try:
-                dt = datetime.fromisoformat(base + zone)
+                dt = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone))
             except ValueError:
                 return None
             self._iso = (key, format_ts(dt)[:-5])
+        ms = (frac[1:4] if frac else "").ljust(3, "0")
         return f"{self._iso[1]}.{ms}Z"
 
 

@@ -363,6 +363,67 @@ class RsyslogInstance:
         self.stop()
 
 
+# --------------------------------------------------------------------------- collector runs
+
+
+class EmitRecorder:
+    """A fake pipeline for collector unit tests: records every emit and keeps the checkpoints.
+
+    ``context()`` gives a real :class:`~agent.collector.CollectorContext` whose ``emit_fn``
+    appends here; pass the same ``checkpoints`` to a later context to simulate a restart
+    (everything emitted counts as committed).
+    """
+
+    def __init__(self, checkpoints: dict[str, str] | None = None) -> None:
+        self.events: list[dict[str, Any]] = []
+        self.calls: list[tuple[list[dict[str, Any]], Any]] = []
+        self.checkpoints: dict[str, str] = dict(checkpoints or {})
+        self.counts: dict[str, int] = {}
+
+    async def emit(self, events: list[Any], checkpoint: Any) -> None:
+        self.calls.append((list(events), checkpoint))
+        self.events.extend(events)
+        if checkpoint is not None:
+            self.checkpoints[checkpoint.source] = checkpoint.position
+
+    def count(self, name: str, n: int = 1, **labels: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + n
+
+    def context(self, once: bool = False, derivers: list[Any] | None = None) -> Any:
+        from agent.collector import CollectorContext
+
+        return CollectorContext(server="test", emit_fn=self.emit, checkpoints=dict(self.checkpoints),
+                                once=once, counter=self.count, services={"derivers": derivers or []})
+
+    def messages(self, program: str | None = None) -> list[str]:
+        return [e["data"]["message"] for e in self.events
+                if e["kind"] == "system_log" and (program is None or e["data"]["program"] == program)]
+
+
+async def run_once(collector: Any) -> None:
+    """Run a collector built with ``once=True`` to the end of its source, then close it."""
+    import asyncio
+
+    try:
+        await asyncio.wait_for(collector.run(), 60)
+    finally:
+        await collector.aclose()
+
+
+async def until(pred: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    """Async polling: wait until ``pred()`` is truthy; fail with ``what`` after ``timeout`` s."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
 def count_lines(path: Path) -> int:
     """Number of complete lines in ``path`` (0 when it does not exist)."""
     try:
@@ -383,11 +444,14 @@ def wait_lines(path: Path, n: int, timeout: float = 30.0) -> None:
 
 __all__ = [
     "BOOT_ID",
+    "EmitRecorder",
     "JournalFileWriter",
     "LiveJournald",
     "RsyslogInstance",
     "count_lines",
     "export_entry",
+    "run_once",
+    "until",
     "wait_lines",
     "write_journal_file",
 ]
