@@ -19,6 +19,7 @@ COMMAND_MODULES: list[str] = [
     "agent.commands",
     "agent.doctor",
     "collectors.exec_cli",
+    "agent.websh.cli",
 ]
 
 
