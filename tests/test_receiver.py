@@ -763,6 +763,20 @@ class TestReceiverCLI:
             proc.communicate(timeout=10)
         assert proc.returncode == 0 and db.exists()
 
+    async def test_memory_db_and_no_token(self) -> None:
+        """--db :memory: stores and serves views; without a token no credentials are needed."""
+        proc, url = _spawn("--db", ":memory:")
+        try:
+            async with aiohttp.ClientSession() as http:
+                r = Receiver(url, http)
+                status, body, _ = await r.post(batch([log_ev("m")]), headers={"Authorization": ""})
+                assert (status, body["stored"]) == (200, 1)
+                assert (await r.get("/api/v1/system-logs", headers={}))[1]["count"] == 1
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=10)
+        assert proc.returncode == 0
+
     def test_default_db_is_temporary_and_removed(self) -> None:
         """Without --db the store lives in a temporary directory removed at exit."""
         proc, url = _spawn("--token", TOKEN, "--log-level", "info")
