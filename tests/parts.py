@@ -68,8 +68,9 @@ def export_entry(fields: Mapping[str, FieldValue]) -> bytes:
 class JournalFileWriter:
     """Streams entries into ``systemd-journal-remote --output=PATH -`` (a real journal file).
 
-    Fills in ``__REALTIME_TIMESTAMP`` (1 µs apart from ``start_usec``), an increasing
-    ``__MONOTONIC_TIMESTAMP`` and ``_BOOT_ID`` when an entry lacks them.
+    Fills in ``__REALTIME_TIMESTAMP`` (1 µs apart from ``start_usec``, default now), an
+    increasing ``__MONOTONIC_TIMESTAMP`` (realtime minus a constant, so a file written for later
+    times sorts after earlier ones of the same boot) and ``_BOOT_ID`` when an entry lacks them.
     """
 
     def __init__(self, path: str | os.PathLike[str], start_usec: int | None = None) -> None:
@@ -78,7 +79,8 @@ class JournalFileWriter:
             raise ValueError("journal file names must end in .journal")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.usec = start_usec if start_usec is not None else int(time.time() * 1e6)
-        self.mono = 1_000_000
+        # tied to realtime, so files written for later times also sort later within the boot
+        self.mono = self.usec - 1_700_000_000_000_000
         self.count = 0
         self._buf = bytearray()
         self._proc = subprocess.Popen(
