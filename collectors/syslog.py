@@ -76,12 +76,20 @@ class SyslogFileCollector(Collector):
             self._gap("bad checkpoint", None)
             return False
         for st in entries:
-            t = TailedFile.resume(st) or self._find_moved(st)
+            t = TailedFile.open(st.path, st.off)
+            if t is not None and t.key == (st.dev, st.ino):
+                # the same inode: unchanged, or cut/rewritten while we were stopped
+                changed = not t.same_content(st.fp, st.fpl) or t.fstat().st_size < st.off
+                t.state = FileState(**st.to_json())
+                if changed:
+                    self._copytruncated(t)
+            else:
+                if t is not None:
+                    t.close()
+                t = self._find_moved(st)
             if t is None:
                 self._gap("file gone while stopped", st.path)
                 continue
-            if t.fstat().st_size < t.state.off:  # cut while we were stopped
-                self._copytruncated(t)
             if t.state.path == st.path and st.path in self._matching_paths():
                 self.files[t.key] = t
             else:
@@ -136,7 +144,7 @@ class SyslogFileCollector(Collector):
         if copy is not None:
             self.rotated[(-copy.fd - 1, 0)] = copy
         elif t.state.off > 0:
-            self.log.warning("syslog_truncated_without_copy", path=t.state.path, offset=t.state.off)
+            self._gap("truncated or replaced, no copy found", t.state.path)
         self.log.info("syslog_copytruncate", path=t.state.path, copy=copy.state.path if copy else None)
         t.restart_after_truncate()
 
