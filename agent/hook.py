@@ -171,6 +171,10 @@ class HookServer:
             self.metrics.hook_requests.labels("any", "denied").inc()
             log.warning("hook connection denied", uid=peer.uid, gid=peer.gid, pid=peer.pid)
             reason = f"uid {peer.uid} is not allowed (hook.allow_users / hook.allow_groups)"
+            # answer the first request (read with a cap and a deadline) so the producer can read why
+            with contextlib.suppress(TimeoutError, ValueError, asyncio.LimitOverrunError):
+                async with asyncio.timeout(5.0):
+                    await reader.readuntil(b"\n")
             writer.write(orjson.dumps(_answer("denied", reason=reason)) + b"\n")
             await writer.drain()
             return

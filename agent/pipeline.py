@@ -11,6 +11,7 @@ checkpoints they cover to the spool in one transaction.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -323,10 +324,9 @@ class Batcher:
 
     async def wait_for_space(self, timeout: float) -> None:
         self._space.clear()
-        try:
-            await asyncio.wait_for(self._space.wait(), timeout)
-        except TimeoutError:
-            pass
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._space.wait()
 
     async def flush(self, timeout: float | None = None) -> bool:
         """Flush both lanes (on stop and reload); False when the pull lane could not be written in time."""
@@ -336,7 +336,8 @@ class Batcher:
             await self.flush_lane(self.pull)
 
         try:
-            await asyncio.wait_for(both(), timeout)
+            async with asyncio.timeout(timeout):
+                await both()
         except TimeoutError:
             return False
         return True

@@ -3,6 +3,7 @@ for the agent, its tests and the reference receiver."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 from importlib import resources
@@ -25,7 +26,8 @@ def schema() -> dict[str, Any]:
 
 
 def _compile(root_ref: str | None) -> Any:
-    doc = dict(schema())
+    # fastjsonschema rewrites the refs of the document it is given: hand it a copy
+    doc = copy.deepcopy(schema())
     if root_ref is not None:
         doc = {"$schema": doc["$schema"], "$defs": doc["$defs"], "$ref": root_ref}
     return fastjsonschema.compile(doc)
@@ -39,7 +41,7 @@ def _batch_validator() -> Any:
 @functools.cache
 def _event_validator() -> Any:
     # the envelope only: the per-kind data check runs once, by kind, in validate_event
-    doc = schema()
+    doc = copy.deepcopy(schema())
     defs = dict(doc["$defs"])
     defs["event"] = {k: v for k, v in defs["event"].items() if k != "allOf"}
     return fastjsonschema.compile({"$schema": doc["$schema"], "$defs": defs, "$ref": "#/$defs/event"})

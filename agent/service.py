@@ -380,7 +380,8 @@ class Agent:
         self.once = True
         await self.start()
         try:
-            await asyncio.wait_for(asyncio.gather(*self._collector_tasks, return_exceptions=True), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.gather(*self._collector_tasks, return_exceptions=True)
             await self.batcher.flush(timeout)
             deadline = time.monotonic() + timeout
             while True:

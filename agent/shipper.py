@@ -8,6 +8,7 @@ the batch; other refusals move it to the dead-letter table with the reason (inva
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -103,10 +104,10 @@ class Shipper:
                         if not more:
                             self._idle.set()
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), 1.0)
-                    except TimeoutError:
-                        pass
+                    # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
                     continue
                 self._idle.clear()
                 for b in batches:
@@ -162,7 +163,8 @@ class Shipper:
         self.last_error = str(exc)
         self.metrics.retries.labels(reason).inc()
 
-    async def _send(self, batch_id: str, body: bytes, n_events: int) -> None:
+    async def _send(self, batch_id: str, body: bytes, n_events: int, seq: int | None = None) -> bool:
+        """Send until stored; False when the batch was evicted from the spool while being retried."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((RetryableShipError, AuthError)),
             wait=self._wait,
@@ -171,13 +173,20 @@ class Shipper:
             reraise=True,
         ):
             with attempt:
+                if seq is not None and attempt.retry_state.attempt_number > 1:
+                    if not await self._db(self.spool.exists, seq):
+                        return False
                 await self.sink.send(batch_id, self.payload(batch_id, body), n_events)
+        return True
 
     async def ship(self, batch: SpoolBatch) -> None:
         """Send one batch until it is stored, split or dead-lettered; then remove it from the spool."""
         started = time.monotonic()
         dead: list[tuple[NewBatch, str, int | None]] = []
-        await self._ship_part(batch.batch_id, batch.body, batch.n_events, batch.priority, dead)
+        if not await self._ship_part(batch.batch_id, batch.body, batch.n_events, batch.priority, dead, batch.seq):
+            log.info("batch was evicted while being retried; dropped from the shipper", batch_id=batch.batch_id)
+            self.on_space()
+            return
         if dead and len(dead) == 1 and dead[0][0].batch_id == batch.batch_id:
             _, reason, status = dead[0]
             await self._db(self.spool.dead_letter, batch.seq, reason, status)
@@ -196,28 +205,35 @@ class Shipper:
         self.on_space()
 
     async def _ship_part(
-        self, batch_id: str, body: bytes, n_events: int, priority: int, dead: list[tuple[NewBatch, str, int | None]]
-    ) -> None:
+        self,
+        batch_id: str,
+        body: bytes,
+        n_events: int,
+        priority: int,
+        dead: list[tuple[NewBatch, str, int | None]],
+        seq: int | None = None,
+    ) -> bool:
         try:
-            await self._send(batch_id, body, n_events)
+            if not await self._send(batch_id, body, n_events, seq):
+                return False
         except TooLarge as exc:
             events = orjson.loads(body)
             if len(events) <= 1:
                 dead.append((self._part(batch_id, events, priority), f"too large even alone: {exc}", exc.status))
                 log.error("event too large for the backend, dead-lettered", batch_id=batch_id)
-                return
+                return True
             half = len(events) // 2
             log.warning("backend says batch too large, splitting", batch_id=batch_id, events=len(events))
             for i, chunk in enumerate((events[:half], events[half:]), 1):
                 part = self._part(f"{batch_id}.{i}", chunk, priority)
                 await self._ship_part(part.batch_id, part.body, part.n_events, priority, dead)
-            return
+            return True
         except Rejected as exc:
             log.error("backend refused batch, moved to dead letters", batch_id=batch_id, reason=str(exc))
             self.permanent_failures.append(f"batch {batch_id}: {exc}")
             events = orjson.loads(body)
             dead.append((self._part(batch_id, events, priority), str(exc), exc.status))
-            return
+            return True
         if self.paused_reason is not None:
             log.info("backend accepts the credentials again: shipping resumed")
             self.paused_reason = None
@@ -225,6 +241,7 @@ class Shipper:
         self.last_success = time.time()
         self.last_error = None
         self.metrics.last_ship.set(self.last_success)
+        return True
 
     @staticmethod
     def _part(batch_id: str, events: list[dict[str, Any]], priority: int) -> NewBatch:

@@ -244,6 +244,10 @@ class Spool:
         self._bytes[row[0]] -= row[1]
         return True
 
+    def exists(self, seq: int) -> bool:
+        """Whether a batch is still spooled (it may have been evicted while being retried)."""
+        return self._db.execute("SELECT 1 FROM batches WHERE seq=?", (seq,)).fetchone() is not None
+
     def note_attempt(self, seq: int, error: str) -> None:
         self._db.execute("UPDATE batches SET attempts = attempts + 1, last_error=? WHERE seq=?", (error[:1000], seq))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from tenacity import RetryCallState, wait_exponential_jitter
+from tenacity import RetryCallState, wait_random_exponential
 
 from agent.hookclient import HookClient, HookClientError
 
@@ -158,7 +158,7 @@ class Deliverer(threading.Thread):
         self.socket_path = socket_path
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
-        self._wait = wait_exponential_jitter(initial=backoff_initial_s, max=backoff_max_s, jitter=backoff_initial_s)
+        self._wait = wait_random_exponential(multiplier=backoff_initial_s, max=backoff_max_s)
         self._inbox: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop_at: float | None = None
@@ -166,6 +166,7 @@ class Deliverer(threading.Thread):
         self.failures = 0
         self.delivered = 0
         self.error: str | None = None
+        self.queue_error: str | None = None
         self.left = 0
 
     def submit(self, msg: dict[str, Any]) -> None:
@@ -184,7 +185,7 @@ class Deliverer(threading.Thread):
             q = DurableQueue(self.queue_path, self.max_bytes)
         except (OSError, sqlite3.Error) as exc:
             # never let a queue problem reach the user's terminal: keep records in memory
-            self.error = f"queue {self.queue_path}: {exc}"
+            self.queue_error = f"queue {self.queue_path}: {exc}"
             q = DurableQueue(":memory:", self.max_bytes)
         attempt = 0
         try:

@@ -204,10 +204,11 @@ class Recorder:
                     os.initgroups(pw.pw_name, pw.pw_gid)
                     os.setgid(pw.pw_gid)
                     os.setuid(pw.pw_uid)
-                try:
-                    os.chdir(pw.pw_dir if (self._switch or self.opts.login) else os.getcwd())
-                except OSError:
-                    os.chdir("/")
+                if self._switch or self.opts.login:
+                    try:
+                        os.chdir(env.get("HOME") or pw.pw_dir)
+                    except OSError:
+                        os.chdir("/")
                 os.execve(launch.path, launch.argv, env)
             except BaseException as exc:  # noqa: BLE001 - report whatever stopped the exec
                 os.write(2, f"alpacon-agent websh: cannot start {launch.path}: {exc}\r\n".encode())

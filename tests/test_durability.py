@@ -1,0 +1,167 @@
+"""Invariants 1, 2 and 4 end to end: crashes, faults and outages cost nothing but delay."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from agent.events import stable_id
+from agent.hookclient import HookClient, HookClientError
+from tests.support import wait_until
+
+
+def _event(i: int, producer: str = "p1") -> dict:
+    return {
+        "op": "emit",
+        "kind": "command",
+        "id": stable_id("torture", producer, i),
+        "data": {"command_id": f"{producer}-{i}", "shell": "system", "line": f"echo {i}", "status": "success",
+                 "exit_code": 0, "result": str(i)},
+    }
+
+
+class Producer(threading.Thread):
+    """Pushes events through the hook API, resending (same id) whatever was not answered ok."""
+
+    def __init__(self, socket: str, n: int, name: str = "p1") -> None:
+        super().__init__(daemon=True)
+        self.socket, self.n, self.pname = socket, n, name
+        self.ok: dict[str, int] = {}
+        self.busy = 0
+        self.reconnects = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            todo = list(range(self.n))
+            while todo:
+                try:
+                    with HookClient(self.socket, timeout=20) as c:
+                        for start in range(0, len(todo), 500):
+                            chunk = todo[start:start + 500]
+                            answers = c.request_many([_event(i, self.pname) for i in chunk], window=500)
+                            for i, a in zip(chunk, answers, strict=True):
+                                if a["status"] == "ok":
+                                    assert a["id"] == stable_id("torture", self.pname, i)
+                                    self.ok[a["id"]] = i
+                                elif a["status"] == "busy":
+                                    self.busy += 1
+                                else:
+                                    raise AssertionError(f"unexpected answer {a}")
+                except (HookClientError, OSError):
+                    self.reconnects += 1
+                    time.sleep(0.05)
+                todo = [i for i in range(self.n) if stable_id("torture", self.pname, i) not in self.ok]
+        except BaseException as exc:  # noqa: BLE001
+            self.error = exc
+
+
+class TestCrashAndFaultTorture:
+    @pytest.mark.slow
+    def test_sigkill_three_times_under_503_and_429(self, agent_factory, receiver):
+        """20,000 pushed events, 3 SIGKILLs, 30% 503s, 429s and stored-then-503 replays: exactly the ok set arrives."""
+        receiver.faults(error_rate=0.3, throttle_rate=0.05, retry_after=1, fail_after_store_rate=0.05, seed=7)
+        agent = agent_factory(receiver, batch={"max_events": 200, "max_wait_ms": 20})
+        agent.start()
+        prod = Producer(agent.socket, 20_000)
+        prod.start()
+        # kill at random points of the producer's progress (time alone is no measure on a loaded machine)
+        rng = random.Random()
+        thresholds = sorted(rng.sample(range(1_000, 18_000), 3))
+        kills = 0
+        for t in thresholds:
+            wait_until(lambda t=t: len(prod.ok) >= t or not prod.is_alive(), 120, interval=0.001,
+                       what=f"{t} events answered")
+            time.sleep(rng.uniform(0, 0.02))
+            agent.kill()
+            kills += 1
+            agent.start()
+        assert kills == 3
+        prod.join(240)
+        assert not prod.is_alive(), "producer did not finish"
+        assert prod.error is None, prod.error
+        assert len(prod.ok) == 20_000
+        wait_until(lambda: receiver.stats()["received"] >= 0 and agent.health()["spool"]["batches"] == 0, 240,
+                   what="agent drained")
+        receiver.faults(reset=True)
+        stored = receiver.ids("command")
+        assert len(stored) == len(set(stored)), "an id was stored twice"
+        assert set(stored) == set(prod.ok), (
+            f"missing {len(set(prod.ok) - set(stored))}, unexpected {len(set(stored) - set(prod.ok))}"
+        )
+        st = receiver.stats()
+        assert st["faults_injected"], "no faults were injected"
+        assert prod.reconnects >= 1
+
+
+class TestOutage:
+    def test_receiver_goes_away_and_comes_back(self, agent_factory, receiver):
+        """While the receiver is down events pile up in the spool; afterwards all arrive, in order per source."""
+        agent = agent_factory(receiver)
+        agent.start()
+        n = 3000
+        with HookClient(agent.socket) as c:
+            first = c.request_many([_event(i, "a") for i in range(500)])
+        assert all(a["status"] == "ok" for a in first)
+        wait_until(lambda: len(receiver.ids()) == 500, 30, what="first events")
+        receiver.stop()
+        with HookClient(agent.socket) as c:
+            answers = c.request_many([_event(i, "a") for i in range(500, n)])
+        assert all(a["status"] == "ok" for a in answers)
+        wait_until(lambda: agent.health()["last_error"], 30, what="shipper notices the outage")
+        assert agent.health()["spool"]["batches"] > 0
+        receiver.start()
+        agent.wait_drained(60)
+        rows = receiver.events("command")
+        seqs = [int(r["data"]["command_id"].split("-")[1]) for r in rows]
+        assert seqs == list(range(n)), "events missing, doubled or out of order"
+        assert agent.metric("alpacon_agent_ship_retries_total") > 0
+
+
+class TestAuthAndRejection:
+    def test_401_pauses_and_keeps_data(self, agent_factory, receiver):
+        """401 pauses shipping without losing anything; once accepted again everything arrives."""
+        receiver.faults(force_status=401)
+        agent = agent_factory(receiver)
+        agent.start()
+        with HookClient(agent.socket) as c:
+            assert all(a["status"] == "ok" for a in c.request_many([_event(i, "u") for i in range(50)]))
+        wait_until(lambda: agent.health()["paused"], 30, what="shipping paused")
+        assert agent.health()["spool"]["batches"] >= 1
+        assert agent.metric("alpacon_agent_shipping_paused") == 1
+        assert receiver.ids() == []
+        receiver.faults(force_status=None)
+        agent.wait_drained(30)
+        assert len(receiver.ids()) == 50
+        assert agent.health()["paused"] is None
+
+    def test_400_dead_letters_then_requeue(self, agent_factory, receiver):
+        """400 moves the batch to dead letters with the reason; requeue-dead sends it once the cause is gone."""
+        receiver.faults(force_status=400)
+        agent = agent_factory(receiver)
+        agent.start()
+        with HookClient(agent.socket) as c:
+            assert all(a["status"] == "ok" for a in c.request_many([_event(i, "d") for i in range(20)]))
+
+        def dead() -> bool:
+            r = agent.cli("spool", "--json")
+            import json
+
+            return json.loads(r.stdout)["dead_letters"] >= 1
+
+        wait_until(dead, 30, what="dead letter")
+        out = agent.cli("spool").stdout
+        assert "dead letters: 1 batches, 20 events" in out
+        assert "HTTP 400" in out
+        assert agent.metric("alpacon_agent_events_total", outcome="dead_lettered") == 20
+        receiver.faults(force_status=None)
+        r = agent.cli("spool", "requeue-dead")
+        assert r.returncode == 0 and "requeued 1" in r.stdout
+        wait_until(lambda: len(receiver.ids()) == 20, 30, what="requeued batch shipped")
+        agent.wait_drained(30)
+        assert "dead letters: 0 batches" in agent.cli("spool").stdout
+        st = receiver.stats()
+        assert st["duplicates"] == 0
