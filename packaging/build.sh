@@ -69,6 +69,7 @@ build_deb() {
 
 build_rpm() {
     "$HERE/stage.sh" rpm "$ROOT" "$VERSION"
+    install -m 0644 "$HERE/deb/copyright" "$ROOT/usr/share/doc/alpacon-agent/copyright"
     mkdir -p "$WORK/rpm/SPECS" "$WORK/rpm/RPMS" "$WORK/rpm/BUILD"
     sed -e "s|@VERSION@|$VERSION|" -e "s|@RELEASE@|$RELEASE|" -e "s|@PYVER@|$PYVER|" \
         -e "s|@MAINTAINER@|$MAINTAINER|" \
@@ -78,6 +79,8 @@ build_rpm() {
         --define "_stage $ROOT" \
         --define "_rpmdir $OUT" \
         --define "_build_id_links none" \
+        --define "_unitdir /usr/lib/systemd/system" \
+        --define "_sharedstatedir /var/lib" \
         "$WORK/rpm/SPECS/alpacon-agent.spec" >"$WORK/rpmbuild.log" 2>&1 \
         || { cat "$WORK/rpmbuild.log" >&2; exit 1; }
     find "$OUT" -name "alpacon-agent-$VERSION-$RELEASE.*.rpm" -newer "$WORK/rpm/SPECS/alpacon-agent.spec"

@@ -71,8 +71,11 @@ for f in "$VENV"/bin/* "$VENV/pyvenv.cfg"; do
     fi
 done
 find "$VENV" -name direct_url.json -delete
+# library modules are not scripts: drop the "#!" line of non-executable .py files
+find "$VENV/lib" -name '*.py' -type f ! -perm -u+x -exec grep -l -m1 '^#!' {} + 2>/dev/null \
+    | while read -r f; do sed -i '1{/^#!/d}' "$f"; done
 find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
-find "$VENV" -name '*.so*' -type f -exec strip --strip-unneeded --remove-section=.comment --remove-section=.note {} +
+find "$VENV" -name '*.so*' -type f -exec strip --strip-unneeded --remove-section=.comment {} +
 # compiled modules must find their libraries on the target (no RUNPATH outside the env)
 for so in $(find "$VENV" -name '*.so*' -type f); do
     if readelf -d "$so" 2>/dev/null | grep -E 'R(UN)?PATH' | grep -v '\$ORIGIN' >&2; then
