@@ -17,6 +17,7 @@ from agent.config import DEFAULT_CONFIG_PATH
 #: modules that contribute subcommands (each has ``register(subparsers)``)
 COMMAND_MODULES: list[str] = [
     "agent.commands",
+    "agent.demo",
     "agent.doctor",
     "collectors.exec_cli",
     "agent.websh.cli",
