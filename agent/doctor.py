@@ -10,6 +10,7 @@ backend while keeping the file's comments, and starts the service.
 from __future__ import annotations
 
 import argparse
+import http.client
 import ipaddress
 import json
 import os
@@ -157,6 +158,9 @@ def check_journal(cfg: AgentConfig) -> list[CheckResult]:
     try:
         reader = journal.Reader(path=jcfg.directory) if jcfg.directory else journal.Reader()
     except OSError as exc:
+        if jcfg.directory and not os.path.isdir(jcfg.directory):
+            return [fail("journal", f"journal directory {jcfg.directory} does not exist",
+                         "fix collectors.journald.directory")]
         return [fail("journal", f"cannot open the journal: {exc}",
                      "run the agent (and doctor) as root")]
     try:
@@ -247,6 +251,10 @@ def _ssl_context(cfg: AgentConfig) -> ssl.SSLContext:
     return ctx
 
 
+TLS_FIX = ("set sink.tls.ca_file to the CA that signed the backend's certificate, "
+           "or fix the URL's host name")
+
+
 def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     """POST a probe that is not a batch: 400/422 means reachable, TLS fine, token accepted."""
     sink = cfg.sink
@@ -262,6 +270,10 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
         headers["Authorization"] = f"Bearer {token}"
     body = json.dumps({"schema": 1, "probe": "alpacon-agent doctor"}).encode()
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    extra = []
+    if url.startswith("http://") and not _is_loopback(url):
+        extra.append(warn("backend-tls", f"{url} is plain http: the token travels unencrypted",
+                          "use an https:// URL"))
     tls_note = ""
     try:
         ctx = _ssl_context(cfg) if url.startswith("https://") else None
@@ -272,24 +284,17 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     except urllib.error.HTTPError as exc:
         status = exc.code
     except (ssl.SSLError, ssl.CertificateError) as exc:
-        return [fail("backend", f"TLS with {url} failed: {exc}",
-                     "set sink.tls.ca_file to the CA that signed the backend's certificate, "
-                     "or fix the URL's host name")]
+        return [fail("backend", f"TLS with {url} failed: {exc}", TLS_FIX)] + extra
     except urllib.error.URLError as exc:
         reason = exc.reason
         if isinstance(reason, ssl.SSLError | ssl.CertificateError):
-            return [fail("backend", f"TLS with {url} failed: {reason}",
-                         "set sink.tls.ca_file to the CA that signed the backend's certificate, "
-                         "or fix the URL's host name")]
+            return [fail("backend", f"TLS with {url} failed: {reason}", TLS_FIX)] + extra
         return [fail("backend", f"cannot reach {url}: {reason}",
-                     "check sink.url, DNS and firewalls (curl -v URL)")]
-    except (OSError, ValueError) as exc:
-        return [fail("backend", f"cannot reach {url}: {exc}", "check sink.url (curl -v URL)")]
-    plain = url.startswith("http://") and not _is_loopback(url)
-    extra = []
-    if plain:
-        extra.append(warn("backend-tls", f"{url} is plain http: the token travels unencrypted",
-                          "use an https:// URL"))
+                     "check sink.url, DNS and firewalls (curl -v URL)")] + extra
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        what = f"{type(exc).__name__}: {exc}"[:200]
+        return [fail("backend", f"cannot talk HTTP with {url}: {what}",
+                     "check sink.url (curl -v URL)")] + extra
     if status in (401, 403):
         return [fail("backend", f"{url} answered {status}: the token was refused",
                      "check the token: alpacon-agent setup --url URL --token-file FILE")] + extra

@@ -55,7 +55,7 @@ build_deb() {
     done
     install -m 0644 "$HERE/deb/conffiles" "$ROOT/DEBIAN/conffiles"
     SIZE=$(du -sk --exclude=DEBIAN "$ROOT" | cut -f1)
-    DEPENDS="python$PYVER, init-system-helpers (>= 1.54~), ${SHLIBS:-libc6, libsystemd0}"
+    DEPENDS="python$PYVER, procps, init-system-helpers (>= 1.54~), ${SHLIBS:-libc6, libsystemd0}"
     sed -e "s|@VERSION@|$VERSION-$RELEASE|" -e "s|@ARCH@|$ARCH|" -e "s|@SIZE@|$SIZE|" \
         -e "s|@DEPENDS@|$DEPENDS|" -e "s|@MAINTAINER@|$MAINTAINER|" \
         "$HERE/deb/control.in" >"$ROOT/DEBIAN/control"
