@@ -151,6 +151,7 @@ class TestSystemdUnit:
             "DynamicUser",
             "IPAddressDeny",
             "ProcSubset",
+            "ProtectProc",
             "ProtectHome",
             "RootDirectory",
         ):
