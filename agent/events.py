@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -47,13 +48,18 @@ def format_ts(value: float | datetime | None = None) -> str:
         value = value.timestamp()
     ms = int(round(value * 1000))
     secs, millis = divmod(ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{millis:03d}Z"
+    return _second(secs) + f".{millis:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(secs: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs))
 
 
 def format_ts_us(usec: int) -> str:
     """RFC 3339 UTC with milliseconds from epoch microseconds (journald's realtime clock)."""
     secs, rest = divmod(usec, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rest // 1000:03d}Z"
+    return _second(secs) + f".{rest // 1000:03d}Z"
 
 
 def parse_ts(text: str) -> float:

@@ -14,6 +14,7 @@ import contextlib
 import grp
 import os
 import pwd
+import re
 import socket
 import stat
 import struct
@@ -34,8 +35,9 @@ from agent.schema import SchemaError, validate_data
 
 log = structlog.get_logger("hook")
 
-_ID_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 MAX_PENDING_ANSWERS = 4096
+_EMIT_FIELDS = frozenset({"op", "kind", "data", "ts", "id", "ref"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class HookServer:
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self.allowed_uids, self.allowed_gids = self._resolve(cfg)
+        self._ok_counter = metrics.hook_requests.labels("emit", "ok")
 
     @staticmethod
     def _resolve(cfg: HookConfig) -> tuple[frozenset[int], frozenset[int]]:
@@ -224,11 +227,16 @@ class HookServer:
             item = await answers.get()
             if item is None:
                 break
-            ans = await self._resolve_answer(item)
+            if type(item) is tuple and item[2].done() and item[2].exception() is None:
+                # the common case, without a coroutine per answer: already spooled
+                self._ok_counter.inc()
+                ans = {"status": "ok", "id": item[0]} if item[1] is None else {"status": "ok", "id": item[0], "ref": item[1]}
+            else:
+                ans = await self._resolve_answer(item)
             if closed:
                 continue
             out.append(orjson.dumps(ans))
-            if answers.empty() and out:
+            if len(out) >= 256 or answers.empty():
                 try:
                     writer.write(b"\n".join(out) + b"\n")
                     await writer.drain()
@@ -254,7 +262,7 @@ class HookServer:
                 log.error("spooling failed", error=str(exc))
                 self.metrics.hook_requests.labels("emit", "error").inc()
                 return _answer("error", ref, reason=f"could not spool: {exc}")
-            self.metrics.hook_requests.labels("emit", "ok").inc()
+            self._ok_counter.inc()
             return _answer("ok", ref, id=ev_id)
         # an awaitable op answer
         return await item
@@ -296,9 +304,8 @@ class HookServer:
             self.metrics.hook_requests.labels("emit", "invalid").inc()
             return _answer("invalid", ref, reason=reason)
 
-        extra = set(msg) - {"op", "kind", "data", "ts", "id", "ref"}
-        if extra:
-            return invalid(f"unknown fields: {', '.join(sorted(extra))}")
+        if not _EMIT_FIELDS.issuperset(msg):
+            return invalid(f"unknown fields: {', '.join(sorted(set(msg) - _EMIT_FIELDS))}")
         kind = msg.get("kind")
         if not isinstance(kind, str) or kind not in KINDS:
             return invalid(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
@@ -322,8 +329,8 @@ class HookServer:
             event["ts"] = format_ts()
         ev_id = msg.get("id")
         if ev_id is not None:
-            if not isinstance(ev_id, str) or not 8 <= len(ev_id) <= 128 or not set(ev_id) <= _ID_OK:
-                return invalid("'id' must be 8-128 characters of [A-Za-z0-9._:-]")
+            if not isinstance(ev_id, str) or _ID_RE.fullmatch(ev_id) is None:
+                return invalid("'id' must be 8-128 characters of [A-Za-z0-9._:-], starting with a letter or digit")
             event["id"] = ev_id
         res = self.batcher.submit(event)  # type: ignore[arg-type]
         if isinstance(res, str):

@@ -50,7 +50,16 @@ class AgentMetrics:
         self.shipping_paused = Gauge(
             "alpacon_agent_shipping_paused", "1 while the backend refuses the credentials (401/403)", registry=r
         )
+        self._event_children: dict[tuple[str, str, str], Any] = {}
         self.evictions = Counter("alpacon_agent_spool_evictions", "Batches evicted to make room", registry=r)
+
+    def event_counter(self, kind: str, outcome: str, source: str) -> Any:
+        """The child counter of ``events`` for these labels (cached: this is on the hot path)."""
+        key = (kind, outcome, source)
+        c = self._event_children.get(key)
+        if c is None:
+            c = self._event_children[key] = self.events.labels(kind, outcome, source)
+        return c
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         source = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

@@ -107,6 +107,7 @@ class _Lane:
     checkpoints: dict[str, str] = field(default_factory=dict)
     flushed: asyncio.Future[None] | None = None
     first_at: float | None = None
+    flush_scheduled: bool = False
 
     def take(self) -> tuple[list[NewBatch], list[Checkpoint], asyncio.Future[None] | None]:
         batches = []
@@ -156,6 +157,17 @@ class Batcher:
         self._space = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._closed = False
+
+    @property
+    def chain(self) -> list[Processor]:
+        return self._chain
+
+    @chain.setter
+    def chain(self, chain: list[Processor]) -> None:
+        self._chain = chain
+        # the hook API validates what it accepts before submitting; only collectors' events
+        # need the schema check here
+        self._push_chain = [p for p in chain if not isinstance(p, Validate)]
 
     # -- processing ------------------------------------------------------------------------
     def process(self, event: Event, collector: str) -> bytes | None:
@@ -219,7 +231,7 @@ class Batcher:
         (or failed with SpoolFull), or a reason string when the event is refused outright."""
         lane = self.push
         try:
-            for proc in self.chain:
+            for proc in self._push_chain:
                 event = proc(event)
         except DropEvent as exc:
             self.on_event(event.get("kind", "?"), "dropped", exc.reason)
@@ -232,7 +244,8 @@ class Batcher:
             lane.flushed = asyncio.get_running_loop().create_future()
         fut = lane.flushed
         self._add(lane, blob, event["kind"])
-        if self._full(lane):
+        if not lane.flush_scheduled and self._full(lane):
+            lane.flush_scheduled = True
             asyncio.ensure_future(self.flush_lane(lane))
         return event["id"], fut
 
@@ -274,6 +287,7 @@ class Batcher:
         producers' future with SpoolFull and the buffer is discarded (they were told *busy*).
         """
         async with self._locks[lane.name]:
+            lane.flush_scheduled = False
             loop = asyncio.get_running_loop()
             while lane.nevents or lane.checkpoints:
                 batches, cps, fut = lane.take()

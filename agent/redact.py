@@ -45,6 +45,19 @@ BUILTIN_TRIGGERS: tuple[tuple[str, ...], ...] = (
 )
 
 
+#: Where free text lives in each kind's data; the other fields are names, numbers and enums
+#: checked by the schema. Kinds not listed are walked whole.
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "system_log": ("message", "extra"),
+    "websh_command": ("command", "extra"),
+    "command": ("line", "result", "reason", "extra"),
+    "webftp_transfer": ("path", "object_name", "error", "extra"),
+    "user_activity": ("details", "extra"),
+    "websh_session": ("browser", "extra"),
+    "metrics": (),
+}
+
+
 class Redactor:
     """Replaces secrets in strings and, recursively, in an event's ``data``."""
 
@@ -56,6 +69,10 @@ class Redactor:
         replacement: str = "[REDACTED]",
     ) -> None:
         self.replacement = replacement
+        # one C-level scan decides whether any built-in rule can match at all
+        # (on lower-cased text: an IGNORECASE alternation is ten times slower in CPython's re)
+        self._any_trigger = re.compile("|".join(re.escape(t) for ts in BUILTIN_TRIGGERS for t in ts))
+        self._custom = bool(list(patterns))
         rules: list[tuple[tuple[str, ...] | None, re.Pattern[str]]] = []
         if builtin:
             rules += [(t, re.compile(p)) for t, p in zip(BUILTIN_TRIGGERS, BUILTIN_PATTERNS, strict=True)]
@@ -72,7 +89,9 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """``text`` with every secret replaced."""
-        lower = None
+        lower: str | None = text.lower()
+        if not self._custom and self._any_trigger.search(lower) is None:
+            return text
         for triggers, rx in self._rules:
             if triggers is not None:
                 if lower is None:
@@ -95,5 +114,13 @@ class Redactor:
         return value
 
     def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
-        event["data"] = self.redact_value(event["data"])
+        fields = TEXT_FIELDS.get(event["kind"])
+        data = event["data"]
+        if fields is None:
+            event["data"] = self.redact_value(data)
+            return event
+        for f in fields:
+            v = data.get(f)
+            if v is not None:
+                data[f] = self.redact_value(v)
         return event

@@ -103,7 +103,7 @@ class Agent:
         )
 
     def _on_event(self, kind: str, outcome: str, source: str) -> None:
-        self.metrics.events.labels(kind, outcome, source).inc()
+        self.metrics.event_counter(kind, outcome, source).inc()
         if outcome == "received":
             self._received += 1
 

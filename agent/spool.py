@@ -117,6 +117,9 @@ class Spool:
         self.max_bytes = max_bytes
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         os.chmod(self.path, 0o600)
+        # larger pages: a batch body spans fewer overflow pages, so insert and delete touch less
+        # (takes effect only when the file is new)
+        self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
         self._db.execute("PRAGMA foreign_keys=ON")
