@@ -34,23 +34,25 @@ Deriver = Callable[[Event], list[Event]]
 def event_origin(event: Event) -> tuple[Origin | None, str | None]:
     """Where a ``system_log`` event was read: (``journald`` | ``file`` | None, file path or None).
 
-    Uses ``data.source`` when the collector filled it (``journald…`` or a file path), else the
-    id namespace (``jd-`` journald, ``f-`` files).
+    The id namespace decides (``jd-`` journald, ``f-`` files); ``data.source`` gives the file
+    path (for journald it names the journal directory) or, for events without such an id,
+    the origin (``journald…``, ``file:PATH`` or an absolute path).
     """
     data = event.get("data") or {}
     src = data.get("source")
-    if isinstance(src, str) and src:
-        if src.startswith("journald") or src.startswith("journal"):
+    src = src if isinstance(src, str) and src else None
+    eid = event.get("id") or ""
+    if eid.startswith("jd-"):
+        return "journald", None
+    if eid.startswith("f-"):
+        return "file", src.removeprefix("file:") if src else None
+    if src is not None:
+        if src.startswith("journal"):
             return "journald", None
         if src.startswith("file:"):
             return "file", src[5:]
         if src.startswith("/"):
             return "file", src
-    eid = event.get("id") or ""
-    if eid.startswith("jd-"):
-        return "journald", None
-    if eid.startswith("f-"):
-        return "file", None
     return None, None
 
 

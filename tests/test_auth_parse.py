@@ -222,8 +222,10 @@ class TestAuthDeriver:
 class TestDeriverOrigin:
     def test_origin_of_events(self) -> None:
         """Journald and file events are told apart by data.source or the id namespace."""
-        assert event_origin(line("sshd", "x", source="journald:system"))[0] == "journald"
-        assert event_origin(line("sshd", "x", source="/var/log/auth.log")) == ("file", "/var/log/auth.log")
+        assert event_origin(line("sshd", "x", id="x-1", source="journald:system"))[0] == "journald"
+        assert event_origin(line("sshd", "x", id="x-1", source="/var/log/auth.log")) == ("file", "/var/log/auth.log")
+        assert event_origin(line("sshd", "x", id="jd-1", source="/var/log/journal")) == ("journald", None)
+        assert event_origin(line("sshd", "x", id="f-1", source="/var/log/secure")) == ("file", "/var/log/secure")
         assert event_origin(line("sshd", "x", id="f-123"))[0] == "file"
         assert event_origin(line("sshd", "x", id="jd-123"))[0] == "journald"
 
