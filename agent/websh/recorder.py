@@ -151,6 +151,7 @@ class Recorder:
         self._master = -1
         self._flags: set[int] = set()
         self._line_start = 0
+        self._last_comm: tuple[int, str] = (0, "")
         self._shell_path: str | None = None
         self._tty: str | None = None
 
@@ -490,60 +491,65 @@ class Recorder:
             return False
         if not data:
             return False
+        # the terminal's state when the keys arrive, taken before the shell can react to them
         try:
             lflag = termios.tcgetattr(self._master)[3]
         except termios.error:
             lflag = termios.ECHO
+        fg = self._fg()
+        top_level = fg == self._child
+        if top_level:
+            self._last_comm = (0, "")
+        to_shell = not self._alt and (top_level or (fg is not None and self._comm(fg) in SHELL_NAMES))
+        cwd = self._cwd(fg) if (to_shell and fg and (b"\r" in data or b"\n" in data)) else None
         _write_all(self._master, data)
         echo_on = bool(lflag & termios.ECHO)
         secret = not echo_on and bool(lflag & termios.ICANON)
         if self._cast is not None and self.opts.record_input and echo_on:
             self._cast.input(data)
+        if not to_shell:
+            self.editor.reset()  # keys for a program (vim, top, a REPL …), not for a shell
+            return True
         if self.editor.empty:
             self._line_start = self.echo.offset
         lines = self.editor.feed(data, secret=secret)
         if lines:
-            self._typed(lines)
+            now = time.time()
+            for i, line in enumerate(lines):
+                self._awaiting.append(_Awaiting(line.text, line.truncated, self._line_start, i, now, top_level, cwd))
+            self._confirm(now)
         return True
 
-    def _typed(self, lines: list[Any]) -> None:
-        now = time.time()
-        fg = self._fg()
-        top_level = fg == self._child
-        if not top_level:
-            if fg is None or self._comm(fg) not in SHELL_NAMES:
-                return  # typed to a program (cat, vim, a REPL …), not to a shell
-        if self._alt:
-            return
-        cwd = self._cwd(fg) if fg else None
-        for i, line in enumerate(lines):
-            self._awaiting.append(_Awaiting(line.text, line.truncated, self._line_start, i, now, top_level, cwd))
-        self._confirm(now)
-
     def _confirm(self, now: float) -> None:
-        while self._awaiting:
-            a = self._awaiting[0]
-            if not self.echo.shown(a.text, a.since, a.index):
-                break
-            self._awaiting.pop(0)
-            self.tracker.line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated)
-        if not self._awaiting and self.editor.empty:
+        """Hand on the typed lines the screen has shown by now, in the order they were typed."""
+        keep: list[_Awaiting] = []
+        for a in self._awaiting:
+            if self.echo.shown(a.text, a.since, a.index):
+                self.tracker.line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated)
+            else:
+                keep.append(a)
+        self._awaiting = keep
+        if not keep and self.editor.empty:
             self.echo.trim(self.echo.offset)
 
     def _expire_awaiting(self, now: float) -> None:
-        while self._awaiting and now - self._awaiting[0].at > ECHO_WAIT_S:
-            self._awaiting.pop(0)  # never shown on screen: not recorded
-            self._confirm(now)
+        if self._awaiting and now - self._awaiting[0].at > ECHO_WAIT_S:
+            # never shown on screen (typed at a prompt that does not echo): not recorded
+            self._awaiting = [a for a in self._awaiting if now - a.at <= ECHO_WAIT_S]
         if not self._awaiting and self.editor.empty:
             self.echo.trim(self.echo.offset)
 
-    @staticmethod
-    def _comm(pid: int) -> str:
+    def _comm(self, pid: int) -> str:
+        """The program name of process ``pid`` (re-read whenever the foreground changes)."""
+        if self._last_comm[0] == pid:
+            return self._last_comm[1]
         try:
             with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as f:
-                return f.read().strip()
+                name = f.read().strip()
         except OSError:
             return ""
+        self._last_comm = (pid, name)
+        return name
 
     @staticmethod
     def _cwd(pid: int) -> str | None:

@@ -132,8 +132,7 @@ class CommandTracker:
             source = "input"
             if cwd is None and typed:
                 cwd = typed[0].cwd
-        text, cut = cap_command(text, self.max_command_bytes)
-        self._open = _Open(text, now, cwd, source, truncated or cut)
+        self._open = _Open(text, now, cwd, source, truncated)
 
     def _from_history(self, line: str) -> str | None:
         m = _HISTORY_LINE.match(line)
@@ -146,7 +145,7 @@ class CommandTracker:
             return None
         self._last_hist = num
         text = m.group(2)
-        return text[:-1] if text.endswith("\n") else text
+        return text.rstrip("\n")
 
     def _done(self, m: Mark, now: float) -> None:
         status = m.int(0)
