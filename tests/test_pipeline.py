@@ -1,0 +1,133 @@
+"""The processor chain and the batcher, on a real SQLite spool."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from agent.config import parse_config
+from agent.errors import SpoolFull
+from agent.events import make_event, stable_id
+from agent.pipeline import Batcher, DropEvent, Enrich, Filter, build_chain
+from agent.spool import Spool
+from agent.typing import Checkpoint
+
+
+def log_event(i: int, level: str = "info", msg: str = "hello") -> dict:
+    return make_event("system_log", {"program": "p", "level": level, "pid": 1, "message": msg}, id=stable_id("t", i))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+class TestProcessors:
+    def test_enrich_sets_server_and_keeps_ids(self):
+        """Enrich adds the server; a source's id is kept, a missing one is made."""
+        e = Enrich("web-01")
+        a = e(log_event(1))
+        b = e(make_event("system_log", {"program": "p", "level": "info", "message": "m"}))
+        assert a["server"] == "web-01" and a["id"] == stable_id("t", 1)
+        assert b["id"].startswith("ev-")
+
+    def test_filter(self):
+        """Filter drops configured kinds and levels below the minimum."""
+        f = Filter(["metrics"], "warning")
+        with pytest.raises(DropEvent):
+            f(make_event("metrics", {"cpu": {}, "memory": {}}))
+        with pytest.raises(DropEvent):
+            f(log_event(1, "info"))
+        assert f(log_event(1, "error"))["data"]["level"] == "error"
+
+
+class TestBatcher:
+    def _batcher(self, tmp_path, **over):
+        cfg = parse_config({"server": "s", "state_dir": str(tmp_path), **over})
+        spool = Spool(tmp_path, cfg.spool.max_bytes)
+        ex = ThreadPoolExecutor(1)
+        seen: list[tuple[str, str, str]] = []
+        b = Batcher(spool, ex, build_chain(cfg), max_events=cfg.batch.max_events, max_bytes=cfg.batch.max_bytes,
+                    max_wait_ms=cfg.batch.max_wait_ms, on_event=lambda *a: seen.append(a))
+        return b, spool, ex, seen
+
+    def test_batch_and_checkpoint_in_one_flush(self, tmp_path):
+        """Events emitted with a checkpoint land in one batch row with the checkpoint."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path)
+            await b.emit([log_event(i) for i in range(10)], Checkpoint("jd", "cursor-10"))
+            await b.flush()
+            assert spool.checkpoints() == {"jd": "cursor-10"}
+            rows = spool.pending(10)
+            assert len(rows) == 1 and rows[0].n_events == 10 and rows[0].kinds == {"system_log": 10}
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_max_events_splits_batches(self, tmp_path):
+        """batch.max_events bounds the events per batch."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path, batch={"max_events": 7})
+            await b.emit([log_event(i) for i in range(20)], None)
+            await b.flush()
+            assert [r.n_events for r in spool.pending(10)] == [7, 7, 6]
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_invalid_collector_event_dead_lettered_neighbours_kept(self, tmp_path):
+        """A collector's invalid event goes to dead letters with the reason; its neighbours are spooled."""
+        async def main():
+            b, spool, ex, seen = self._batcher(tmp_path)
+            bad = make_event("system_log", {"program": "p", "level": "LOUD", "message": "m"}, id=stable_id("t", 99))
+            await b.emit([log_event(1), bad, log_event(2)], Checkpoint("f", "3"))
+            await b.flush()
+            assert sum(r.n_events for r in spool.pending(10)) == 2
+            dead = spool.dead_letters()
+            assert len(dead) == 1 and "level" in dead[0]["reason"]
+            assert ("system_log", "dead_lettered", "collector") in seen
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_filtered_events_still_move_checkpoint(self, tmp_path):
+        """When every event is filtered out, the checkpoint still commits (no re-reading forever)."""
+        async def main():
+            b, spool, ex, seen = self._batcher(tmp_path, filter={"min_level": "error"})
+            await b.emit([log_event(i, "debug") for i in range(5)], Checkpoint("jd", "c5"))
+            await b.flush()
+            assert spool.checkpoints() == {"jd": "c5"} and spool.pending(10) == []
+            assert seen.count(("system_log", "dropped", "level")) == 5
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_push_busy_when_full(self, tmp_path):
+        """A pushed event that cannot be spooled resolves its future with SpoolFull."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path, spool={"max_bytes": 65536}, batch={"max_events": 20})
+            futs = []
+            for i in range(200):
+                r = b.submit(log_event(i, msg="z" * 1000))
+                assert not isinstance(r, str)
+                futs.append(r[1])
+                await asyncio.sleep(0)  # let scheduled flushes run, as the hook's reader does
+            results = await asyncio.gather(*futs, return_exceptions=True)
+            assert any(isinstance(x, SpoolFull) for x in results)
+            assert any(x is None for x in results)
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_redaction_applied_before_spool(self, tmp_path):
+        """Secrets never reach the spool file."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path)
+            await b.emit([log_event(1, msg="mysql -pTopSecret1 db")], None)
+            await b.flush()
+            await b.close()
+            ex.shutdown()
+        run(main())
+        raw = (tmp_path / "spool.db").read_bytes() + (tmp_path / "spool.db-wal").read_bytes()
+        assert b"TopSecret1" not in raw and b"[REDACTED]" in raw
