@@ -1,0 +1,103 @@
+"""Benchmark: a syslog file -> agent -> HTTP sink, against ``wc -l`` on the same file in the same run.
+
+Writes a file of realistic Debian 12 syslog lines (default 1 GiB, ``seq=N`` in each), times
+``wc -l`` on it, then runs a real agent reading it from the beginning and shipping to the
+reference receiver in ``--mode count``; prints lines/s, the agent's CPU seconds, peak RSS and
+peak anonymous RSS.
+
+Usage: ``.venv/bin/python bench/syslog_file.py [--bytes 1073741824] [--keep FILE]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.journald import cpu_seconds, proc_status  # noqa: E402
+from tests.harness import AgentProcess, ReceiverProcess, agent_config  # noqa: E402
+
+TEMPLATES = [
+    "web-01 sshd[{pid}]: Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: ED25519 SHA256:Qx{p}",
+    "web-01 CRON[{pid}]: (root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)",
+    "web-01 nginx[{pid}]: 10.0.{a}.{b} - - \"GET /api/v1/items?page={p} HTTP/1.1\" 200 5123 \"-\" \"Mozilla/5.0\"",
+    "web-01 kernel: [{p}.123456] audit: type=1400 apparmor=\"DENIED\" operation=\"open\" name=\"/proc/{b}\"",
+    "web-01 systemd[1]: Started session-{p}.scope - Session {p} of User deploy.",
+]
+
+
+def write_file(path: Path, size: int) -> int:
+    n = 0
+    with open(path, "w") as f:
+        written = 0
+        buf = []
+        while written < size:
+            us = n % 1_000_000
+            line = (f"2026-11-26T21:{(n // 60_000_000) % 60:02d}:{(n // 1_000_000) % 60:02d}.{us:06d}+00:00 "
+                    + TEMPLATES[n % 5].format(pid=1000 + n % 300, a=n % 256, b=n % 200, p=40000 + n % 20000)
+                    + f" seq={n}\n")
+            buf.append(line)
+            written += len(line)
+            n += 1
+            if len(buf) >= 10000:
+                f.write("".join(buf))
+                buf.clear()
+        f.write("".join(buf))
+    return n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bytes", type=int, default=1 << 30)
+    ap.add_argument("--keep", help="keep the file at this path (reused if present)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-syslog-"))
+    path = Path(args.keep) if args.keep else tmp / "syslog"
+    if not path.exists():
+        t = time.monotonic()
+        write_file(path, args.bytes)
+        print(f"wrote {path.stat().st_size / 2**20:.0f} MiB in {time.monotonic() - t:.1f}s")
+    t = time.monotonic()
+    out = subprocess.run(["wc", "-l", str(path)], capture_output=True, text=True, check=True).stdout
+    n = int(out.split()[0])
+    base = n / (time.monotonic() - t)
+    print(f"baseline wc -l: {n:,} lines, {base:,.0f} lines/s")
+    (tmp / "agent").mkdir(parents=True, exist_ok=True)
+    with ReceiverProcess(tmp / "receiver", mode="count") as rcv:
+        cfg = agent_config(tmp / "agent", rcv, collectors={"syslog": {
+            "enabled": True, "paths": [str(path)], "start_at": "beginning"}},
+            batch={"max_events": 1000, "max_wait_ms": 200})
+        agent = AgentProcess(tmp / "agent", cfg)
+        t0 = time.monotonic()
+        agent.start(wait=False)
+        assert agent.proc is not None
+        pid = agent.proc.pid
+        peak_anon = 0
+        while True:
+            peak_anon = max(peak_anon, proc_status(pid).get("RssAnon", 0))
+            stats = rcv.stats()
+            if stats.get("stored", 0) >= n:
+                break
+            if agent.proc.poll() is not None:
+                raise RuntimeError(f"agent exited: {agent.log_path.read_text()[-2000:]}")
+            time.sleep(0.1)
+        wall = time.monotonic() - t0
+        st = proc_status(pid)
+        cpu = cpu_seconds(pid)
+        agent.stop()
+    src = next(iter(stats.get("sources", {}).values()), {})
+    rate = n / wall
+    print(f"agent end to end: {rate:,.0f} lines/s ({wall:.1f}s wall, {cpu:.1f} CPU s), peak RSS "
+          f"{st['VmHWM'] / 1024:.0f} MiB, peak anonymous RSS {max(peak_anon, st['RssAnon']) / 1024:.0f} MiB; "
+          f"sink: {stats.get('stored')} stored, {src.get('missing')} missing, "
+          f"{stats.get('duplicates', 0) + src.get('duplicates', 0)} duplicates")
+    print(f"ratio agent / wc -l: {rate / base:.3f}  (aim: >= 150,000 lines/s)")
+
+
+if __name__ == "__main__":
+    main()
