@@ -235,8 +235,7 @@ class Deliverer(threading.Thread):
             if self._wake.wait(timeout=left):
                 self._wake.clear()
                 self._store(q)
-                if self._stop_at is not None:
-                    return
+                return  # something new (or a stop): try the agent again now
 
     def _store(self, q: DurableQueue) -> None:
         batch: list[dict[str, Any]] = []
