@@ -54,7 +54,6 @@ class OsUser:
         self.uid = int(subprocess.run(["id", "-u", name], capture_output=True, text=True, check=True).stdout)
 
     def remove(self) -> None:
-        subprocess.run(["pkill", "-KILL", "-u", self.name], capture_output=True)  # noqa: S607 - by exact user
         subprocess.run(["userdel", "-r", self.name], capture_output=True)
 
 
