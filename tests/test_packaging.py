@@ -337,6 +337,42 @@ class TestDebianInstall:
         res = chroot.run("dpkg-query", "-W", "alpacon-agent", check=False)
         assert res.returncode != 0
 
+    def test_scripts_drive_a_running_systemd(
+        self, chroot: Chroot, debs: dict[str, Path], receiver: ReceiverProcess
+    ) -> None:
+        """With systemd "running" (a logging systemctl): install enables but does not start an
+        unconfigured agent; an upgrade of a configured one stops it, then starts it; remove stops it."""
+        calls = chroot.path("/var/log/systemctl.calls")
+        stub = chroot.path("/usr/local/bin/systemctl")
+        stub.write_text(
+            "#!/bin/sh\n"
+            'echo "$*" >> /var/log/systemctl.calls\n'
+            'case "$*" in *--version*) echo "systemd 252 (252)";; *is-enabled*) echo enabled;; esac\n'
+        )
+        stub.chmod(0o755)
+        chroot.path("/run/systemd/system").mkdir(parents=True)
+
+        def actions() -> list[str]:
+            text = calls.read_text() if calls.exists() else ""
+            calls.write_text("")
+            return [line.split()[-2] for line in text.splitlines()
+                    if line.endswith("alpacon-agent.service") and " is-" not in line]
+
+        try:
+            chroot.run("dpkg", "-i", chroot.copy_in(debs[VERSION_N], "/tmp/agent-n.deb"))
+            assert "start" not in actions(), "an unconfigured agent must not be started"
+            chroot.path("/root/token.txt").write_text(receiver.token + "\n")
+            chroot.run("alpacon-agent", "setup", "--no-start", "--url", receiver.ingest_url,
+                       "--token-file", "/root/token.txt")
+            chroot.run("dpkg", "-i", chroot.copy_in(debs[VERSION_N1], "/tmp/agent-n1.deb"))
+            assert actions() == ["stop", "start"]
+            chroot.run("dpkg", "-r", "alpacon-agent")
+            assert actions() == ["stop"]
+        finally:
+            stub.unlink()
+            chroot.path("/run/systemd/system").rmdir()
+            chroot.run("dpkg", "-P", "alpacon-agent", check=False)
+
 
 def test_packaging_tools_present() -> None:
     """The tools the packaging step needs are installed (CI installs them)."""
