@@ -4,8 +4,8 @@ Processors are small callables ``(event) -> event``; a filter raises :class:`Dro
 which only the chain's loop catches (and counts). The :class:`Batcher` collects processed
 events in two lanes, ``pull`` (collectors: their emits wait while the spool is full, so the
 source's data stays where it is) and ``push`` (the hook API: a full spool answers *busy*).
-Each lane keeps one buffer per eviction class, and a flush writes the lane's buffers and the
-checkpoints they cover to the spool in one transaction.
+A flush writes a lane's oldest events as one batch per eviction class, together with the
+checkpoints they lead up to, to the spool in one transaction.
 """
 
 from __future__ import annotations
@@ -98,32 +98,75 @@ def build_chain(cfg: AgentConfig) -> list[Processor]:
 
 @dataclass
 class _Lane:
+    """Events waiting to be spooled, in arrival order, with the checkpoints they lead up to."""
+
     name: str
     fail_fast: bool
-    buffers: dict[int, list[bytes]] = field(default_factory=lambda: {PRIORITY_BULK: [], PRIORITY_AUDIT: []})
-    kinds: dict[int, dict[str, int]] = field(default_factory=lambda: {PRIORITY_BULK: {}, PRIORITY_AUDIT: {}})
+    items: list[tuple[int, str, bytes]] = field(default_factory=list)  # (priority, kind, JSON)
     nbytes: int = 0
-    nevents: int = 0
     checkpoints: dict[str, str] = field(default_factory=dict)
     flushed: asyncio.Future[None] | None = None
     first_at: float | None = None
     flush_scheduled: bool = False
 
-    def take(self) -> tuple[list[NewBatch], list[Checkpoint], asyncio.Future[None] | None]:
-        batches = []
-        for prio, items in self.buffers.items():
-            if items:
-                body = b"[" + b",".join(items) + b"]"
-                batches.append(NewBatch(new_id("b"), prio, len(items), self.kinds[prio], body))
-        cps = [Checkpoint(s, p) for s, p in self.checkpoints.items()]
-        fut = self.flushed
-        self.buffers = {PRIORITY_BULK: [], PRIORITY_AUDIT: []}
-        self.kinds = {PRIORITY_BULK: {}, PRIORITY_AUDIT: {}}
-        self.nbytes = self.nevents = 0
-        self.checkpoints = {}
-        self.flushed = None
-        self.first_at = None
-        return batches, cps, fut
+    @property
+    def nevents(self) -> int:
+        return len(self.items)
+
+    def add(self, prio: int, kind: str, blob: bytes) -> None:
+        self.items.append((prio, kind, blob))
+        self.nbytes += len(blob)
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+
+    def take(
+        self, max_events: int | None = None, max_bytes: int | None = None
+    ) -> tuple[list[tuple[int, str, bytes]], list[Checkpoint], asyncio.Future[None] | None]:
+        """The oldest events up to the limits (at least one); the checkpoints only when the lane
+        is emptied, since a checkpoint covers every event emitted before it."""
+        n = len(self.items)
+        if max_events is not None or max_bytes is not None:
+            size = 0
+            n = 0
+            for _, _, blob in self.items:
+                if n and ((max_events is not None and n >= max_events) or (max_bytes is not None and size + len(blob) > max_bytes)):
+                    break
+                n += 1
+                size += len(blob)
+        taken, self.items = self.items[:n], self.items[n:]
+        self.nbytes -= sum(len(b) for _, _, b in taken)
+        cps: list[Checkpoint] = []
+        if not self.items:
+            cps = [Checkpoint(s, p) for s, p in self.checkpoints.items()]
+            self.checkpoints = {}
+            self.first_at = None
+        fut, self.flushed = self.flushed, None
+        return taken, cps, fut
+
+    def restore(self, taken: list[tuple[int, str, bytes]], cps: list[Checkpoint]) -> None:
+        """Put events that could not be written back at the head of the lane."""
+        self.items[:0] = taken
+        self.nbytes += sum(len(b) for _, _, b in taken)
+        newer = self.checkpoints
+        self.checkpoints = {c.source: c.position for c in cps}
+        self.checkpoints.update(newer)
+        if self.first_at is None and (self.items or self.checkpoints):
+            self.first_at = time.monotonic()
+
+
+def _to_batches(taken: list[tuple[int, str, bytes]]) -> list[NewBatch]:
+    """One spool batch per eviction class, events in their order."""
+    out = []
+    for prio in (PRIORITY_AUDIT, PRIORITY_BULK):
+        blobs = [b for p, _, b in taken if p == prio]
+        if not blobs:
+            continue
+        kinds: dict[str, int] = {}
+        for p, k, _ in taken:
+            if p == prio:
+                kinds[k] = kinds.get(k, 0) + 1
+        out.append(NewBatch(new_id("b"), prio, len(blobs), kinds, b"[" + b",".join(blobs) + b"]"))
+    return out
 
 
 class Batcher:
@@ -146,7 +189,8 @@ class Batcher:
         self.executor = executor
         self.chain = chain
         self.max_events = max_events
-        self.max_bytes = max_bytes
+        # a batch must fit in the spool with room to spare, or a full spool could never take it
+        self.max_bytes = min(max_bytes, spool.max_bytes // 4)
         self.max_wait = max_wait_ms / 1000
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
         self.on_event = on_event or (lambda kind, what, detail: None)
@@ -156,6 +200,7 @@ class Batcher:
         self._locks = {"pull": asyncio.Lock(), "push": asyncio.Lock()}
         self._space = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
+        self._behind: asyncio.Future[None] | None = None
         self._closed = False
 
     @property
@@ -195,14 +240,9 @@ class Batcher:
         self.spool.add_dead_letter(NewBatch(new_id("b"), PRIORITY_BULK, 1, {str(kind): 1}, body), reason, None)
 
     def _add(self, lane: _Lane, blob: bytes, kind: str) -> None:
-        prio = priority_of(kind)
-        lane.buffers[prio].append(blob)
-        k = lane.kinds[prio]
-        k[kind] = k.get(kind, 0) + 1
-        lane.nbytes += len(blob)
-        lane.nevents += 1
-        if lane.first_at is None:
-            lane.first_at = time.monotonic()
+        first = lane.first_at is None
+        lane.add(priority_of(kind), kind, blob)
+        if first:
             self._arm_timer()
 
     def _full(self, lane: _Lane) -> bool:
@@ -217,14 +257,29 @@ class Batcher:
             if blob is not None:
                 self._add(lane, blob, ev["kind"])
             if self._full(lane):
-                await self.flush_lane(lane)
+                await self._flush_behind(lane)
         if checkpoint is not None:
             lane.checkpoints[checkpoint.source] = checkpoint.position
             if not lane.nevents:
                 # nothing buffered (all filtered): the position can still move on
                 self._arm_timer()
         if self._full(lane):
-            await self.flush_lane(lane)
+            await self._flush_behind(lane)
+
+    async def _flush_behind(self, lane: _Lane) -> None:
+        """Write a full pull lane while the collector goes on reading into a fresh buffer.
+
+        At most one such write is outstanding: the next full buffer waits for it, which is the
+        back-pressure a collector feels when the spool is slow or full. Writes stay in order
+        (one lock), so a checkpoint never commits before the events it covers.
+        """
+        prev = self._behind
+        if prev is not None and not prev.done():
+            await asyncio.shield(prev)
+        elif prev is not None:
+            prev.result()  # surface a failed write to the collector (its events were restored)
+        self._behind = asyncio.ensure_future(self.flush_lane(lane))
+        await asyncio.sleep(0)  # let it take the buffer before more events are added
 
     def submit(self, event: Event, collector: str = "hook") -> tuple[str, asyncio.Future[None]] | str:
         """Push lane: the event's id and a future resolved when it is durably spooled
@@ -279,18 +334,24 @@ class Batcher:
                     except SpoolFull:
                         await self.wait_for_space(1.0)
 
-    async def flush_lane(self, lane: _Lane, wait_for_space: bool = True) -> None:
+    async def flush_lane(self, lane: _Lane, wait_for_space: bool = True, drain: bool = False) -> None:
         """Write the lane's buffers (and checkpoints) to the spool.
 
-        Pull lane: while the spool is full the buffers are kept and this waits (or raises
-        SpoolFull when ``wait_for_space`` is False). Push lane: a full spool fails the waiting
-        producers' future with SpoolFull and the buffer is discarded (they were told *busy*).
+        Pull lane: one batch (``drain``: all of them); while the spool is full the events are
+        kept and this waits (or raises SpoolFull when ``wait_for_space`` is False). Push lane:
+        everything; a full spool fails the producers' future with SpoolFull and the events are
+        discarded (the producers were told *busy* and still hold them).
         """
         async with self._locks[lane.name]:
             lane.flush_scheduled = False
             loop = asyncio.get_running_loop()
             while lane.nevents or lane.checkpoints:
-                batches, cps, fut = lane.take()
+                if lane.fail_fast:
+                    taken, cps, fut = lane.take()
+                else:
+                    # a pull lane may have grown past one batch while a write was waiting
+                    taken, cps, fut = lane.take(self.max_events, self.max_bytes)
+                batches = _to_batches(taken)
                 try:
                     evictions = await loop.run_in_executor(self.executor, self.spool.append, batches, cps)
                 except SpoolFull as exc:
@@ -299,7 +360,7 @@ class Batcher:
                             fut.set_exception(exc)
                             fut.exception()  # retrieved: each waiter reads it itself
                         return
-                    self._restore(lane, batches, cps)
+                    lane.restore(taken, cps)
                     if not wait_for_space:
                         raise
                     await self.wait_for_space(1.0)
@@ -308,29 +369,13 @@ class Batcher:
                     if fut is not None and not fut.done():
                         fut.set_exception(exc)
                     if not lane.fail_fast:
-                        self._restore(lane, batches, cps)
+                        lane.restore(taken, cps)
                     raise
                 if fut is not None and not fut.done():
                     fut.set_result(None)
                 self.on_flush(batches, evictions)
-                return
-
-    def _restore(self, lane: _Lane, batches: list[NewBatch], cps: list[Checkpoint]) -> None:
-        """Put a batch that could not be written back at the head of the lane."""
-        old_cps = lane.checkpoints
-        lane.checkpoints = {c.source: c.position for c in cps}
-        lane.checkpoints.update(old_cps)
-        for b in batches:
-            items = orjson.loads(b.body)
-            blobs = [orjson.dumps(e) for e in items]
-            lane.buffers[b.priority][:0] = blobs
-            k = lane.kinds[b.priority]
-            for kind, n in b.kinds.items():
-                k[kind] = k.get(kind, 0) + n
-            lane.nevents += len(blobs)
-            lane.nbytes += sum(len(x) for x in blobs)
-        if lane.first_at is None:
-            lane.first_at = time.monotonic()
+                if lane.fail_fast or (not drain and not self._full(lane)):
+                    return
 
     def space_freed(self) -> None:
         """Called by the shipper after it deleted batches."""
@@ -347,7 +392,7 @@ class Batcher:
 
         async def both() -> None:
             await self.flush_lane(self.push)
-            await self.flush_lane(self.pull)
+            await self.flush_lane(self.pull, drain=True)
 
         try:
             async with asyncio.timeout(timeout):

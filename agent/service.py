@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -124,11 +125,7 @@ class Agent:
         self.metrics.spool_bytes.set(self.spool.bytes)
 
     def _context(self) -> CollectorContext:
-        try:
-            from collectors.derive import build_derivers
-        except ImportError:  # the derivers module is optional until its collectors exist
-            def build_derivers(cfg: AgentConfig) -> list[Any]:
-                return []
+        from collectors.derive import build_derivers
 
         ctx = CollectorContext(
             server=self.cfg.server,
@@ -161,7 +158,8 @@ class Agent:
         ctx = self._context()
         self.collectors = build_collectors(self.cfg, ctx)
         for c in self.collectors:
-            c.ctx.emit_fn = self._emit_for(c.name)
+            # each collector its own context, so that its events are counted under its name
+            c.ctx = dataclasses.replace(ctx, emit_fn=self._emit_for(c.name))
             self._collector_tasks.append(asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}"))
 
     async def _run_collector(self, c: Collector) -> None:
@@ -338,7 +336,8 @@ class Agent:
         # the pipeline's processors and limits
         b = new.batch
         self.batcher.chain = build_chain(new)
-        self.batcher.max_events, self.batcher.max_bytes = b.max_events, b.max_bytes
+        self.batcher.max_events = b.max_events
+        self.batcher.max_bytes = min(b.max_bytes, new.spool.max_bytes // 4)
         self.batcher.max_wait = b.max_wait_ms / 1000
         # the sink: a new shipper when anything about it changed
         if new.sink != old.sink or new.server != old.server:

@@ -22,6 +22,17 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
         from collectors.syslog import SyslogFileCollector
 
         out.append(SyslogFileCollector(c.syslog, ctx))
+    # the auth log, when the audit derivers read it from a file rather than the journal
+    from collectors.derive import auth_file_paths
+
+    auth_paths = [p for p in auth_file_paths(cfg) if not (c.syslog.enabled and p in c.syslog.paths)]
+    if auth_paths:
+        from collectors.syslog import SyslogFileCollector
+
+        authlog = SyslogFileCollector(c.syslog.model_copy(update={"paths": auth_paths, "enabled": True}), ctx)
+        authlog.name = "authlog"  # type: ignore[misc]
+        authlog.source = "authlog"
+        out.append(authlog)
     if c.metrics.enabled:
         from collectors.metrics import MetricsCollector
 

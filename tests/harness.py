@@ -192,9 +192,9 @@ class AgentProcess:
         return Path(self.config["state_dir"]) / "spool.db"
 
     def cli(self, *args: str, input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """Run ``alpacon-agent ARGS --config <this agent's config>``."""
+        """Run ``alpacon-agent SUBCOMMAND --config <this agent's config> ARGS…``."""
         return subprocess.run(
-            [str(BIN / "alpacon-agent"), *args, "--config", str(self.config_path)],
+            [str(BIN / "alpacon-agent"), args[0], "--config", str(self.config_path), *args[1:]],
             capture_output=True, text=True, input=input, timeout=timeout,
         )
 

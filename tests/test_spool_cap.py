@@ -74,12 +74,17 @@ class TestSpoolCap:
             await asyncio.sleep(0.3)
             assert not task.done(), "emit should wait while the spool is full"
             assert spool.checkpoints() == {}, "no checkpoint may pass events that are not spooled"
-            while not task.done():
+            async def emit_then_flush() -> None:
+                await task
+                await b.flush()
+
+            done = asyncio.ensure_future(emit_then_flush())
+            while not done.done():  # play the shipper: acknowledge what is spooled, make room
                 for batch in spool.pending(100):
                     spool.ack(batch.seq)
                 b.space_freed()
                 await asyncio.sleep(0.01)
-            await b.flush()
+            await done
             assert spool.checkpoints() == {"src": "400"}
             await b.close()
             ex.shutdown()
