@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
@@ -25,7 +26,7 @@ from agent.config import LEVELS, AgentConfig
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_AUDIT, PRIORITY_BULK, new_id, priority_of
 from agent.redact import Redactor
-from agent.schema import SchemaError, validate_event
+from agent.schema import SchemaError, validate_data, validate_event
 from agent.spool import NewBatch, Spool
 from agent.typing import Checkpoint, Event, Processor
 
@@ -77,9 +78,28 @@ class Filter:
 class Validate:
     """Checks an event against the wire schema, so that a batch is never refused for one bad event."""
 
+    _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
+    _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
+
     def __call__(self, event: Event) -> Event:
+        # the envelope by hand (the same rules as the schema's, several times cheaper), then
+        # the kind's data by the schema; anything unusual goes through the full check
+        ts, ev_id, kind = event.get("ts"), event.get("id"), event.get("kind")
+        simple = (
+            len(event) == 5
+            and type(ts) is str
+            and type(ev_id) is str
+            and kind in KINDS
+            and self._TS.fullmatch(ts) is not None
+            and self._ID.fullmatch(ev_id) is not None
+            and type(event.get("server")) is str
+            and 0 < len(event["server"]) <= 256
+        )
         try:
-            validate_event(event)
+            if simple:
+                validate_data(kind, event["data"])  # type: ignore[arg-type]
+            else:
+                validate_event(event)
         except SchemaError as exc:
             raise InvalidEvent(str(exc)) from None
         return event

@@ -33,7 +33,7 @@ BUILTIN_PATTERNS: tuple[str, ...] = (
     r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----(?P<secret>[\s\S]*?)-----END (?:[A-Z]+ )?PRIVATE KEY-----",
 )
 BUILTIN_TRIGGERS: tuple[tuple[str, ...], ...] = (
-    ("pass", "pwd", "secret", "token", "key"),
+    ("pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key"),
     ("--",),
     ("mysql", "mariadb"),
     ("authorization",),
@@ -48,7 +48,7 @@ BUILTIN_TRIGGERS: tuple[tuple[str, ...], ...] = (
 #: Where free text lives in each kind's data; the other fields are names, numbers and enums
 #: checked by the schema. Kinds not listed are walked whole.
 TEXT_FIELDS: dict[str, tuple[str, ...]] = {
-    "system_log": ("message", "extra"),
+    "system_log": ("message",),  # extra: journal fields and RFC 5424 structured data, not free text
     "websh_command": ("command", "extra"),
     "command": ("line", "result", "reason", "extra"),
     "webftp_transfer": ("path", "object_name", "error", "extra"),
