@@ -32,6 +32,7 @@ from agent.websh.marks import MarkParser, alt_screen_change
 from agent.websh.tracker import CommandRecord, CommandTracker
 
 READ_SIZE = 65_536
+BURST_READS = 8
 ECHO_WAIT_S = 2.0
 TIOCGPTN = 0x80045430
 LOGIN_PATH_ROOT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -88,7 +89,13 @@ def _winsize(fd: int) -> bytes | None:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    try:
+        n = os.write(fd, data)
+    except (InterruptedError, BlockingIOError):
+        n = 0
+    if n == len(data):
+        return
+    view = memoryview(data)[n:]
     while view:
         try:
             n = os.write(fd, view)
@@ -217,6 +224,7 @@ class Recorder:
                 os._exit(127)
         self._child = pid
         self._master = master
+        os.set_blocking(master, False)
 
     def _tty_name(self) -> str | None:
         try:
@@ -338,26 +346,31 @@ class Recorder:
         status: int | None = None
         kill_at: float | None = None
         drain_until = 0.0
+        master = self._master
+        status = self._reap(block=False)  # a shell that died before the handlers were set
         try:
             while True:
-                timeout = 250 if (self._awaiting or self.tracker._pending) else (100 if kill_at else -1)
                 if status is not None:
                     timeout = 50  # the shell is gone: drain what is left, briefly
+                elif self._awaiting or self.tracker._pending:
+                    timeout = 250
+                else:
+                    timeout = 100 if kill_at else -1
                 try:
                     events = poller.poll(timeout)
                 except InterruptedError:
                     events = []
                 if status is not None and (not events or time.monotonic() > drain_until):
                     break
-                for fd, ev in events:
-                    if fd == self._master:
+                for fd, _ev in events:
+                    if fd == master:
                         if not self._from_shell():
-                            poller.unregister(self._master)
+                            poller.unregister(master)
                             if status is None:
                                 status = self._reap(block=True)
                             return status
                     elif fd == self.stdin:
-                        if ev & (select.POLLIN | select.POLLHUP | select.POLLERR) and not self._from_user():
+                        if not self._from_user():
                             poller.unregister(self.stdin)
                             stdin_open = False
                             self._hangup()
@@ -377,15 +390,16 @@ class Recorder:
                         kill_at = kill_at or time.monotonic() + 5.0
                     if flags & {signal.SIGINT, signal.SIGQUIT}:
                         self._forward(signal.SIGINT if signal.SIGINT in flags else signal.SIGQUIT)
-                if status is None:
-                    status = self._reap(block=False)
-                    drain_until = time.monotonic() + 0.5
+                    if signal.SIGCHLD in flags and status is None:
+                        status = self._reap(block=False)
+                        drain_until = time.monotonic() + 0.5
                 if kill_at is not None and status is None and time.monotonic() > kill_at:
                     self._kill(signal.SIGKILL)
                     kill_at = time.monotonic() + 5.0
-                now = time.time()
-                self._expire_awaiting(now)
-                self.tracker.tick(now)
+                if self._awaiting or self.tracker._pending:
+                    now = time.time()
+                    self._expire_awaiting(now)
+                    self.tracker.tick(now)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
@@ -454,16 +468,22 @@ class Recorder:
     # -- data --------------------------------------------------------------------------------
 
     def _from_shell(self) -> bool:
-        try:
-            data = os.read(self._master, READ_SIZE)
-        except OSError as exc:
-            if exc.errno in (errno.EIO, errno.EBADF):
+        """Relay what the shell wrote: a burst of reads (bounded, so keys are never kept waiting)."""
+        for _ in range(BURST_READS):
+            try:
+                data = os.read(self._master, READ_SIZE)
+            except OSError as exc:
+                if exc.errno in (errno.EIO, errno.EBADF):
+                    return False
+                if exc.errno in (errno.EAGAIN, errno.EINTR):
+                    return True
+                raise
+            if not data:
                 return False
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                return True
-            raise
-        if not data:
-            return False
+            self._output(data)
+        return True
+
+    def _output(self, data: bytes) -> None:
         visible, marks = self.parser.feed(data)
         if visible:
             _write_all(self.stdout, visible)
@@ -480,7 +500,6 @@ class Recorder:
             now = time.time()
             for m in marks:
                 self.tracker.mark(m, now)
-        return True
 
     def _from_user(self) -> bool:
         try:
