@@ -61,7 +61,6 @@ def test_user() -> Iterator[tuple[str, str]]:
         yield TEST_USER, password
     finally:
         SUDOERS.unlink(missing_ok=True)
-        subprocess.run(["pkill", "-KILL", "-u", TEST_USER], capture_output=True)
         subprocess.run(["userdel", "-r", TEST_USER], capture_output=True)
         subprocess.run(["groupdel", TEST_GROUP], capture_output=True)
 
