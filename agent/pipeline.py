@@ -202,7 +202,7 @@ class Batcher:
         max_bytes: int,
         max_wait_ms: int,
         push_max_wait_ms: int = 50,
-        on_event: Callable[[str, str, str], None] | None = None,
+        on_event: Callable[[str, str, str, int], None] | None = None,
         on_flush: Callable[[list[NewBatch], list[Any]], None] | None = None,
     ) -> None:
         self.spool = spool
@@ -213,7 +213,7 @@ class Batcher:
         self.max_bytes = min(max_bytes, spool.max_bytes // 4)
         self.max_wait = max_wait_ms / 1000
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
-        self.on_event = on_event or (lambda kind, what, detail: None)
+        self.on_event = on_event or (lambda kind, what, detail, n: None)
         self.on_flush = on_flush or (lambda batches, evictions: None)
         self.pull = _Lane("pull", fail_fast=False)
         self.push = _Lane("push", fail_fast=True)
@@ -236,23 +236,24 @@ class Batcher:
 
     # -- processing ------------------------------------------------------------------------
     def process(self, event: Event, collector: str) -> bytes | None:
-        """Run the chain on one event; its JSON, or None when dropped (counted, and logged if invalid)."""
+        """Run the chain on one event; its JSON, or None when dropped (counted, and logged if invalid).
+
+        Counts nothing as received: the caller does, once per call (this is the hot path)."""
         try:
-            for proc in self.chain:
+            for proc in self._chain:
                 event = proc(event)
         except DropEvent as exc:
-            self.on_event(event.get("kind", "?"), "dropped", exc.reason)
+            self.on_event(event.get("kind", "?"), "dropped", exc.reason, 1)
             return None
         except InvalidEvent as exc:
             self._dead_letter_event(event, str(exc), collector)
             return None
-        self.on_event(event["kind"], "received", collector)
         return orjson.dumps(event)
 
     def _dead_letter_event(self, event: Event, reason: str, collector: str) -> None:
         kind = event.get("kind") if event.get("kind") in KINDS else "unknown"
         log.error("invalid event dead-lettered", collector=collector, kind=kind, reason=reason)
-        self.on_event(str(kind), "dead_lettered", collector)
+        self.on_event(str(kind), "dead_lettered", collector, 1)
         try:
             body = b"[" + orjson.dumps(event, default=str) + b"]"
         except TypeError:
@@ -272,12 +273,18 @@ class Batcher:
     async def emit(self, events: list[Event], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
         """Pull lane: waits while the spool is full; returns once the events are buffered."""
         lane = self.pull
+        received: dict[str, int] = {}
+        process = self.process
         for ev in events:
-            blob = self.process(ev, collector)
+            blob = process(ev, collector)
             if blob is not None:
-                self._add(lane, blob, ev["kind"])
-            if self._full(lane):
-                await self._flush_behind(lane)
+                kind = ev["kind"]
+                received[kind] = received.get(kind, 0) + 1
+                self._add(lane, blob, kind)
+                if lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes:
+                    await self._flush_behind(lane)
+        for kind, n in received.items():
+            self.on_event(kind, "received", collector, n)
         if checkpoint is not None:
             lane.checkpoints[checkpoint.source] = checkpoint.position
             if not lane.nevents:
@@ -309,11 +316,11 @@ class Batcher:
             for proc in self._push_chain:
                 event = proc(event)
         except DropEvent as exc:
-            self.on_event(event.get("kind", "?"), "dropped", exc.reason)
+            self.on_event(event.get("kind", "?"), "dropped", exc.reason, 1)
             return f"dropped by filter ({exc.reason})"
         except InvalidEvent as exc:
             return str(exc)
-        self.on_event(event["kind"], "received", collector)
+        self.on_event(event["kind"], "received", collector, 1)
         blob = orjson.dumps(event)
         if lane.flushed is None:
             lane.flushed = asyncio.get_running_loop().create_future()

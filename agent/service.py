@@ -103,10 +103,10 @@ class Agent:
             on_space=self._on_space,
         )
 
-    def _on_event(self, kind: str, outcome: str, source: str) -> None:
-        self.metrics.event_counter(kind, outcome, source).inc()
+    def _on_event(self, kind: str, outcome: str, source: str, n: int = 1) -> None:
+        self.metrics.event_counter(kind, outcome, source).inc(n)
         if outcome == "received":
-            self._received += 1
+            self._received += n
 
     def _on_flush(self, batches: list[Any], evictions: list[Any]) -> None:
         for ev in evictions:
