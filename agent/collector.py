@@ -39,9 +39,23 @@ class CollectorContext:
     #: extra objects some collectors need (hook server for ops, the config, the state dir)
     services: dict[str, Any] = field(default_factory=dict)
 
+    #: set by the service: the fast path for hot sources (see Batcher.emit_prepared)
+    emit_prepared_fn: Any = None
+    #: set by the service: a callable returning the pipeline's Prepared settings
+    prepared_fn: Any = None
+
     async def emit(self, events: list[Event], checkpoint: Checkpoint | None = None) -> None:
         """Hand events (and the source position after them) to the pipeline; waits while the spool is full."""
         await self.emit_fn(events, checkpoint)
+
+    async def emit_prepared(self, items: list[tuple[str, bytes]], checkpoint: Checkpoint | None = None) -> None:
+        """Hand finished events as ``(kind, JSON)`` to the pipeline (hot sources only; see
+        ``agent.pipeline.Batcher.emit_prepared`` for what the collector must have done)."""
+        await self.emit_prepared_fn(items, checkpoint)
+
+    def prepared(self) -> Any:
+        """Server name, redaction and filter for building finished events (``agent.pipeline.Prepared``)."""
+        return self.prepared_fn()
 
     def checkpoint(self, source: str) -> str | None:
         """The last committed position of ``source``, or None when it was never read."""

@@ -145,6 +145,12 @@ class Agent:
         )
         return ctx
 
+    def _emit_prepared_for(self, name: str) -> Any:
+        async def emit_prepared(items: list[tuple[str, bytes]], checkpoint: Checkpoint | None) -> None:
+            await self.batcher.emit_prepared(items, checkpoint, name)
+
+        return emit_prepared
+
     def _emit_for(self, name: str) -> Any:
         async def emit(events: list[Event], checkpoint: Checkpoint | None) -> None:
             await self.batcher.emit(events, checkpoint, name)
@@ -159,7 +165,12 @@ class Agent:
         self.collectors = build_collectors(self.cfg, ctx)
         for c in self.collectors:
             # each collector its own context, so that its events are counted under its name
-            c.ctx = dataclasses.replace(ctx, emit_fn=self._emit_for(c.name))
+            c.ctx = dataclasses.replace(
+                ctx,
+                emit_fn=self._emit_for(c.name),
+                emit_prepared_fn=self._emit_prepared_for(c.name),
+                prepared_fn=self.batcher.prepared,
+            )
             self._collector_tasks.append(asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}"))
 
     async def _run_collector(self, c: Collector) -> None:

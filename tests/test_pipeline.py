@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
+import orjson
 import pytest
 
 from agent.config import parse_config
@@ -131,3 +132,49 @@ class TestBatcher:
         run(main())
         raw = (tmp_path / "spool.db").read_bytes() + (tmp_path / "spool.db-wal").read_bytes()
         assert b"TopSecret1" not in raw and b"[REDACTED]" in raw
+
+
+class TestPreparedPath:
+    def _batcher(self, tmp_path):
+        cfg = parse_config({"server": "web-01", "state_dir": str(tmp_path), "filter": {"min_level": "info"}})
+        spool = Spool(tmp_path, cfg.spool.max_bytes)
+        ex = ThreadPoolExecutor(1)
+        b = Batcher(spool, ex, build_chain(cfg), max_events=1000, max_bytes=1 << 20, max_wait_ms=5)
+        return b, spool, ex
+
+    def test_prepared_settings(self, tmp_path):
+        """prepared() hands collectors the server, the redaction and the filter of the config."""
+        b, spool, ex = self._batcher(tmp_path)
+        p = b.prepared()
+        assert p.server == "web-01"
+        assert p.redact("mysql -pS3cret") == "mysql -p[REDACTED]"
+        assert p.accepts("system_log", "info") and not p.accepts("system_log", "debug")
+        ex.shutdown()
+
+    def test_finished_events_spooled_with_checkpoint(self, tmp_path):
+        """Finished events are spooled as they are, with the checkpoint."""
+        async def main():
+            b, spool, ex = self._batcher(tmp_path)
+            ev = {**log_event(1), "server": "web-01"}
+            await b.emit_prepared([("system_log", orjson.dumps(ev))], Checkpoint("f", "1"))
+            await b.flush()
+            rows = spool.pending(10)
+            assert orjson.loads(rows[0].body) == [ev] and spool.checkpoints() == {"f": "1"}
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_a_bad_first_event_checks_them_all(self, tmp_path):
+        """When the sampled event is invalid every event is checked; bad ones are dead-lettered."""
+        async def main():
+            b, spool, ex = self._batcher(tmp_path)
+            bad = {**log_event(1, level="LOUD"), "server": "web-01"}
+            good = {**log_event(2), "server": "web-01"}
+            await b.emit_prepared([("system_log", orjson.dumps(bad)), ("system_log", b"{not json"),
+                                   ("system_log", orjson.dumps(good))], None)
+            await b.flush()
+            assert [e["id"] for r in spool.pending(10) for e in orjson.loads(r.body)] == [good["id"]]
+            assert len(spool.dead_letters()) == 2
+            await b.close()
+            ex.shutdown()
+        run(main())
