@@ -1,0 +1,112 @@
+"""Hostile and broken backend answers: none of them loses an event or wedges the shipper."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from agent.hookclient import HookClient
+from tests.support import free_port, wait_until
+
+
+class ScriptedBackend:
+    """An HTTP backend answering a fixed script of bad answers, then storing (200) every batch."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.port = free_port()
+        self.stored: list[str] = []
+        self.seen: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._ready = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ingest"
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        step = self.script.pop(0) if self.script else "ok"
+        self.seen.append(step)
+        match step:
+            case "garbage_200":  # stored, but the answer body is nonsense: still a success
+                self._store(body)
+                return web.Response(status=200, body=b"\x00\xff not json")
+            case "huge_503":
+                return web.Response(status=503, body=b"x" * 10_000_000)
+            case "bad_retry_after":
+                return web.Response(status=429, headers={"Retry-After": "tomorrow-ish \x01"})
+            case "redirect":
+                return web.Response(status=302, headers={"Location": "http://127.0.0.1:9/elsewhere"})
+            case "hang":
+                await asyncio.sleep(5)  # longer than the agent's timeout
+                return web.Response(status=200)
+            case "reset":
+                assert request.transport is not None
+                request.transport.abort()
+                return web.Response(status=200)
+            case "html_500":
+                return web.Response(status=500, text="<html>oops</html>", content_type="text/html")
+            case _:
+                self._store(body)
+                return web.json_response({"stored": 1})
+
+    def _store(self, body: bytes) -> None:
+        # aiohttp's server undoes Content-Encoding: gzip itself
+        doc = json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
+        self.stored += [e["id"] for e in doc["events"]]
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/ingest", self._handle)
+        runner = self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    def start(self) -> ScriptedBackend:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def backend() -> Iterator[ScriptedBackend]:
+    b = ScriptedBackend(["huge_503", "bad_retry_after", "redirect", "hang", "reset", "html_500", "garbage_200"])
+    b.start()
+    yield b
+    b.stop()
+
+
+class TestBackendAnswers:
+    def test_every_bad_answer_is_retried_and_nothing_is_lost(self, agent_factory, backend, tmp_path):
+        """Huge 503 bodies, garbage Retry-After, redirects, hangs, resets, HTML 500s, garbage 200s: all arrive."""
+        agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 1.0},
+                              batch={"max_events": 10, "max_wait_ms": 20})
+        agent.start()
+        events = [{"kind": "user_activity", "id": f"answers-{i:04d}",
+                   "data": {"user": "u", "action": "login", "result": 200}} for i in range(50)]
+        with HookClient(agent.socket) as c:
+            assert all(a["status"] == "ok" for a in c.request_many(events))
+        agent.wait_drained(60)
+        wait_until(lambda: not backend.script, 10, what="script used up")
+        assert set(backend.stored) == {e["id"] for e in events}
+        assert backend.seen[:7] == ["huge_503", "bad_retry_after", "redirect", "hang", "reset", "html_500",
+                                    "garbage_200"]
+        assert agent.proc.poll() is None
+        assert agent.metric("alpacon_agent_ship_retries_total") >= 6
+        assert json.loads(agent.cli("spool", "--json").stdout)["dead_letters"] == 0
