@@ -120,6 +120,10 @@ class AuthDeriver:
     """``system_log`` → ``user_activity`` for sshd, sudo, su, login and pam_unix lines."""
 
     name = "auth"
+    #: the lines this deriver can use: these programs, or a message starting with a prefix
+    #: (collectors skip building event dicts for every other line; see derive.line_gate)
+    programs: frozenset[str] = SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS
+    message_prefixes: tuple[str, ...] = ("pam_unix(",)
 
     def __init__(
         self,

@@ -124,3 +124,26 @@ def line_id(event: Event) -> str:
     from agent.events import stable_id
 
     return stable_id("line", event.get("ts"), d.get("program"), d.get("pid"), d.get("message"))
+
+
+def line_gate(derivers: Sequence[Deriver]) -> Callable[[str, str], bool] | None:
+    """A cheap pre-check ``(program, message) -> bool``: False when no deriver can use the line.
+
+    Each deriver names its lines with ``programs`` (a set) and ``message_prefixes``; a deriver
+    without them may use any line, and the gate then accepts every line. None when there are
+    no derivers at all.
+    """
+    if not derivers:
+        return None
+    programs: set[str] = set()
+    prefixes: list[str] = []
+    for d in derivers:
+        progs = getattr(d, "programs", None)
+        if progs is None:
+            return lambda program, message: True
+        programs.update(progs)
+        prefixes.extend(getattr(d, "message_prefixes", ()))
+    progs_f, pre = frozenset(programs), tuple(prefixes)
+    if not pre:
+        return lambda program, message: program in progs_f
+    return lambda program, message: program in progs_f or message.startswith(pre)

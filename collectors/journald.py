@@ -12,6 +12,7 @@ resumes at the oldest entry after it, and the gap is logged and counted (``journ
 from __future__ import annotations
 
 import asyncio
+import binascii
 import hashlib
 import time
 from collections.abc import Callable
@@ -19,9 +20,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from agent.collector import Collector, CollectorContext
 from agent.config import LEVELS, JournaldConfig
+from agent.events import new_id
+from agent.pipeline import Filter, Prepared
+from agent.redact import TEXT_FIELDS
+from agent.schema import SchemaError, validate_event
 from agent.typing import Checkpoint, Event
+from collectors.derive import line_gate
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
 FACILITIES: tuple[str, ...] = (
@@ -37,6 +45,8 @@ CHUNK_BYTES = 4 * 1024 * 1024
 WAIT_USEC = 500_000
 
 Deriver = Callable[[Event], list[Event]]
+#: ``(program, message) -> bool``: whether any deriver may use a line (collectors.derive.line_gate)
+Gate = Callable[[str, str], bool]
 
 
 _PRIORITY_BY_BYTES = {str(i).encode(): i for i in range(8)}
@@ -51,6 +61,10 @@ _EXTRA_FIELDS = (
 #: ``stable_id("jd", cursor)`` is blake2b over ``b"jd\x1f" + cursor``; the seed holds the prefix
 _ID_SEED = hashlib.blake2b(b"jd\x1f", digest_size=16)
 _NAME_CACHE_MAX = 4096
+#: serialized (program, pid, facility, extra …) fragments kept before the cache starts over
+_FRAG_CACHE_MAX = 8192
+_TRUNCATED = b',"truncated":true'
+_MS = [b".%03dZ" % i for i in range(1000)]
 
 
 def _decode_name(cache: dict[bytes, str], value: bytes) -> str:
@@ -90,24 +104,100 @@ def apply_derivers(events: list[Event], derivers: list[Deriver], log: Any,
     return out
 
 
-class _TsFormatter:
-    """RFC 3339 UTC with milliseconds from epoch µs, caching the per-second prefix."""
+def _second_prefix(sec: int) -> bytes:
+    """``YYYY-MM-DDTHH:MM:SS`` (UTC, ASCII bytes) of epoch seconds; the event's ``ts`` adds ``.mmmZ``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
 
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
 
-    def __call__(self, usec: int) -> str:
-        sec, rest = divmod(usec, 1_000_000)
-        if sec != self._sec:
-            self._sec = sec
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._prefix}.{rest // 1000:03d}Z"
+# ---------------------------------------------------------------------- the prepared fast path
+# Shared with the syslog-file collector: hot sources serialize their events themselves and hand
+# ``(kind, JSON)`` items to ``ctx.emit_prepared`` (agent.pipeline.Batcher.emit_prepared).
+
+
+def prepared_for(ctx: CollectorContext) -> Prepared:
+    """The pipeline's current settings (server, redaction, filter); plain ones without a pipeline."""
+    if ctx.prepared_fn is not None:
+        return ctx.prepared()  # type: ignore[no-any-return]
+    return Prepared(ctx.server, lambda text: text, Filter())
+
+
+async def emit_items(ctx: CollectorContext, items: list[tuple[str, bytes]], checkpoint: Checkpoint) -> None:
+    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``)."""
+    if ctx.emit_prepared_fn is not None:
+        await ctx.emit_prepared(items, checkpoint)
+    else:
+        await ctx.emit([orjson.loads(blob) for _, blob in items], checkpoint)
+
+
+def _redact_value(redact: Callable[[str], str], value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redact_value(redact, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_value(redact, v) for v in value]
+    return value
+
+
+def finish_event(event: Event, prepared: Prepared) -> tuple[bytes, bool] | None:
+    """The pipeline's chain for one event dict, by hand: ``(JSON, schema-valid)``, or None when
+    the filter drops it. Used for derived events and lines the fast parsers leave aside."""
+    kind = event.get("kind")
+    data = event.get("data")
+    level = data.get("level") if kind == "system_log" and isinstance(data, dict) else None
+    if not prepared.accepts(kind, level):  # type: ignore[arg-type]
+        return None
+    event["server"] = prepared.server
+    if "id" not in event:
+        event["id"] = new_id()
+    if isinstance(data, dict):
+        fields = TEXT_FIELDS.get(kind)  # type: ignore[arg-type]
+        if fields is None:
+            event["data"] = _redact_value(prepared.redact, data)
+        else:
+            for f in fields:
+                v = data.get(f)
+                if v is not None:
+                    data[f] = _redact_value(prepared.redact, v)
+    try:
+        validate_event(event)
+        valid = True
+    except SchemaError:
+        valid = False
+    return orjson.dumps(event, default=str), valid
+
+
+def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]],
+                  derivers: list[Deriver], prepared: Prepared, log: Any,
+                  ctx: CollectorContext, source: str) -> list[tuple[str, bytes]]:
+    """``items`` with the derived events of the lines in ``derive`` (``(position, event)``: the
+    line's place in ``items``) inserted after their line, serialized like the pipeline would.
+
+    The pipeline schema-checks the first item of a call and, if it fails, every item (dead-
+    lettering the bad ones): a derived event that fails the schema therefore goes first.
+    """
+    if not derive:
+        return items
+    out: list[tuple[str, bytes]] = []
+    bad: list[tuple[str, bytes]] = []
+    done = 0
+    for pos, ev in derive:
+        out += items[done:pos]
+        done = pos
+        for new in apply_derivers([ev], derivers, log, ctx, source)[1:]:
+            fin = finish_event(new, prepared)
+            if fin is not None:
+                (out if fin[1] else bad).append((new["kind"], fin[0]))
+    out += items[done:]
+    return bad + out if bad else out
 
 
 @dataclass
 class _Chunk:
-    events: list[Event] = field(default_factory=list)
+    #: finished events as ``(kind, JSON)``
+    items: list[tuple[str, bytes]] = field(default_factory=list)
+    #: lines for the derivers: ``(position in items, event dict)``
+    derive: list[tuple[int, Event]] = field(default_factory=list)
     cursor: str | None = None
     truncated: int = 0
     #: the reader is at the end of the journal (nothing more to read right now)
@@ -129,8 +219,8 @@ class JournaldCollector(Collector):
         self._max_priority = LEVELS.index(config.min_level)
         self._exclude_units = {u.encode() for u in config.exclude_units}
         self._exclude_idents = {i.encode() for i in config.exclude_identifiers}
-        self._ts = _TsFormatter()
         self._names: dict[bytes, str] = {}
+        self._frags: dict[tuple[bytes | None, ...], tuple[bytes, str, dict[str, Any]]] = {}
         self._src_name = config.directory or "journald"
         self.entries_read = 0
 
@@ -188,23 +278,38 @@ class JournaldCollector(Collector):
         r.seek_head()
         return "head", {}
 
-    def _read_chunk(self) -> _Chunk:
-        """Read up to one chunk of entries and map them to events (runs in the reader thread).
+    def _read_chunk(self, prepared: Prepared, gate: Gate | None) -> _Chunk:
+        """Read up to one chunk of entries and serialize them (runs in the reader thread).
 
-        This is the hot loop: field values are looked up once, low-cardinality ones (unit,
-        hostname, transport, boot id, program) are decoded through small caches, and the
-        event id is ``stable_id("jd", cursor)`` computed from a pre-seeded hash.
+        This is the hot loop. Each entry becomes its final JSON directly: everything but the
+        message, level and id (program, pid, facility, hostname, source, ``extra``) is one
+        serialized fragment cached per distinct tuple of those raw field values; the message
+        is decoded, redacted and serialized; the id is ``stable_id("jd", cursor)`` from a
+        pre-seeded hash. Event dicts are only built for lines a deriver may use (``gate``).
         """
         r = self._reader
         chunk = _Chunk()
-        events = chunk.events
+        items = chunk.items
+        derive = chunk.derive
         nxt, get_all, get_cursor, get_rt = r._next, r._get_all, r._get_cursor, r._get_realtime
         max_bytes = self.config.max_message_bytes
         max_pri = self._max_priority
         ex_units, ex_idents = self._exclude_units, self._exclude_idents
-        fmt_ts, src, levels, fac_names = self._ts, self._src_name, LEVELS, _FACILITY_BY_BYTES
-        pri_of, names = _PRIORITY_BY_BYTES, self._names
+        fmt_ts, pri_of, ms_of = _second_prefix, _PRIORITY_BY_BYTES, _MS
+        frags = self._frags
+        if len(frags) > _FRAG_CACHE_MAX:
+            frags.clear()
+        fragment = self._fragment
+        redact, dumps, hexlify = prepared.redact, orjson.dumps, binascii.b2a_hex
+        # one template per accepted level (None: the filter drops that level)
+        head = b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"jd-'
+        templates = [
+            head + b'%b","ts":"%b","data":{"level":"' + lvl.encode() + b'","message":%b%b%b}}'
+            if prepared.accepts("system_log", lvl) else None
+            for lvl in LEVELS
+        ]
         id_seed = _ID_SEED
+        ts_sec, ts_prefix = -1, b""
         nbytes = 0
         cursor = None
         n = 0
@@ -217,77 +322,87 @@ class JournaldCollector(Collector):
             n += 1
             d = get_all()
             cursor = get_cursor()
-            if list in map(type, d.values()):  # a field given twice keeps its first value
-                d = {k: (v[0] if type(v) is list else v) for k, v in d.items()}
-            pri = pri_of.get(d.get("PRIORITY"), 6)
-            if pri > max_pri:
+            while True:
+                # a field given twice comes as a list: hashing or decoding it raises, and the
+                # entry is read again keeping each field's first value (checking every entry
+                # for lists up front would cost more)
+                g = d.get
+                try:
+                    pri = pri_of.get(g("PRIORITY"), 6)
+                    ident = g("SYSLOG_IDENTIFIER")
+                    unit = g("_SYSTEMD_UNIT")
+                    skip = pri > max_pri or (ex_units and unit in ex_units) or (ex_idents and ident in ex_idents)
+                    if skip:
+                        break
+                    raw = g("MESSAGE") or b""
+                    truncated = len(raw) > max_bytes
+                    message = (raw[:max_bytes] if truncated else raw).decode("utf-8", "replace")
+                    key = (ident or g("_COMM"), g("_PID") or g("SYSLOG_PID"), g("SYSLOG_FACILITY"),
+                           unit, g("_HOSTNAME"), g("_TRANSPORT"), g("_BOOT_ID"))
+                    frag = frags.get(key)
+                except (TypeError, AttributeError):
+                    if list not in map(type, d.values()):
+                        raise
+                    d = {k: (v[0] if type(v) is list else v) for k, v in d.items()}
+                    continue
+                break
+            if skip:
                 continue
-            ident = d.get("SYSLOG_IDENTIFIER")
-            unit = d.get("_SYSTEMD_UNIT")
-            if (ex_units and unit in ex_units) or (ex_idents and ident in ex_idents):
-                continue
-            raw = d.get("MESSAGE") or b""
-            truncated = len(raw) > max_bytes
-            if truncated:
-                raw = raw[:max_bytes]
-                chunk.truncated += 1
-            nbytes += len(raw)
-            message = raw.decode("utf-8", "replace")
+            if frag is None:
+                frag = frags[key] = fragment(key)
             if truncated:
                 message += TRUNCATION_MARKER
-            program = ident or d.get("_COMM")
-            pid = d.get("_PID") or d.get("SYSLOG_PID")
-            if pid is not None:
-                try:
-                    pid = int(pid)
-                except ValueError:
-                    pid = None
-                else:
-                    if not 0 <= pid < 1 << 31:
-                        pid = None
-            facility = fac_names.get(d.get("SYSLOG_FACILITY"))
-            extra: dict[str, Any] = {}
-            hostname = None
-            for key, name in _EXTRA_FIELDS:
-                value = d.get(key)
-                if value is not None:
-                    text = names.get(value)
-                    if text is None:
-                        text = _decode_name(names, value)
-                    extra[name] = text
-                    if name == "hostname":
-                        hostname = text
-            if facility:
-                extra["facility"] = facility
-            if program is not None:
-                prog = names.get(program)
-                if prog is None:
-                    prog = _decode_name(names, program)
+                chunk.truncated += 1
+                nbytes += max_bytes
             else:
-                prog = "unknown"
-            data: dict[str, Any] = {
-                "program": prog,
-                "level": levels[pri],
-                "pid": pid,
-                "message": message,
-                "facility": facility,
-                "hostname": hostname,
-                "source": src,
-                "extra": extra,
-            }
-            if truncated:
-                data["truncated"] = True
+                nbytes += len(raw)
             h = id_seed.copy()
             h.update(cursor.encode())
-            events.append({
-                "id": "jd-" + h.hexdigest(),
-                "kind": "system_log",
-                "ts": fmt_ts(get_rt()),
-                "data": data,
-            })
+            eid = hexlify(h.digest())
+            sec, usec = divmod(get_rt(), 1_000_000)
+            if sec != ts_sec:
+                ts_sec, ts_prefix = sec, fmt_ts(sec)
+            ts = ts_prefix + ms_of[usec // 1000]
+            if gate is not None and gate(frag[1], message):
+                data = dict(frag[2], level=LEVELS[pri], message=message)
+                if truncated:
+                    data["truncated"] = True
+                derive.append((len(items), {"id": "jd-" + eid.decode(), "kind": "system_log",
+                                            "ts": ts.decode(), "data": data}))
+            tpl = templates[pri]
+            if tpl is not None:
+                items.append(("system_log", tpl % (
+                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b"")))
         chunk.cursor = cursor
         self.entries_read += n
         return chunk
+
+    def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, str, dict[str, Any]]:
+        """``(JSON fragment, program, data fields)`` for one tuple of raw field values: program,
+        pid, facility, unit, hostname, transport and boot id (see ``_read_chunk``)."""
+        program, pid_b, fac, *extra_values = key
+        names = self._names
+        pid: int | None = None
+        if pid_b is not None:
+            try:
+                pid = int(pid_b)
+            except ValueError:
+                pid = None
+            else:
+                if not 0 <= pid < 1 << 31:
+                    pid = None
+        facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]
+        extra: dict[str, Any] = {}
+        for (_, name), value in zip(_EXTRA_FIELDS, extra_values, strict=True):
+            if value is not None:
+                text = names.get(value)
+                extra[name] = text if text is not None else _decode_name(names, value)
+        if facility:
+            extra["facility"] = facility
+        prog = "unknown" if program is None else (names.get(program) or _decode_name(names, program))
+        fields = {"program": prog, "pid": pid, "facility": facility, "hostname": extra.get("hostname"),
+                  "source": self._src_name, "extra": extra}
+        return b"," + orjson.dumps(fields)[1:-1], prog, fields
 
     def _wait(self) -> int:
         """Block (in the reader thread) until the journal changes or WAIT_USEC pass."""
@@ -338,19 +453,22 @@ class JournaldCollector(Collector):
             # remember where "end" was, so a restart before any new entry loses nothing
             await self.ctx.emit([], Checkpoint(self.source, info["cursor"]))
         derivers: list[Deriver] = self.ctx.services.get("derivers", [])
-        pending = asyncio.ensure_future(self._call(self._read_chunk))
+        gate = line_gate(derivers)
+        prepared = prepared_for(self.ctx)
+        pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
         try:
             while not self.ctx.stopping.is_set():
                 chunk: _Chunk = await pending
                 if chunk.cursor is not None:
+                    used = prepared
+                    prepared = prepared_for(self.ctx)  # follows reloads, one chunk later
                     if not chunk.at_end:  # read ahead while the pipeline takes this chunk
-                        pending = asyncio.ensure_future(self._call(self._read_chunk))
+                        pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
                     if chunk.truncated:
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
-                    events = chunk.events
-                    if derivers:
-                        events = apply_derivers(events, derivers, self.log, self.ctx, self.source)
-                    await self.ctx.emit(events, Checkpoint(self.source, chunk.cursor))
+                    items = merge_derived(chunk.items, chunk.derive, derivers, used, self.log,
+                                          self.ctx, self.source)
+                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor))
                     if not chunk.at_end:
                         continue
                 if self.ctx.once:
@@ -358,7 +476,8 @@ class JournaldCollector(Collector):
                 change = await self._call(self._wait)
                 if change == 2:  # INVALIDATE: files added or removed (rotation, vacuum, restart)
                     self.log.debug("journal_invalidate", source=self.source)
-                pending = asyncio.ensure_future(self._call(self._read_chunk))
+                prepared = prepared_for(self.ctx)
+                pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
         finally:
             if not pending.done():
                 pending.cancel()

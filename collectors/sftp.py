@@ -106,6 +106,9 @@ class SftpDeriver:
     """``system_log`` lines of sftp-server → ``webftp_transfer`` events."""
 
     name = "sftp"
+    #: the lines this deriver can use (see derive.line_gate)
+    programs: frozenset[str] = PROGRAMS
+    message_prefixes: tuple[str, ...] = ()
 
     def __init__(
         self,

@@ -381,12 +381,42 @@ class EmitRecorder:
         self.calls: list[tuple[list[dict[str, Any]], Any]] = []
         self.checkpoints: dict[str, str] = dict(checkpoints or {})
         self.counts: dict[str, int] = {}
+        #: emit_prepared calls seen; their system_log events are schema-checked unless not strict
+        self.prepared_calls = 0
+        self.strict = True
+        #: an ``agent.pipeline.Prepared`` to hand out instead of the default one
+        self.prepared_settings: Any = None
 
     async def emit(self, events: list[Any], checkpoint: Any) -> None:
         self.calls.append((list(events), checkpoint))
         self.events.extend(events)
         if checkpoint is not None:
             self.checkpoints[checkpoint.source] = checkpoint.position
+
+    async def emit_prepared(self, items: list[tuple[str, bytes]], checkpoint: Any) -> None:
+        """The fast path: each item's JSON is decoded back into its event, checked against its
+        kind (and, for the collectors' own ``system_log`` lines, the schema) and recorded like
+        an ``emit``; derived events pass as they are, as with ``emit``."""
+        import orjson
+
+        from agent.schema import validate_event
+
+        events = []
+        for kind, blob in items:
+            ev = orjson.loads(blob)
+            assert ev["kind"] == kind, (kind, ev)
+            if self.strict and kind == "system_log":
+                validate_event(ev)
+            events.append(ev)
+        self.prepared_calls += 1
+        await self.emit(events, checkpoint)
+
+    def prepared(self) -> Any:
+        """The settings a pipeline with the default config would give (builtin redaction)."""
+        from agent.pipeline import Filter, Prepared
+        from agent.redact import Redactor
+
+        return self.prepared_settings or Prepared("test", Redactor().redact_text, Filter())
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -395,7 +425,8 @@ class EmitRecorder:
         from agent.collector import CollectorContext
 
         return CollectorContext(server="test", emit_fn=self.emit, checkpoints=dict(self.checkpoints),
-                                once=once, counter=self.count, services={"derivers": derivers or []})
+                                once=once, counter=self.count, services={"derivers": derivers or []},
+                                emit_prepared_fn=self.emit_prepared, prepared_fn=self.prepared)
 
     def messages(self, program: str | None = None) -> list[str]:
         return [e["data"]["message"] for e in self.events
