@@ -170,8 +170,9 @@ def finish_event(event: Event, prepared: Prepared) -> tuple[bytes, bool] | None:
 def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]],
                   derivers: list[Deriver], prepared: Prepared, log: Any,
                   ctx: CollectorContext, source: str) -> list[tuple[str, bytes]]:
-    """``items`` with the derived events of the lines in ``derive`` (``(position, event)``: the
-    line's place in ``items``) inserted after their line, serialized like the pipeline would.
+    """``items`` with the derived events of the lines in ``derive`` inserted after their line,
+    serialized like the pipeline would. ``derive`` holds ``(position, event)``: the number of
+    items up to and including the line (the line itself may have been filtered out).
 
     The pipeline schema-checks the first item of a call and, if it fails, every item (dead-
     lettering the bad ones): a derived event that fails the schema therefore goes first.
@@ -196,7 +197,7 @@ def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]
 class _Chunk:
     #: finished events as ``(kind, JSON)``
     items: list[tuple[str, bytes]] = field(default_factory=list)
-    #: lines for the derivers: ``(position in items, event dict)``
+    #: lines for the derivers: ``(items up to and including the line, event dict)``
     derive: list[tuple[int, Event]] = field(default_factory=list)
     cursor: str | None = None
     truncated: int = 0
@@ -363,16 +364,16 @@ class JournaldCollector(Collector):
             if sec != ts_sec:
                 ts_sec, ts_prefix = sec, fmt_ts(sec)
             ts = ts_prefix + ms_of[usec // 1000]
+            tpl = templates[pri]
+            if tpl is not None:
+                items.append(("system_log", tpl % (
+                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b"")))
             if gate is not None and gate(frag[1], message):
                 data = dict(frag[2], level=LEVELS[pri], message=message)
                 if truncated:
                     data["truncated"] = True
                 derive.append((len(items), {"id": "jd-" + eid.decode(), "kind": "system_log",
                                             "ts": ts.decode(), "data": data}))
-            tpl = templates[pri]
-            if tpl is not None:
-                items.append(("system_log", tpl % (
-                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b"")))
         chunk.cursor = cursor
         self.entries_read += n
         return chunk

@@ -10,8 +10,10 @@ told apart. The checkpoint (source ``syslog``) is a JSON list of every followed 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import glob
 import os
+import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,16 +24,42 @@ import orjson
 from agent.collector import Collector, CollectorContext
 from agent.config import SyslogConfig
 from agent.events import format_ts
+from agent.pipeline import Prepared
 from agent.typing import Checkpoint, Event
-from collectors.journald import TRUNCATION_MARKER, apply_derivers
-from collectors.syslog_parse import SyslogLineParser
-from collectors.tail import FileState, TailedFile
+from collectors.derive import line_gate
+from collectors.journald import (
+    TRUNCATION_MARKER,
+    Deriver,
+    Gate,
+    emit_items,
+    finish_event,
+    merge_derived,
+    prepared_for,
+)
+from collectors.syslog_parse import UNKNOWN_PROGRAM, SyslogLineParser
+from collectors.tail import FileState, Line, TailedFile, split_lines
 
 SOURCE = "syslog"
 #: lines (and bytes) per emitted chunk
 CHUNK_LINES = 5000
 CHUNK_BYTES = 4 * 1024 * 1024
 IGNORED_SUFFIXES = (".gz", ".xz", ".bz2", ".zst", ".lz4", ".zip")
+
+# The bulk parsers: the two common timestamped formats of ``syslog_parse`` (no ``<PRI>``), as
+# bytes regexes over a whole block of lines. They only match all-ASCII lines, on which these
+# classes are exactly those of the str regexes there (``\S`` there is "not whitespace" in the
+# Unicode sense, which for ASCII is not [\t\n\v\f\r\x1c-\x1f ]); any other line is left
+# for the line parser, so both ways give the same events.
+_WS = rb"\t\n\x0b\x0c\r\x1c-\x1f \x80-\xff"
+_HOST = rb"([^" + _WS + rb"]{1,256}) "
+_TAG = (rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?"
+        rb"([\x00-\x09\x0b-\x7f]*)\n")
+#: rsyslog's RFC 3339 form: (second, ms digits, zone, host, program, pid, message)
+_BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
+                       rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG, re.M)
+#: the traditional form: (stamp, -, -, host, program, pid, message)
+_BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG, re.M)
+_CACHE_MAX = 4096
 
 
 class SyslogFileCollector(Collector):
@@ -50,6 +78,9 @@ class SyslogFileCollector(Collector):
         self.rotated: dict[tuple[int, int], TailedFile] = {}
         self._gaps = 0
         self._truncated = 0
+        self._seconds: dict[bytes, bytes | None] = {}
+        self._seconds_hour = -1
+        self._headers: dict[tuple[bytes | None, ...], tuple[bytes, str]] = {}
 
     # ------------------------------------------------------------------ reader thread side
 
@@ -223,39 +254,144 @@ class SyslogFileCollector(Collector):
             append({"id": "f-" + h.hexdigest(), "kind": "system_log", "ts": ts or now_ts, "data": data})
         return events
 
-    def _read_chunk(self, flush_all: bool) -> tuple[list[Event], bool]:
-        """Read from rotated files first (to their end), then current ones; ``(events, more)``."""
-        events: list[Event] = []
+    def _second(self, stamp: bytes, zone: bytes) -> bytes | None:
+        """The ``YYYY-MM-DDTHH:MM:SS`` (UTC) of a line's timestamp, as the line parser sees it."""
+        key = stamp + zone
+        out = self._seconds.get(key, False)
+        if out is False:
+            clock = self._parser._clock
+            if zone:
+                ts = clock.iso(stamp.decode(), None, zone.decode())
+            else:
+                text = stamp.decode()
+                ts = clock.traditional(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
+            out = ts[:-5].encode() if ts else None
+            if len(self._seconds) >= _CACHE_MAX:
+                self._seconds.clear()
+            self._seconds[key] = out
+        return out  # type: ignore[return-value]
+
+    def _header(self, host: bytes, program: bytes | None, pid: bytes | None) -> tuple[bytes, str]:
+        """The JSON fragment of program, pid and hostname, and the program name."""
+        key = (host, program, pid)
+        out = self._headers.get(key)
+        if out is None:
+            prog = program.decode() if program else UNKNOWN_PROGRAM
+            p = pid.decode() if pid else None
+            fields = {"program": prog, "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
+                      "hostname": host.decode()}
+            out = (orjson.dumps(fields)[1:-1], prog)
+            if len(self._headers) >= _CACHE_MAX:
+                self._headers.clear()
+            self._headers[key] = out
+        return out
+
+    def _to_items(self, t: TailedFile, block: bytes, at: int, tail: list[Line], now_ts: str,
+                  prepared: Prepared, gate: Gate | None, items: list[tuple[str, bytes]],
+                  derive: list[tuple[int, Event]]) -> None:
+        """Serialize a block of whole lines (at file offset ``at``) and the ``tail`` line(s):
+        lines of the common formats in bulk, the others through the line parser."""
+        seed = t.id_seed()
+        path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
+        max_line = self.config.max_line_bytes
+        rx = _BULK_ISO if block[:1].isdigit() else _BULK_TRAD if block[:1].isupper() else None
+        pos = 0
+        if rx is not None:
+            redact, dumps, hexlify = prepared.redact, orjson.dumps, binascii.b2a_hex
+            second, header = self._second, self._header
+            tpl = None
+            if prepared.accepts("system_log", "info"):
+                tpl = (b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"f-%b",'
+                       b'"ts":"%b.%bZ","data":{"level":"info","facility":null,"source":' + dumps(path)
+                       + b',%b,"message":%b}}')
+            for m in rx.finditer(block):
+                start = m.start()
+                if start != pos:
+                    self._slow(t, split_lines(block[pos:start], at + pos, max_line), now_ts, prepared,
+                               gate, items, derive)
+                pos = m.end()
+                stamp, ms, zone, host, program, pid, raw = m.groups()
+                sec = second(stamp, zone)
+                if sec is None or pos - start > max_line + 1:  # a bad date, an over-long line
+                    self._slow(t, [Line(at + start, block[start:pos - 1])], now_ts, prepared, gate,
+                               items, derive)
+                    continue
+                frag, prog = header(host, program, pid)
+                ms = b"000" if ms is None else ms if len(ms) == 3 else ms.ljust(3, b"0")
+                h = seed.copy()
+                h.update(b"%d" % (at + start))
+                eid = hexlify(h.digest())
+                message = raw.decode()
+                if tpl is not None:
+                    items.append(("system_log", tpl % (eid, sec, ms, frag, dumps(redact(message)))))
+                if gate is not None and gate(prog, message):
+                    p = pid.decode() if pid else None
+                    derive.append((len(items), {
+                        "id": "f-" + eid.decode(), "kind": "system_log", "ts": f"{sec.decode()}.{ms.decode()}Z",
+                        "data": {"program": prog, "level": "info",
+                                 "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
+                                 "message": message, "facility": None, "hostname": host.decode(),
+                                 "source": path}}))
+        if pos != len(block):
+            self._slow(t, split_lines(block[pos:], at + pos, max_line), now_ts, prepared, gate, items, derive)
+        if tail:
+            self._slow(t, tail, now_ts, prepared, gate, items, derive)
+
+    def _slow(self, t: TailedFile, lines: list[Line], now_ts: str, prepared: Prepared, gate: Gate | None,
+              items: list[tuple[str, bytes]], derive: list[tuple[int, Event]]) -> None:
+        """Lines the bulk parsers leave aside: the line parser, then the chain by hand."""
+        for ev in self._to_events(t, lines, now_ts):
+            data = ev["data"]
+            line = None
+            if gate is not None and gate(data["program"], data["message"]):
+                line = {**ev, "data": dict(data)}  # before redaction, as the derivers saw it
+            fin = finish_event(ev, prepared)
+            if fin is not None:
+                items.append(("system_log", fin[0]))
+            if line is not None:
+                derive.append((len(items), line))  # type: ignore[arg-type]
+
+    def _read_chunk(self, flush_all: bool, prepared: Prepared, gate: Gate | None
+                    ) -> tuple[list[tuple[str, bytes]], list[tuple[int, Event]], bool]:
+        """Read from rotated files first (to their end), then current ones:
+        ``(items, lines for the derivers, more)``."""
+        items: list[tuple[str, bytes]] = []
+        derive: list[tuple[int, Event]] = []
         nbytes = 0
+        nlines = 0
         more = False
         now = time.time()
         now_ts = format_ts(now)
+        if int(now // 3600) != self._seconds_hour:  # the year of "Dec 31 …" lines depends on now
+            self._seconds_hour = int(now // 3600)
+            self._seconds.clear()
         max_line = self.config.max_line_bytes
         quiet = self.config.partial_line_timeout_s
         for group in (self.rotated, self.files):
             for key, t in list(group.items()):
-                while len(events) < CHUNK_LINES and nbytes < CHUNK_BYTES:
+                while nlines < CHUNK_LINES and nbytes < CHUNK_BYTES:
                     try:
                         st = t.fstat()
                         t.ensure_fingerprint()
                         flush = flush_all or t.drain_only or now - st.st_mtime >= quiet
-                        lines, file_more = t.read_lines(max_line, flush)
+                        block, at, tail, file_more = t.read_block(max_line, flush)
                     except OSError as exc:
                         self.log.error("syslog_read_failed", path=t.state.path, error=str(exc))
                         file_more = False
-                        lines = []
-                    events += self._to_events(t, lines, now_ts)
-                    nbytes += sum(len(ln.raw) for ln in lines)
+                        block, at, tail = b"", 0, []
+                    self._to_items(t, block, at, tail, now_ts, prepared, gate, items, derive)
+                    nbytes += len(block) + sum(len(ln.raw) for ln in tail)
+                    nlines += block.count(b"\n") + len(tail)
                     if not file_more:
                         break
                 else:
                     more = True
-                    return events, more
+                    return items, derive, more
                 if group is self.rotated and self._drained(t, now, flush_all):
                     self.log.info("syslog_rotated_done", path=t.state.path)
                     t.close()
                     del group[key]
-        return events, more
+        return items, derive, more
 
     def _drained(self, t: TailedFile, now: float, flush_all: bool) -> bool:
         """A rotated file is done once read to its end and quiet (its writer moved on)."""
@@ -267,11 +403,11 @@ class SyslogFileCollector(Collector):
             return False
         return t.drain_only or flush_all or now - st.st_mtime >= self.config.partial_line_timeout_s
 
-    def _step(self) -> tuple[list[Event], bool, str, int, int]:
-        events, more = self._read_chunk(flush_all=self.ctx.once)
+    def _step(self, prepared: Prepared, gate: Gate | None) -> tuple[Any, bool, str, int, int]:
+        items, derive, more = self._read_chunk(self.ctx.once, prepared, gate)
         gaps, trunc = self._gaps, self._truncated
         self._gaps = self._truncated = 0
-        return events, more, self._state_json(), gaps, trunc
+        return (items, derive), more, self._state_json(), gaps, trunc
 
     def _close_all(self) -> None:
         for t in [*self.files.values(), *self.rotated.values()]:
@@ -292,18 +428,19 @@ class SyslogFileCollector(Collector):
         if first_start:  # remember where "end" was, so a restart before new lines loses nothing
             last_state = await self._call(self._state_json)
             await self.ctx.emit([], Checkpoint(self.source, last_state))
-        derivers = self.ctx.services.get("derivers", [])
+        derivers: list[Deriver] = self.ctx.services.get("derivers", [])
+        gate = line_gate(derivers)
         last_glob = time.monotonic()
         while not self.ctx.stopping.is_set():
-            events, more, state, gaps, trunc = await self._call(self._step)
+            prepared = prepared_for(self.ctx)
+            (items, derive), more, state, gaps, trunc = await self._call(self._step, prepared, gate)
             if gaps:
                 self.ctx.count("syslog_gap", gaps, source=self.source)
             if trunc:
                 self.ctx.count("syslog_truncated", trunc, source=self.source)
-            if events or state != last_state:
-                if derivers:
-                    events = apply_derivers(events, derivers, self.log, self.ctx, self.source)
-                await self.ctx.emit(events, Checkpoint(self.source, state))
+            if items or derive or state != last_state:
+                items = merge_derived(items, derive, derivers, prepared, self.log, self.ctx, self.source)
+                await emit_items(self.ctx, items, Checkpoint(self.source, state))
                 last_state = state
             if more:
                 continue

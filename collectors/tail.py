@@ -161,41 +161,59 @@ class TailedFile:
         ``flush_partial``: a last line without a newline is emitted as it is (the writer went
         quiet). Returns ``(lines, more)``; ``more`` means the read was full and more may follow.
         """
+        block, at, tail, more = self.read_block(max_line, flush_partial)
+        return split_lines(block, at, max_line) + tail, more
+
+    def read_block(self, max_line: int, flush_partial: bool) -> tuple[bytes, int, list[Line], bool]:
+        """Like :meth:`read_lines`, with the complete lines left unsplit for bulk parsing:
+        ``(block, its offset, tail, more)``; ``block`` is whole lines, each ending in a newline
+        (any length: see :func:`split_lines`), ``tail`` the partial or cut line after them."""
         s = self.state
         size = max(READ_BYTES, max_line + 1)
         buf = os.pread(self.fd, size, s.off)
         if not buf:
-            return [], False
+            return b"", s.off, [], False
         more = len(buf) == size
-        lines: list[Line] = []
+        tail: list[Line] = []
         pos = 0
         if s.skip:
             nl = buf.find(b"\n")
             if nl < 0:
                 s.off += len(buf)
-                return [], more
+                return b"", s.off, [], more
             pos = nl + 1
             s.skip = False
         last = buf.rfind(b"\n")
         off = s.off
+        block = b""
         if last >= pos:
-            at = off + pos
-            append = lines.append
-            for raw in buf[pos:last].split(b"\n"):
-                n = len(raw)
-                if n > max_line:
-                    append(Line(at, raw[:max_line], True))
-                else:
-                    append(Line(at, raw))
-                at += n + 1
+            block = buf[pos:last + 1]
             pos = last + 1
-        tail = len(buf) - pos
-        if tail > max_line:
-            lines.append(Line(off + pos, buf[pos:pos + max_line], True))
+        at = off + pos - len(block)
+        rest = len(buf) - pos
+        if rest > max_line:
+            tail.append(Line(off + pos, buf[pos:pos + max_line], True))
             s.skip = True
             pos = len(buf)
-        elif tail and not more and flush_partial:
-            lines.append(Line(off + pos, buf[pos:]))
+        elif rest and not more and flush_partial:
+            tail.append(Line(off + pos, buf[pos:]))
             pos = len(buf)
         s.off = off + pos
-        return lines, more
+        return block, at, tail, more
+
+
+def split_lines(block: bytes, at: int, max_line: int) -> list[Line]:
+    """The lines of ``block`` (whole lines, each ending in a newline, starting at file offset
+    ``at``), those longer than ``max_line`` cut to it and marked truncated."""
+    lines: list[Line] = []
+    if not block:
+        return lines
+    append = lines.append
+    for raw in block[:-1].split(b"\n"):
+        n = len(raw)
+        if n > max_line:
+            append(Line(at, raw[:max_line], True))
+        else:
+            append(Line(at, raw))
+        at += n + 1
+    return lines
