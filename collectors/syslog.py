@@ -313,8 +313,8 @@ class SyslogFileCollector(Collector):
                 stamp, ms, zone, host, program, pid, raw = m.groups()
                 sec = second(stamp, zone)
                 if sec is None or pos - start > max_line + 1:  # a bad date, an over-long line
-                    self._slow(t, [Line(at + start, block[start:pos - 1])], now_ts, prepared, gate,
-                               items, derive)
+                    self._slow(t, split_lines(block[start:pos], at + start, max_line), now_ts, prepared,
+                               gate, items, derive)
                     continue
                 frag, prog = header(host, program, pid)
                 ms = b"000" if ms is None else ms if len(ms) == 3 else ms.ljust(3, b"0")

@@ -1,0 +1,154 @@
+"""The syslog-file and journald fast paths (finished JSON, ``emit_prepared``) against the slow one:
+the line parser / field mapping, then the pipeline's own chain (enrich, filter, redact, validate)."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.config import JournaldConfig, SyslogConfig
+from agent.events import stable_id
+from agent.pipeline import Enrich, Filter, Validate
+from agent.redact import Redactor
+from agent.schema import validate_event
+from collectors.journald import TRUNCATION_MARKER, JournaldCollector
+from collectors.syslog import _BULK_ISO, _BULK_TRAD, SyslogFileCollector
+from collectors.syslog_parse import SyslogLineParser
+from collectors.tail import fingerprint
+from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
+from tests.support import need
+
+MAX_LINE = 300
+LINES: list[bytes] = [
+    b"2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: Accepted publickey for deploy from 10.0.0.1 port 5 ssh2",
+    b"2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: \"GET /a\\\\b HTTP/1.1\" 200 \"-\" tab\there",
+    b"2026-11-26T21:22:37Z web-01 app: password=hunter2 token: abc123 ctrl\x01\x1b\x7f end\r",
+    b"2026-11-26T21:22:37.123-05:30 h\"o\\st pr\"og[12x]: odd tag and host",
+    b"2026-11-26T21:22:38.5+00:00 web-01 kernel: [1.2] caf\xc3\xa9 utf-8 and bad \xff\xfe bytes",
+    b"2026-11-26T21:22:38.5+00:00 web-01 prog\x1cname[3]: a separator in the tag",
+    b"2026-13-45T99:22:38.5+00:00 web-01 bad[1]: an impossible date",
+    b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"x" * 400,
+    b"Nov 26 21:22:36 web-01 CRON[99]: (root) CMD (run-parts /etc/cron.hourly)",
+    b"Nov  6 01:02:03 web-01 su: (to root) alice on pts/0",
+    b"Feb 30 01:02:03 web-01 bad: no such day",
+    b"<38>Nov 26 21:22:36 web-01 login[5]: FAILED LOGIN (1) on '/dev/tty1' FOR 'bob', Authentication failure",
+    b"<165>1 2026-11-26T21:22:36.003Z web-01 su 123 ID47 [sd@1 k=\"v\\\"q\"] structured",
+    b"",
+    b"   leading spaces and nothing else",
+    b"\x00\x00binary garbage\xff",
+    b"2026-11-26T21:22:40.000001+00:00 web-01 sudo: alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
+    b"2026-11-26T21:22:40.000001+00:00 web-01 app[1]: Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+]
+
+
+def _chain() -> list[Any]:
+    return [Enrich("test"), Filter(), Redactor(), Validate()]
+
+
+def _through_chain(event: dict[str, Any]) -> dict[str, Any]:
+    for proc in _chain():
+        event = proc(event)
+    return event
+
+
+def _slow_syslog(path: Path, content: bytes) -> list[dict[str, Any] | None]:
+    """The events the line parser and the chain make of each line (None: ts from the clock)."""
+    st = os.stat(path)
+    with open(path, "rb") as f:
+        fp, _ = fingerprint(f.fileno())
+    parser = SyslogLineParser()
+    out: list[dict[str, Any] | None] = []
+    off = 0
+    for raw in content[:-1].split(b"\n"):
+        cut = raw[:MAX_LINE]
+        ts, data = parser.parse(cut.decode("utf-8", "replace"))
+        data["source"] = str(path)
+        if len(raw) > MAX_LINE:
+            data["truncated"] = True
+            data["message"] += TRUNCATION_MARKER
+        ev = {"id": stable_id("f", st.st_dev, st.st_ino, fp, off), "kind": "system_log", "ts": ts, "data": data}
+        off += len(raw) + 1
+        out.append(_through_chain(ev) if ts is not None else None)
+    return out
+
+
+class TestSyslogFastPath:
+    async def test_same_events_as_line_parser_and_chain(self, tmp_path: Path) -> None:
+        """Every line (bulk-parsed or not) gives the event the line parser plus the chain gives."""
+        path = tmp_path / "syslog"
+        content = b"\n".join(LINES * 3) + b"\n"
+        path.write_bytes(content)
+        assert sum(1 for _ in _BULK_ISO.finditer(content)) >= 5  # the bulk parser does take part
+        assert sum(1 for _ in _BULK_TRAD.finditer(content)) >= 2
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
+        await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
+        expected = _slow_syslog(path, content)
+        assert rec.prepared_calls and len(rec.events) == len(expected) == len(LINES) * 3
+        for got, want in zip(rec.events, expected, strict=True):
+            validate_event(got)
+            if want is None:  # no usable timestamp: the read time
+                assert got["ts"].endswith("Z")
+                continue
+            assert got == want, (got, want)
+        messages = [e["data"]["message"] for e in rec.events]
+        assert not any("hunter2" in m or "abcdefghijklmnop" in m for m in messages)
+        assert any("[REDACTED]" in m for m in messages)
+
+    async def test_filter_drops_lines_but_derivers_still_see_them(self, tmp_path: Path) -> None:
+        """A level filter that drops every line still lets derivers run; derived events follow."""
+        from agent.pipeline import Prepared
+
+        path = tmp_path / "syslog"
+        path.write_bytes(b"\n".join(LINES) + b"\n")
+        seen: list[str] = []
+
+        def derive(ev: dict[str, Any]) -> list[dict[str, Any]]:
+            seen.append(ev["data"]["message"])
+            return [{"kind": "user_activity", "ts": ev["ts"], "id": stable_id("ua", ev["id"]),
+                     "data": {"user": "alice", "action": "login", "result": 200, "ip": None,
+                              "details": {"note": "password=x"}}}]
+
+        derive.programs = frozenset({"sudo", "su"})  # type: ignore[attr-defined]
+        derive.message_prefixes = ()  # type: ignore[attr-defined]
+        rec = EmitRecorder()
+        rec.prepared_settings = Prepared("test", Redactor().redact_text, Filter(min_level="emerg"))
+        cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
+        await run_once(SyslogFileCollector(cfg, rec.context(once=True, derivers=[derive])))
+        assert [e["kind"] for e in rec.events] == ["user_activity"] * 3
+        assert seen == ["(to root) alice on pts/0", "structured",
+                        "alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/ls"]
+        for e in rec.events:
+            validate_event(e)
+            assert e["data"]["details"] == {"note": "password=[REDACTED]"} and e["server"] == "test"
+
+
+class TestJournaldFastPath:
+    async def test_json_is_valid_and_a_fixed_point_of_the_chain(self, tmp_path: Path) -> None:
+        """Journal entries with hostile values give schema-valid events the chain leaves unchanged."""
+        need(os.access(JOURNAL_REMOTE, os.X_OK), "systemd-journal-remote (apt systemd-journal-remote)")
+        entries = [
+            {"MESSAGE": b"bin\x00\xff\xfe \"q\" \\ \x01\x1f", "SYSLOG_IDENTIFIER": "b\"\\", "_PID": "7"},
+            {"MESSAGE": "login with password=hunter2 ok", "SYSLOG_IDENTIFIER": "app", "PRIORITY": "3",
+             "_HOSTNAME": "web-01", "_TRANSPORT": "syslog", "_SYSTEMD_UNIT": "a\"b.service", "SYSLOG_FACILITY": "10"},
+            {"MESSAGE": "é" * 700, "SYSLOG_IDENTIFIER": b"\xff" * 300, "_PID": "0099"},
+            {"MESSAGE": "multi\nline\n", "_COMM": "x", "SYSLOG_PID": "abc", "PRIORITY": "x"},
+        ]
+        write_journal_file(tmp_path / "j" / "a.journal", entries)
+        rec = EmitRecorder()
+        cfg = JournaldConfig(directory=str(tmp_path / "j"), start_at="beginning", max_message_bytes=1000)
+        await run_once(JournaldCollector(cfg, rec.context(once=True)))
+        assert rec.prepared_calls and len(rec.events) == 4
+        for ev in rec.events:
+            validate_event(ev)
+            assert _through_chain(copy.deepcopy(ev)) == ev
+        a, b, c, d = (e["data"] for e in rec.events)
+        assert a["message"] == "bin\x00\ufffd\ufffd \"q\" \\ \x01\x1f" and a["program"] == "b\"\\" and a["pid"] == 7
+        assert b["message"] == "login with password=[REDACTED] ok" and b["level"] == "error"
+        assert b["extra"] == {"unit": "a\"b.service", "hostname": "web-01", "transport": "syslog",
+                              "boot_id": "0123456789abcdef0123456789abcdef", "facility": "authpriv"}
+        assert c["truncated"] is True and c["message"].endswith(TRUNCATION_MARKER) and c["pid"] == 99
+        assert c["program"] == "\ufffd" * 256
+        assert d["message"] == "multi\nline\n" and d["pid"] is None and d["level"] == "info"
