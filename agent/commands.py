@@ -74,6 +74,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     configure_logging(cfg.log_level)
+    # collectors read in threads; a short switch interval keeps the event loop (hook answers,
+    # shipping) from waiting 5 ms for the GIL after every system call
+    sys.setswitchinterval(0.0005)
 
     async def main() -> int:
         agent = Agent(cfg, args.config)

@@ -55,6 +55,7 @@ class Shipper:
         self.on_space = on_space
         self._agent_json = orjson.dumps(agent_info)
         self._wake = asyncio.Event()
+        self._settling: set[asyncio.Future[None]] = set()
         self._idle = asyncio.Event()
         self.paused_reason: str | None = None
         self.last_error: str | None = None
@@ -89,7 +90,9 @@ class Shipper:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Dispatch batches to ``in_flight`` workers, oldest first, until cancelled."""
-        queue: asyncio.Queue[SpoolBatch] = asyncio.Queue(maxsize=self.cfg.in_flight)
+        queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]] = asyncio.Queue(
+            maxsize=self.cfg.in_flight
+        )
         in_progress: set[int] = set()
         workers = [asyncio.create_task(self._worker(queue, in_progress)) for _ in range(self.cfg.in_flight)]
         after = 0
@@ -115,24 +118,39 @@ class Shipper:
                     if b.seq in in_progress:
                         continue
                     in_progress.add(b.seq)
-                    await queue.put(b)
+                    # the request body is made (gzip, in a thread) while the batch before it is
+                    # still in flight; the send itself waits its turn, so order is kept
+                    await queue.put((b, self._prepare(b)))
         finally:
             for w in workers:
                 w.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
+            # acknowledgements already under way are finished, so that a clean stop does not
+            # leave stored batches to be sent again
+            await asyncio.gather(*self._settling, return_exceptions=True)
 
     async def drained(self) -> None:
         """Wait until the spool has nothing left to ship."""
         self.wake()
         await self._idle.wait()
 
-    async def _worker(self, queue: asyncio.Queue[SpoolBatch], in_progress: set[int]) -> None:
+    def _prepare(self, batch: SpoolBatch) -> asyncio.Future[bytes] | None:
+        encode = getattr(self.sink, "encode", None)
+        if encode is None:
+            return None
+        payload = self.payload(batch.batch_id, batch.body)
+        return asyncio.get_running_loop().run_in_executor(None, encode, payload)
+
+    async def _worker(
+        self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]], in_progress: set[int]
+    ) -> None:
         while True:
-            batch = await queue.get()
+            batch, encoded = await queue.get()
             try:
-                await self.ship(batch)
-            finally:
+                await self.ship(batch, encoded, on_done=lambda b=batch: in_progress.discard(b.seq))
+            except BaseException:
                 in_progress.discard(batch.seq)
+                raise
 
     # -- one batch -----------------------------------------------------------------------------
     def _wait(self, state: RetryCallState) -> float:
@@ -163,8 +181,18 @@ class Shipper:
         self.last_error = str(exc)
         self.metrics.retries.labels(reason).inc()
 
-    async def _send(self, batch_id: str, body: bytes, n_events: int, seq: int | None = None) -> bool:
-        """Send until stored; False when the batch was evicted from the spool while being retried."""
+    async def _send(
+        self,
+        batch_id: str,
+        body: bytes,
+        n_events: int,
+        seq: int | None = None,
+        encoded: asyncio.Future[bytes] | None = None,
+    ) -> bool:
+        """Send until stored; False when the batch was evicted from the spool while being retried.
+
+        ``encoded`` is the request body made ahead of time for the first attempt; a retry makes
+        a fresh one (its ``sent_at`` is the time of that attempt)."""
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type((RetryableShipError, AuthError)),
             wait=self._wait,
@@ -176,14 +204,37 @@ class Shipper:
                 if seq is not None and attempt.retry_state.attempt_number > 1:
                     if not await self._db(self.spool.exists, seq):
                         return False
-                await self.sink.send(batch_id, self.payload(batch_id, body), n_events)
+                if encoded is not None and attempt.retry_state.attempt_number == 1:
+                    await self.sink.send_encoded(batch_id, await encoded, n_events)  # type: ignore[attr-defined]
+                else:
+                    await self.sink.send(batch_id, self.payload(batch_id, body), n_events)
         return True
 
-    async def ship(self, batch: SpoolBatch) -> None:
-        """Send one batch until it is stored, split or dead-lettered; then remove it from the spool."""
+    async def ship(
+        self,
+        batch: SpoolBatch,
+        encoded: asyncio.Future[bytes] | None = None,
+        on_done: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Send one batch until it is stored, split or dead-lettered.
+
+        Returns once the backend has answered; removing the batch from the spool (and
+        ``on_done``) follows in the background, so the next batch goes out meanwhile.
+        """
         started = time.monotonic()
         dead: list[tuple[NewBatch, str, int | None]] = []
-        if not await self._ship_part(batch.batch_id, batch.body, batch.n_events, batch.priority, dead, batch.seq):
+        ok = await self._ship_part(
+            batch.batch_id, batch.body, batch.n_events, batch.priority, dead, batch.seq, encoded
+        )
+        task = asyncio.ensure_future(self._settle(batch, dead, ok, started))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        task.add_done_callback(lambda _: on_done())
+
+    async def _settle(
+        self, batch: SpoolBatch, dead: list[tuple[NewBatch, str, int | None]], ok: bool, started: float
+    ) -> None:
+        if not ok:
             log.info("batch was evicted while being retried; dropped from the shipper", batch_id=batch.batch_id)
             self.on_space()
             return
@@ -212,9 +263,10 @@ class Shipper:
         priority: int,
         dead: list[tuple[NewBatch, str, int | None]],
         seq: int | None = None,
+        encoded: asyncio.Future[bytes] | None = None,
     ) -> bool:
         try:
-            if not await self._send(batch_id, body, n_events, seq):
+            if not await self._send(batch_id, body, n_events, seq, encoded):
                 return False
         except TooLarge as exc:
             events = orjson.loads(body)

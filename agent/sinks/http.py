@@ -51,7 +51,21 @@ class HttpSink:
     def reload_token(self) -> None:
         self._token = self.cfg.token()
 
+    def encode(self, payload: bytes) -> bytes:
+        """The request body for a payload (gzip unless compression is off); thread-safe."""
+        if self.cfg.compression == "gzip":
+            return _gzip(payload, self.cfg.gzip_level)
+        return payload
+
     async def send(self, batch_id: str, payload: bytes, n_events: int) -> None:
+        if self.cfg.compression == "gzip" and len(payload) > 65536:
+            body = await asyncio.get_running_loop().run_in_executor(None, self.encode, payload)
+        else:
+            body = self.encode(payload)
+        await self.send_encoded(batch_id, body, n_events)
+
+    async def send_encoded(self, batch_id: str, body: bytes, n_events: int) -> None:
+        """POST a body made by :meth:`encode`."""
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": batch_id,
@@ -59,13 +73,7 @@ class HttpSink:
         }
         if self._token:
             headers["Authorization"] = f"Bearer {self._token}"
-        body = payload
         if self.cfg.compression == "gzip":
-            loop = asyncio.get_running_loop()
-            if len(payload) > 65536:
-                body = await loop.run_in_executor(None, _gzip, payload, self.cfg.gzip_level)
-            else:
-                body = _gzip(payload, self.cfg.gzip_level)
             headers["Content-Encoding"] = "gzip"
         status: int | None = None
         reason = ""
