@@ -120,7 +120,7 @@ class MetricsSampler:
             "network": self.net_rates.update(self._safe(self.net_io_counters), now),
         }
         if self._last_t is not None:
-            data["interval_s"] = round(now - self._last_t, 3)
+            data["interval_s"] = round(now - self._last_t, 6)  # rates × interval must give the counts back
         self._last_t = now
         return data
 
