@@ -848,3 +848,28 @@ class TestReceiverConcurrency:
         assert stored == 500
         ids = (await rx.ok("/api/v1/ids"))["ids"]
         assert sorted(ids) == sorted(e["id"] for e in pool)
+
+
+class TestCountSinkPaths:
+    def test_uniform_path_counts_like_the_per_event_path(self) -> None:
+        """Whole-batch counting gives the same stats as counting event by event, gaps and reorders included."""
+        from receiver.app import CountSink
+
+        seqs = list(range(3000))
+        del seqs[1234]  # a gap
+        seqs[10], seqs[11] = seqs[11], seqs[10]  # a reorder
+        batches = []
+        for b in range(0, len(seqs), 250):
+            evs = [{"id": f"e{n}", "kind": "system_log", "server": "s", "data": {"message": f"x seq={n} y"}}
+                   for n in seqs[b:b + 250]]
+            batches.append({"events": evs})
+        batches.append(batches[3])  # a replayed batch
+        batches.append({"events": [{"id": "odd", "kind": "metrics", "server": "s", "data": {"cpu": {}}}]})
+        fast, slow = CountSink(), CountSink()
+        for batch in batches:
+            fast.add(batch)
+            slow._add_each(batch["events"])
+        assert fast.stats() == slow.stats() and fast.received == slow.received
+        src = fast.stats()["sources"]["s/system_log"]
+        assert src["missing"] == 1 and src["out_of_order"] >= 1
+        assert fast.duplicates == 250 and src["duplicates"] == 0  # a replayed id is a duplicate, not a seq
