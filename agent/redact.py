@@ -58,6 +58,25 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def _trie_pattern(words: set[str]) -> str:
+    """A regex matching any of ``words``, with shared prefixes factored out."""
+    trie: dict[str, dict] = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, dict]) -> str:
+        if set(node) == {""}:
+            return ""
+        alts = [re.escape(ch) + build(sub) for ch, sub in sorted(node.items()) if ch]
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
 class Redactor:
     """Replaces secrets in strings and, recursively, in an event's ``data``."""
 
@@ -70,8 +89,9 @@ class Redactor:
     ) -> None:
         self.replacement = replacement
         # one C-level scan decides whether any built-in rule can match at all
-        # (on lower-cased text: an IGNORECASE alternation is ten times slower in CPython's re)
-        self._any_trigger = re.compile("|".join(re.escape(t) for ts in BUILTIN_TRIGGERS for t in ts))
+        # (on lower-cased text: an IGNORECASE alternation is ten times slower in CPython's re,
+        # and a flat alternation twice as slow as the same words as a trie)
+        self._any_trigger = re.compile(_trie_pattern({t for ts in BUILTIN_TRIGGERS for t in ts}))
         self._custom = bool(list(patterns))
         rules: list[tuple[tuple[str, ...] | None, re.Pattern[str]]] = []
         if builtin:
