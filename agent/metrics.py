@@ -6,7 +6,7 @@ Every drop, eviction, retry and failure is a named internal event that becomes a
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -73,14 +73,14 @@ class AgentMetrics:
         return 0.0 if v is None else v
 
 
-def make_http_app(metrics: AgentMetrics, health: Callable[[], dict[str, Any]]) -> web.Application:
+def make_http_app(metrics: AgentMetrics, health: Callable[[], Awaitable[dict[str, Any]]]) -> web.Application:
     """The local observability endpoint: ``/metrics`` (Prometheus text) and ``/healthz`` (JSON)."""
 
     async def metrics_handler(request: web.Request) -> web.Response:
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def health_handler(request: web.Request) -> web.Response:
-        h = health()
+        h = await health()
         h["time"] = time.time()
         return web.json_response(h, status=200 if h.get("ok", True) else 503)
 

@@ -274,7 +274,10 @@ class Batcher:
             body = b"[" + orjson.dumps(event, default=str) + b"]"
         except TypeError:
             body = b"[" + orjson.dumps(repr(event)) + b"]"
-        self.spool.add_dead_letter(NewBatch(new_id("b"), PRIORITY_BULK, 1, {str(kind): 1}, body), reason, None)
+        # on the spool's own thread, never beside a transaction that thread has open
+        self.executor.submit(
+            self.spool.add_dead_letter, NewBatch(new_id("b"), PRIORITY_BULK, 1, {str(kind): 1}, body), reason, None
+        )
 
     def _add(self, lane: _Lane, blob: bytes, kind: str) -> None:
         first = lane.first_at is None

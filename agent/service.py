@@ -124,13 +124,13 @@ class Agent:
     def _update_spool_gauges(self) -> None:
         self.metrics.spool_bytes.set(self.spool.bytes)
 
-    def _context(self) -> CollectorContext:
+    def _context(self, checkpoints: dict[str, str]) -> CollectorContext:
         from collectors.derive import build_derivers
 
         ctx = CollectorContext(
             server=self.cfg.server,
             emit_fn=self._emit_for("collector"),
-            checkpoints=self.spool.checkpoints(),
+            checkpoints=checkpoints,
             once=self.once,
             counter=self.metrics.count,
         )
@@ -158,10 +158,10 @@ class Agent:
         return emit
 
     # -- collectors --------------------------------------------------------------------------
-    def _start_collectors(self) -> None:
+    async def _start_collectors(self) -> None:
         from collectors import build_collectors
 
-        ctx = self._context()
+        ctx = self._context(await self._db(self.spool.checkpoints))
         self.collectors = build_collectors(self.cfg, ctx)
         for c in self.collectors:
             # each collector its own context, so that its events are counted under its name
@@ -219,8 +219,8 @@ class Agent:
             await self._http_runner.cleanup()
             self._http_runner = None
 
-    def health(self) -> dict[str, Any]:
-        st = self.spool.stats()
+    async def health(self) -> dict[str, Any]:
+        st = await self._db(self.spool.stats)  # on the spool's thread, like every other use
         return {
             "ok": self.shipper.paused_reason is None,
             "version": __version__,
@@ -272,7 +272,7 @@ class Agent:
         await self._start_http()
         self._tasks.append(asyncio.create_task(self.shipper.run(), name="shipper"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
-        self._start_collectors()
+        await self._start_collectors()
         log.info(
             "agent started",
             version=__version__,
@@ -370,7 +370,7 @@ class Agent:
         if new.http != old.http:
             await self._stop_http()
             await self._start_http()
-        self._start_collectors()
+        await self._start_collectors()
         log.info("configuration reloaded", changed=changed)
         await self._record_settings_change(200, {"changed": changed, "config": self.config_path or ""})
         sd_notify("READY=1")
