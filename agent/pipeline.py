@@ -291,17 +291,25 @@ class Batcher:
     # -- the two entry points ----------------------------------------------------------------
     async def emit(self, events: list[Event], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
         """Pull lane: waits while the spool is full; returns once the events are buffered."""
+        items = []
+        for ev in events:
+            blob = self.process(ev, collector)
+            if blob is not None:
+                items.append((ev["kind"], blob))
+        await self._buffer(items, checkpoint, collector)
+
+    async def _buffer(
+        self, items: list[tuple[str, bytes]], checkpoint: Checkpoint | None, collector: str
+    ) -> None:
+        """Add finished events and the position after them to the pull lane; a full lane is
+        written behind (see :meth:`_flush_behind`)."""
         lane = self.pull
         received: dict[str, int] = {}
-        process = self.process
-        for ev in events:
-            blob = process(ev, collector)
-            if blob is not None:
-                kind = ev["kind"]
-                received[kind] = received.get(kind, 0) + 1
-                self._add(lane, blob, kind)
-                if lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes:
-                    await self._flush_behind(lane)
+        for kind, blob in items:
+            received[kind] = received.get(kind, 0) + 1
+            self._add(lane, blob, kind)
+            if lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes:
+                await self._flush_behind(lane)
         for kind, n in received.items():
             self.on_event(kind, "received", collector, n)
         if checkpoint is not None:
@@ -309,8 +317,6 @@ class Batcher:
             if not lane.nevents:
                 # nothing buffered (all filtered): the position can still move on
                 self._arm_timer()
-        if self._full(lane):
-            await self._flush_behind(lane)
 
     # -- the fast path of hot sources ---------------------------------------------------------
     def prepared(self) -> Prepared:
@@ -337,24 +343,12 @@ class Batcher:
         fails every event of the call is, the bad ones dead-lettered (a collector bug must not
         get whole batches refused by the backend).
         """
-        lane = self.pull
         if items:
             try:
                 validate_event(orjson.loads(items[0][1]))
             except (SchemaError, orjson.JSONDecodeError):
                 items = self._checked(items, collector)
-        received: dict[str, int] = {}
-        for kind, blob in items:
-            received[kind] = received.get(kind, 0) + 1
-            self._add(lane, blob, kind)
-            if lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes:
-                await self._flush_behind(lane)
-        for kind, n in received.items():
-            self.on_event(kind, "received", collector, n)
-        if checkpoint is not None:
-            lane.checkpoints[checkpoint.source] = checkpoint.position
-            if not lane.nevents:
-                self._arm_timer()
+        await self._buffer(items, checkpoint, collector)
 
     def _checked(self, items: list[tuple[str, bytes]], collector: str) -> list[tuple[str, bytes]]:
         good = []
