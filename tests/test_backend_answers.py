@@ -110,3 +110,61 @@ class TestBackendAnswers:
         assert agent.proc.poll() is None
         assert agent.metric("alpacon_agent_ship_retries_total") >= 6
         assert json.loads(agent.cli("spool", "--json").stdout)["dead_letters"] == 0
+
+
+class RedirectingBackend(ScriptedBackend):
+    """A backend whose ingest URL first redirects: 302 to a page that answers GET with 200, and
+    307 to another origin that would take the POST and answer 200."""
+
+    def __init__(self, script: list[str], elsewhere: ScriptedBackend) -> None:
+        super().__init__(script)
+        self.elsewhere = elsewhere
+        self.landings = 0
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.script and self.script[0] in ("redirect_302_landing", "redirect_307_elsewhere"):
+            await request.read()
+            step = self.script.pop(0)
+            self.seen.append(step)
+            if step == "redirect_302_landing":
+                return web.Response(status=302, headers={"Location": "/landing"})
+            return web.Response(status=307, headers={"Location": self.elsewhere.url})
+        return await super()._handle(request)
+
+    async def _landing(self, request: web.Request) -> web.StreamResponse:
+        self.landings += 1
+        return web.Response(status=200, text="<html>welcome, please log in</html>", content_type="text/html")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/ingest", self._handle)
+        app.router.add_get("/landing", self._landing)
+        runner = self._runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+
+class TestHostileAnswers:
+    def test_redirects_are_not_taken_for_storage(self, agent_factory, tmp_path):
+        """A 302 to a page that answers GET 200, or a 307 to another origin, is not an acknowledgement."""
+        elsewhere = ScriptedBackend([]).start()
+        backend = RedirectingBackend(["redirect_302_landing", "redirect_307_elsewhere"], elsewhere).start()
+        try:
+            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 5.0},
+                                  batch={"max_events": 100, "max_wait_ms": 20})
+            agent.start()
+            events = [{"kind": "user_activity", "id": f"redirect-{i:04d}",
+                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(5)]
+            with HookClient(agent.socket) as c:
+                assert all(a["status"] == "ok" for a in c.request_many(events))
+            agent.wait_drained(60)
+            assert backend.seen[:2] == ["redirect_302_landing", "redirect_307_elsewhere"]
+            assert set(backend.stored) == {e["id"] for e in events}
+            assert elsewhere.seen == [] and elsewhere.stored == []
+            assert backend.landings == 0
+        finally:
+            backend.stop()
+            elsewhere.stop()

@@ -79,7 +79,11 @@ class HttpSink:
         reason = ""
         retry_after = None
         try:
-            async with self._get_session().post(self.cfg.url, data=body, headers=headers) as resp:
+            # never follow a redirect: a 301/302/303 turns the POST into a GET whose 200 is not a
+            # store, and a 307/308 would hand the batch to whichever host the answer names
+            async with self._get_session().post(
+                self.cfg.url, data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 if not 200 <= status < 300:
