@@ -147,6 +147,33 @@ class RedirectingBackend(ScriptedBackend):
         self._loop.run_forever()
 
 
+class HugeOkBackend(ScriptedBackend):
+    """A backend that stores the first batch and answers it 200 with a 512 MB body."""
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if self.script and self.script[0] == "huge_200":
+            body = await request.read()
+            self.seen.append(self.script.pop(0))
+            self._store(body)
+            resp = web.StreamResponse(status=200, headers={"Content-Length": str(512 * 1024 * 1024)})
+            await resp.prepare(request)
+            chunk = b"x" * (1024 * 1024)
+            try:
+                for _ in range(512):
+                    await resp.write(chunk)
+            except (ConnectionError, OSError):
+                pass
+            return resp
+        return await super()._handle(request)
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
 class TestHostileAnswers:
     def test_redirects_are_not_taken_for_storage(self, agent_factory, tmp_path):
         """A 302 to a page that answers GET 200, or a 307 to another origin, is not an acknowledgement."""
@@ -168,3 +195,21 @@ class TestHostileAnswers:
         finally:
             backend.stop()
             elsewhere.stop()
+
+    def test_a_huge_2xx_body_is_not_read_into_memory(self, agent_factory, tmp_path):
+        """A 200 answer with a 512 MB body leaves the agent's peak memory far below that; all arrive."""
+        backend = HugeOkBackend(["huge_200"]).start()
+        try:
+            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 30.0},
+                                  batch={"max_events": 5, "max_wait_ms": 20})
+            agent.start()
+            events = [{"kind": "user_activity", "id": f"huge-ok-{i:04d}",
+                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(10)]
+            with HookClient(agent.socket) as c:
+                assert all(a["status"] == "ok" for a in c.request_many(events))
+            agent.wait_drained(60)
+            assert backend.seen[:1] == ["huge_200"]
+            assert set(backend.stored) == {e["id"] for e in events}
+            assert _peak_rss_bytes(agent.proc.pid) < 256 * 1024 * 1024
+        finally:
+            backend.stop()

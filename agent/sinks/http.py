@@ -90,7 +90,9 @@ class HttpSink:
                     text = (await resp.content.read(2048)).decode("utf-8", "replace")
                     reason = f"HTTP {status}: {text.strip()}" if text.strip() else f"HTTP {status}"
                 else:
-                    await resp.read()
+                    # the status is the answer; a little of the body lets a small answer free the
+                    # connection for reuse, a huge one is not read into memory (closed instead)
+                    await resp.content.read(65536)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             status = None
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
