@@ -433,6 +433,11 @@ class Batcher:
                         await self.flush_lane(lane, wait_for_space=False)
                     except SpoolFull:
                         await self.wait_for_space(1.0)
+                    except Exception as exc:  # noqa: BLE001 - a failed write (disk full, I/O
+                        # error) must not end the timer: the other lane still needs it, and this
+                        # one is retried (its events were kept)
+                        log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
+                        await asyncio.sleep(1.0)
 
     async def flush_lane(self, lane: _Lane, wait_for_space: bool = True, drain: bool = False) -> None:
         """Write the lane's buffers (and checkpoints) to the spool.
@@ -470,6 +475,13 @@ class Batcher:
                         fut.set_exception(exc)
                     if not lane.fail_fast:
                         lane.restore(taken, cps)
+                        if wait_for_space and isinstance(exc, Exception):
+                            # like a full spool: the source waits, its events are kept and the
+                            # write is retried (raising would crash and restart the collector,
+                            # which re-reads into a lane still holding these events)
+                            log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
+                            await asyncio.sleep(1.0)
+                            continue
                     raise
                 if fut is not None and not fut.done():
                     fut.set_result(None)

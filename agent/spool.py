@@ -220,7 +220,8 @@ class Spool:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back itself (disk full, I/O error)
+                db.execute("ROLLBACK")
             raise
         self._bytes[PRIORITY_BULK] = self._bytes.get(PRIORITY_BULK, 0) - freed
         for b in batches:
@@ -273,7 +274,8 @@ class Spool:
             db.execute("DELETE FROM batches WHERE seq=?", (seq,))
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back itself (disk full, I/O error)
+                db.execute("ROLLBACK")
             raise
         self._bytes[row[6]] -= row[3]
         return True
@@ -324,7 +326,8 @@ class Spool:
                 self._bytes[prio] = self._bytes.get(prio, 0) + size
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back itself (disk full, I/O error)
+                db.execute("ROLLBACK")
             raise
         return len(rows)
 

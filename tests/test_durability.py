@@ -165,3 +165,57 @@ class TestAuthAndRejection:
         assert "dead letters: 0 batches" in agent.cli("spool").stdout
         st = receiver.stats()
         assert st["duplicates"] == 0
+
+
+class TestSpoolWriteErrors:
+    def test_a_full_disk_pauses_sources_and_answers_producers(self, agent_factory, receiver, tmp_path):
+        """With the spool's disk full, a hook producer gets an error answer (not silence) and file
+        lines wait; once space is back, everything arrives without any new trigger."""
+        import subprocess
+
+        from tests.support import need_root
+
+        need_root()
+        log = tmp_path / "app.log"
+        log.write_text("")
+        agent = agent_factory(receiver, collectors={"syslog": {
+            "enabled": True, "paths": [str(log)], "start_at": "beginning", "poll_interval_s": 0.05}})
+        state = tmp_path / "agent" / "state"
+        state.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(state)], check=True)
+
+        def lines(rng: range) -> None:
+            with open(log, "a") as f:
+                f.writelines(f"2026-11-26T20:00:00.{i:03d}+00:00 host app[7]: disk-full line {i}\n" for i in rng)
+
+        try:
+            agent.start()
+            lines(range(0, 3))
+            wait_until(lambda: len(receiver.ids("system_log")) == 3, 30, what="first lines stored")
+            filler = state / "filler"
+            with open(filler, "wb") as f:
+                try:
+                    while True:
+                        f.write(b"\0" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            lines(range(3, 6))
+            wait_until(lambda: agent.metric("alpacon_agent_events_total", kind="system_log",
+                                            outcome="received") >= 6, 30, what="lines read")
+            pushed = {"kind": "user_activity", "id": "disk-full-push-0001",
+                      "data": {"user": "u", "action": "login", "result": 200}}
+            with HookClient(agent.socket, timeout=15) as c:
+                answer = c.request(pushed)
+            assert answer["status"] == "error" and "full" in answer["reason"], answer
+            filler.unlink()
+            with HookClient(agent.socket, timeout=15) as c:
+                assert c.request(pushed)["status"] == "ok"
+            wait_until(lambda: len(receiver.ids("system_log")) == 6, 30, what="lines stored after space came back")
+            wait_until(lambda: receiver.ids("user_activity") == ["disk-full-push-0001"], 30, what="push stored")
+            lines(range(6, 9))
+            wait_until(lambda: len(receiver.ids("system_log")) == 9, 30, what="later lines stored")
+            assert agent.proc.poll() is None
+        finally:
+            agent.kill()
+            subprocess.run(["umount", "-l", str(state)], check=False)
