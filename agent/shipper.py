@@ -282,7 +282,8 @@ class Shipper:
             return True
         except Rejected as exc:
             log.error("backend refused batch, moved to dead letters", batch_id=batch_id, reason=str(exc))
-            self.permanent_failures.append(f"batch {batch_id}: {exc}")
+            if len(self.permanent_failures) < 100:  # the first ones: for run --once's report
+                self.permanent_failures.append(f"batch {batch_id}: {exc}")
             events = orjson.loads(body)
             dead.append((self._part(batch_id, events, priority), str(exc), exc.status))
             return True

@@ -219,3 +219,48 @@ class TestSpoolWriteErrors:
         finally:
             agent.kill()
             subprocess.run(["umount", "-l", str(state)], check=False)
+
+
+class TestShipperMemory:
+    def test_refused_batches_do_not_pile_up_in_memory(self, receiver, tmp_path):
+        """A backend refusing every batch (400) for a long time: the shipper's record of refusals stays bounded."""
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        import orjson
+
+        from agent.config import SinkConfig
+        from agent.events import PRIORITY_AUDIT, make_event
+        from agent.metrics import AgentMetrics
+        from agent.shipper import Shipper
+        from agent.sinks.http import HttpSink
+        from agent.spool import NewBatch, Spool
+
+        receiver.faults(force_status=400)
+        token = tmp_path / "token"
+        token.write_text(receiver.token)
+        cfg = SinkConfig(url=receiver.ingest_url, token_file=str(token), backoff_initial_s=0.05)
+        spool = Spool(tmp_path / "state", 1 << 30)
+        n = 400
+        ev = make_event("user_activity", {"user": "u", "action": "login", "result": 200})
+        ev["server"] = "s"
+        body = orjson.dumps([ev])
+        spool.append([NewBatch(f"refused-{i:06d}", PRIORITY_AUDIT, 1, {"user_activity": 1}, body) for i in range(n)])
+
+        async def main() -> Shipper:
+            ex = ThreadPoolExecutor(1)
+            sink = HttpSink(cfg, "test")
+            shipper = Shipper(spool, ex, sink, {"id": "a"}, cfg, AgentMetrics())
+            task = asyncio.create_task(shipper.run())
+            async with asyncio.timeout(60):
+                while await asyncio.get_running_loop().run_in_executor(ex, lambda: spool.stats().dead_letters) < n:
+                    await asyncio.sleep(0.05)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await sink.close()
+            ex.shutdown()
+            return shipper
+
+        shipper = asyncio.run(main())
+        assert spool.stats().dead_letters == n
+        assert 1 <= len(shipper.permanent_failures) <= 100
