@@ -43,6 +43,8 @@ class ScriptedBackend:
                 return web.Response(status=503, body=b"x" * 10_000_000)
             case "bad_retry_after":
                 return web.Response(status=429, headers={"Retry-After": "tomorrow-ish \x01"})
+            case "superscript_retry_after":  # a character str.isdigit() accepts but float() does not
+                return web.Response(status=503, headers={"Retry-After": "\u00b2"})
             case "redirect":
                 return web.Response(status=302, headers={"Location": "http://127.0.0.1:9/elsewhere"})
             case "hang":
@@ -211,5 +213,22 @@ class TestHostileAnswers:
             assert backend.seen[:1] == ["huge_200"]
             assert set(backend.stored) == {e["id"] for e in events}
             assert _peak_rss_bytes(agent.proc.pid) < 256 * 1024 * 1024
+        finally:
+            backend.stop()
+
+    def test_a_retry_after_that_only_looks_numeric_is_retried(self, agent_factory, tmp_path):
+        """503 with 'Retry-After: \u00b2' (a digit to str.isdigit, not to float) is retried; shipping goes on."""
+        backend = ScriptedBackend(["superscript_retry_after"]).start()
+        try:
+            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 5.0},
+                                  batch={"max_events": 5, "max_wait_ms": 20})
+            agent.start()
+            events = [{"kind": "user_activity", "id": f"retry-after-{i:04d}",
+                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(10)]
+            with HookClient(agent.socket) as c:
+                assert all(a["status"] == "ok" for a in c.request_many(events))
+            agent.wait_drained(30)
+            assert backend.seen[:1] == ["superscript_retry_after"]
+            assert set(backend.stored) == {e["id"] for e in events}
         finally:
             backend.stop()
