@@ -89,6 +89,7 @@ class HookServer:
         self._ops: dict[str, OpHandler] = {}
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
+        self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.allowed_uids, self.allowed_gids = self._resolve(cfg)
         self._ok_counter = metrics.hook_requests.labels("emit", "ok")
 
@@ -144,6 +145,14 @@ class HookServer:
                 await self._server.wait_closed()
         for t in list(self._conns):
             t.cancel()
+        if self._conns:
+            # each connection sends the answers it has; one whose producer does not read them
+            # is cut off, or it would hold up the stop (or reload) for ever
+            _, stuck = await asyncio.wait(set(self._conns), timeout=2.0)
+            for t in stuck:
+                w = self._writers.get(t)
+                if w is not None:
+                    w.transport.abort()
         await asyncio.gather(*self._conns, return_exceptions=True)
         with contextlib.suppress(FileNotFoundError):
             Path(self.cfg.socket).unlink()
@@ -153,12 +162,14 @@ class HookServer:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        self._writers[task] = writer
         try:
             await self._serve_conn(reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._conns.discard(task)
+            self._writers.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()

@@ -127,3 +127,31 @@ class TestEmitCommand:
         assert r.returncode == 2 and "invalid" in r.stdout
         r = agent.cli("emit", "user_activity", "--json", json.dumps(GOOD["data"]), "--socket", "/nonexistent.sock")
         assert r.returncode == 1 and "is the agent running" in r.stderr
+
+
+class TestHostileProducers:
+    def test_a_producer_that_never_reads_answers_harms_neither_others_nor_stop(self, agent_factory, receiver):
+        """A producer that floods emits and never reads its answers: others are still served and
+        SIGTERM still stops the agent promptly."""
+        import orjson
+
+        agent = agent_factory(receiver)
+        agent.start()
+        hostile = socket.socket(socket.AF_UNIX)
+        hostile.connect(agent.socket)
+        hostile.settimeout(2)
+        line = orjson.dumps(GOOD) + b"\n"
+        sent = 0
+        try:
+            while sent < 500_000:  # until the agent stops reading from it (both directions full)
+                hostile.sendall(line)
+                sent += 1
+        except TimeoutError:
+            pass
+        assert sent < 500_000, "the agent kept reading although its answers were never read"
+        with HookClient(agent.socket, timeout=20) as c:
+            assert c.emit("user_activity", GOOD["data"])["status"] == "ok"
+        try:
+            assert agent.stop(timeout=20) == 0
+        finally:
+            hostile.close()
