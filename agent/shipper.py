@@ -61,7 +61,9 @@ class Shipper:
         self.last_error: str | None = None
         self.last_success: float | None = None
         self.permanent_failures: list[str] = []
-        self._backoff = wait_exponential_jitter(initial=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s)
+        self._backoff = wait_exponential_jitter(
+            multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
+        )
 
     # -- wiring -------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -146,11 +148,20 @@ class Shipper:
     ) -> None:
         while True:
             batch, encoded = await queue.get()
-            try:
-                await self.ship(batch, encoded, on_done=lambda b=batch: in_progress.discard(b.seq))
-            except BaseException:
-                in_progress.discard(batch.seq)
-                raise
+            delay = 1.0
+            while True:
+                try:
+                    await self.ship(batch, encoded, on_done=lambda b=batch: in_progress.discard(b.seq))
+                    break
+                except asyncio.CancelledError:
+                    in_progress.discard(batch.seq)
+                    raise
+                except Exception:  # noqa: BLE001 - a bug must not stop shipping for good
+                    log.exception("shipping a batch failed unexpectedly; trying it again", batch_id=batch.batch_id)
+                    self.metrics.retries.labels("internal_error").inc()
+                    encoded = None
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.cfg.backoff_max_s)
 
     # -- one batch -----------------------------------------------------------------------------
     def _wait(self, state: RetryCallState) -> float:
@@ -159,7 +170,9 @@ class Shipper:
             return self.cfg.auth_pause_s
         base = self._backoff(state)
         if isinstance(exc, ShipError) and exc.retry_after is not None:
-            return max(exc.retry_after, 0.05)
+            # never sooner than the backend asked, nor sooner than our own backoff: a backend
+            # answering "Retry-After: 0" to everything must not get a tight loop
+            return max(exc.retry_after, base)
         return base
 
     def _before_sleep(self, state: RetryCallState) -> None:
