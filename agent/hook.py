@@ -195,7 +195,10 @@ class HookServer:
         answers: asyncio.Queue[Any] = asyncio.Queue(maxsize=MAX_PENDING_ANSWERS)
         wtask = asyncio.create_task(self._write_answers(answers, writer))
         limit = self.cfg.max_message_bytes
-        buf = b""
+        # a bytearray, searched only where it is new: a line trickled in small pieces costs
+        # linear time, not quadratic (a slow producer must not eat the event loop)
+        buf = bytearray()
+        scanned = 0
         discarding = False
         try:
             while True:
@@ -205,7 +208,7 @@ class HookServer:
                 buf += chunk
                 start = 0
                 while True:
-                    nl = buf.find(b"\n", start)
+                    nl = buf.find(b"\n", max(start, scanned))
                     if nl < 0:
                         break
                     line = buf[start:nl]
@@ -221,10 +224,12 @@ class HookServer:
                         continue
                     if line.strip():
                         await answers.put(self._handle_line(line, peer))
-                buf = buf[start:]
+                if start:
+                    del buf[:start]
                 if len(buf) > limit:
                     discarding = True
-                    buf = b""
+                    buf.clear()
+                scanned = len(buf)
             if buf.strip() and not discarding:
                 await answers.put(self._handle_line(buf, peer))
         finally:
