@@ -33,7 +33,7 @@ from agent.schema import SchemaError
 from receiver.faults import FaultInjector, FaultSettings, FaultSettingsError
 from receiver.store import EventStore, Query
 from receiver.validation import check_batch as validate_batch
-from receiver.views import VIEWS, ParamError, parse_common, parse_int, query_view
+from receiver.views import VIEWS, ParamError, parse_common, parse_int, query_view, reject_unknown
 
 INGEST_PATH = "/api/v1/agent/events"
 API = "/api/v1"
@@ -441,10 +441,7 @@ async def ids(request: web.Request) -> web.StreamResponse:
     params = dict(request.query)
     try:
         kinds = _kinds(params.pop("kind", None))
-        if params:
-            raise ParamError(
-                f"unknown query parameter {next(iter(params))[:64]!r} for ids; allowed: kind"
-            )
+        reject_unknown(params, ("kind",), "ids")
     except ParamError as exc:
         return error_response(400, str(exc))
     all_ids = await store.ids(kinds)
@@ -459,10 +456,7 @@ async def batches(request: web.Request) -> web.StreamResponse:
     try:
         params = dict(request.query)
         limit = parse_int("limit", params.pop("limit", "1000"), 1, 100_000)
-        if params:
-            raise ParamError(
-                f"unknown query parameter {next(iter(params))[:64]!r} for batches; allowed: limit"
-            )
+        reject_unknown(params, ("limit",), "batches")
     except ParamError as exc:
         return error_response(400, str(exc))
     rows = await store.batches(limit)

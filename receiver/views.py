@@ -109,13 +109,18 @@ def parse_time(name: str, text: str) -> str:
         raise ParamError(f"{name}: {text[:64]!r} is out of range") from None
 
 
-def parse_common(params: Mapping[str, str], allowed: tuple[str, ...], what: str) -> dict[str, Any]:
-    """Check for unknown parameters and parse server/since/until/limit/after."""
+def reject_unknown(params: Mapping[str, str], allowed: tuple[str, ...], what: str) -> None:
+    """ParamError naming the first query parameter that ``what`` does not take."""
     for name in params:
         if name not in allowed:
             raise ParamError(
                 f"unknown query parameter {name[:64]!r} for {what}; allowed: {', '.join(allowed)}"
             )
+
+
+def parse_common(params: Mapping[str, str], allowed: tuple[str, ...], what: str) -> dict[str, Any]:
+    """Check for unknown parameters and parse server/since/until/limit/after."""
+    reject_unknown(params, allowed, what)
     out: dict[str, Any] = {
         "server": params.get("server"),
         "since": parse_time("since", params["since"]) if "since" in params else None,
