@@ -44,7 +44,10 @@ PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
 MAX_PATH = 4096
 
-_Q = r'"(?P<{0}>(?:[^"\\]|\\.)*)"'
+# sftp-server logs a path between quotes as it is (a quote in it is not escaped; the syslog
+# layer only doubles a backslash): the greedy match ends at the *last* fixed suffix, which the
+# server appends, so a name ending in a fake '" bytes read …' neither hides nor forges a row
+_Q = r'"(?P<{0}>.*)"'
 RE_OPENED = re.compile(r"^session opened for local user (?P<user>\S+) from \[(?P<ip>[^\]]*)\]$")
 RE_CLOSED = re.compile(r"^session closed for local user (?P<user>\S+) from \[(?P<ip>[^\]]*)\]$")
 RE_OPEN = re.compile(r"^open " + _Q.format("path") + r" flags (?P<flags>\S+)(?: mode (?P<mode>\d+))?$")
@@ -53,7 +56,8 @@ RE_CLOSE = re.compile(
     + r" bytes read (?P<read>\d{1,20}) written (?P<written>\d{1,20})$"
 )
 RE_REMOVE = re.compile(r"^remove name " + _Q.format("path") + r"$")
-RE_RENAME = re.compile(r"^(?:posix-)?rename old " + _Q.format("old") + r" new " + _Q.format("new") + r"$")
+# split at the last '" new "' by hand: two greedy groups would cost quadratic time on a hostile line
+RE_RENAME = re.compile(r'^(?:posix-)?rename old "(?P<both>.*)"$')
 RE_MKDIR = re.compile(r"^mkdir name " + _Q.format("path") + r"(?: mode (?P<mode>\d+))?$")
 RE_RMDIR = re.compile(r"^rmdir name " + _Q.format("path") + r"$")
 RE_STATUS = re.compile(r"^sent status (?P<status>.+)$")
@@ -66,9 +70,12 @@ OK_STATUSES = frozenset({"Success", "End of file"})
 Row = tuple[dict[str, Any], "str | None", str]
 
 
+_UNQ = re.compile(r'\\([\\"])')
+
+
 def _unq(text: str) -> str:
-    """sftp-server writes paths as they are; only quotes/backslashes could be escaped."""
-    return text.replace('\\"', '"').replace("\\\\", "\\")
+    """The path as it is: one left-to-right pass turns a doubled backslash back into one."""
+    return _UNQ.sub(r"\1", text)
 
 
 def _clip(text: str, n: int = MAX_PATH) -> str:
@@ -215,9 +222,10 @@ class SftpDeriver:
         for rx, typ in ((RE_REMOVE, "remove"), (RE_MKDIR, "mkdir"), (RE_RMDIR, "rmdir")):
             if m := rx.match(message):
                 return out + self._defer(key, {"type": typ, "path": _unq(m["path"]), "size": None}, ts, lid)
-        if m := RE_RENAME.match(message):
-            row = {"type": "rename", "path": _unq(m["new"]), "size": None,
-                   "extra": {"old_path": _clip(_unq(m["old"]))}}
+        if (m := RE_RENAME.match(message)) and '" new "' in m["both"]:
+            old, _, new = m["both"].rpartition('" new "')
+            row = {"type": "rename", "path": _unq(new), "size": None,
+                   "extra": {"old_path": _clip(_unq(old))}}
             return out + self._defer(key, row, ts, lid)
         return out
 

@@ -188,6 +188,27 @@ class TestSftpDeriver:
         assert rows[0]["path"] == '/root/a "b" c'
         assert len(rows[1]["path"]) <= 4096
 
+    def test_quote_in_path_as_sftp_server_logs_it(self) -> None:
+        """sftp-server logs a quote raw and doubles a backslash: such paths are kept whole and a
+        name ending in a fake '" bytes read … written …' neither hides nor changes the transfer."""
+        rows = Feeder().rows([
+            OPEN,  # lines as OpenSSH 9 sftp-server -l INFO writes them
+            'open "/root/o"ut x" flags WRITE,CREATE,TRUNCATE mode 0644',
+            'close "/root/o"ut x" bytes read 0 written 2',
+            'open "/root/a" bytes read 0 written 99" flags WRITE,CREATE,TRUNCATE mode 0644',
+            'close "/root/a" bytes read 0 written 99" bytes read 0 written 2',
+            r'open "/root/b\\\\s\\"q" flags WRITE,CREATE,TRUNCATE mode 0644',  # name b\\s\"q
+            r'close "/root/b\\\\s\\"q" bytes read 0 written 57',
+            'rename old "/root/o"ut x" new "/root/n"ew"',
+            CLOSE,
+        ])
+        assert [brief(r) for r in rows] == [
+            ("upload", '/root/o"ut x', 2, "success"),
+            ("upload", '/root/a" bytes read 0 written 99', 2, "success"),
+            ("upload", r'/root/b\\s\"q', 57, "success"),
+            ("rename", '/root/n"ew', None, "success"),
+        ]
+
     @pytest.mark.parametrize("message", [
         "", "close", 'close "/x" bytes read -1 written 0', 'close "/x" bytes read 1e9 written 0',
         'close "/x" bytes read 999999999999999999999999 written 0', "open /x flags READ",
