@@ -13,6 +13,7 @@ be reached or failed; 2: bad usage, configuration or request.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 import time
@@ -35,9 +36,13 @@ def parse_at(text: str, now: float | None = None) -> float:
     now = time.time() if now is None else now
     text = text.strip()
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:  # nan/inf would reach the agent as null, i.e. "run now"
+        if not math.isfinite(value):
+            raise ValueError(f"not a time: {text!r}")
+        return value
     if m := RE_CLOCK.match(text):
         h, mi, s = int(m[1]), int(m[2]), int(m[3] or 0)
         if h > 23 or mi > 59 or s > 59:
@@ -81,6 +86,9 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         cmd = cmd[1:]
     if not cmd:
         raise ValueError("no command given (alpacon-agent exec [options] -- CMD…)")
+    for name, value in (("--timeout", args.timeout), ("--in", args.in_s)):
+        if value is not None and not math.isfinite(value):  # JSON would carry it as null
+            raise ValueError(f"{name} must be a finite number of seconds")
     msg: dict[str, Any] = {"op": "exec", "argv": cmd}
     if args.operator:
         msg["operator"] = args.operator

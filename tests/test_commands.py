@@ -257,6 +257,17 @@ class TestExecThroughAgent:
         r = exec_cli(cmd_agent)
         assert r.returncode == 2 and "no command" in r.stderr
 
+    def test_non_finite_schedule_is_refused(self, cmd_agent: AgentProcess, tmp_path: Path) -> None:
+        """--in/--at nan or inf is bad usage: never a command that runs at once instead of later."""
+        flag = tmp_path / "ran"
+        for args in (("--in", "nan"), ("--in", "inf"), ("--at", "nan"), ("--at", "1e999"), ("--timeout", "inf")):
+            r = exec_cli(cmd_agent, *args, "--", f"echo {args[0]} >> {flag}")
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            assert "alpacon-agent exec:" in r.stderr
+        with HookClient(cmd_agent.socket) as c:
+            assert c.request({"op": "exec", "line": "echo alive"})["output"] == "alive\n"
+        assert not flag.exists()
+
     def test_internal_commands(self, agent_factory: Any, receiver: ReceiverProcess, tmp_path: Path) -> None:
         """record_internal/run_internal record the agent's own jobs with shell 'internal'."""
         import asyncio
