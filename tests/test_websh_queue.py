@@ -121,6 +121,17 @@ class TestDurableQueue:
         assert q.counter("evicted") > 0
         assert sum(len(orjson.dumps(m)) for _, m in q.peek(1000)) <= 4000
 
+    def test_dead_table_is_bounded(self, tmp_path: Path) -> None:
+        """Refused messages kept for inspection stay under the byte cap too (newest kept; counted)."""
+        q = DurableQueue(tmp_path / "q.db", max_bytes=4000)
+        for i in range(200):
+            q.put([_msg(i, size=200)])
+            q.bury(q.peek(1)[0][0], "refused")
+        dead = q._db.execute("SELECT id, length(body) FROM dead").fetchall()
+        assert sum(n for _, n in dead) <= 4000
+        assert "ws-199" in {i for i, _ in dead}
+        assert q.counter("dead") == 200 and q.counter("dead_evicted") == 200 - len(dead)
+
     def test_garbage_file_is_an_error_not_a_crash_of_the_session(self, tmp_path: Path) -> None:
         """A queue file that is not SQLite makes the deliverer keep records in memory."""
         bad = tmp_path / "q.db"

@@ -113,6 +113,18 @@ class DurableQueue:
                 self._db.execute("INSERT OR REPLACE INTO dead (id, reason, body) VALUES (?,?,?)", (row[0], reason, row[1]))
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
                 self._bump("dead", 1)
+                self._cap_dead()
+
+    def _cap_dead(self) -> None:
+        """Refused messages are kept for inspection within the same byte cap, newest first."""
+        kept, drop = 0, []
+        for rowid, size in self._db.execute("SELECT rowid, length(body) FROM dead ORDER BY rowid DESC"):
+            kept += size
+            if kept > self.max_bytes:
+                drop.append((rowid,))
+        if drop:
+            self._db.executemany("DELETE FROM dead WHERE rowid = ?", drop)
+            self._bump("dead_evicted", len(drop))
 
     def __len__(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
