@@ -175,6 +175,18 @@ class TestCommandTracker:
         assert [(r.seq, r.command, r.exit_code, r.cwd, r.duration_ms, r.source) for r in got] == [
             (1, "make all", 2, "/src", 250, "shell")]
 
+    def test_malformed_numbers_in_done_mark(self) -> None:
+        """A done mark whose status or history number is not a plain integer ends the command
+        without an exit code instead of raising out of the relay loop."""
+        t, got = self._tracker()
+        for i, bad in enumerate((b"--5", b"-", b"5-", b"+5", b"1_000", "\u0663".encode(), b"-" * 30)):
+            for m in self._m(start(f"cmd{i}") + mark("D", bad, bad)):
+                t.mark(m, float(i))
+        assert [(r.command, r.exit_code) for r in got] == [(f"cmd{i}", None) for i in range(7)]
+        for m in self._m(start("ok") + mark("D", b"-1")):
+            t.mark(m, 9.0)
+        assert got[-1].exit_code == -1
+
     def test_prompt_without_command_is_no_record(self) -> None:
         """Done marks alone (empty Enter, Ctrl-C, PROMPT_COMMAND) give no record."""
         t, got = self._tracker()

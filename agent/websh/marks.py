@@ -45,7 +45,8 @@ class Mark:
         if index >= len(self.fields):
             return None
         raw = self.fields[index]
-        if not raw or len(raw) > 20 or not raw.lstrip(b"-").isdigit():
+        digits = raw[1:] if raw.startswith(b"-") else raw
+        if not digits or len(digits) > 19 or not digits.isdigit():  # bytes.isdigit: ASCII only
             return None
         return int(raw)
 
