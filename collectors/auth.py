@@ -153,6 +153,13 @@ class AuthDeriver:
                 return []
             if len(message) > MAX_MESSAGE or not message:
                 return []
+            extra = data.get("extra")
+            uid = extra.get("uid") if isinstance(extra, dict) else None
+            if uid is not None and uid != "0" and program in SSHD_PROGRAMS:
+                # journald records who sent a line (_UID). sshd logs as root, so an sshd line
+                # from another uid is a forgery (logger -t sshd). sudo and su log with the
+                # invoking user's uid, so the same check cannot be made for them.
+                return []
             pid = data.get("pid") if isinstance(data.get("pid"), int) else None
             row = self.parse(program, message, pid=pid, host=data.get("hostname"))
         except Exception:  # a deriver must never break its collector

@@ -57,6 +57,7 @@ _EXTRA_FIELDS = (
     ("_HOSTNAME", "hostname"),
     ("_TRANSPORT", "transport"),
     ("_BOOT_ID", "boot_id"),
+    ("_UID", "uid"),  # trusted (set by journald): the auth deriver believes only root's lines
 )
 #: ``stable_id("jd", cursor)`` is blake2b over ``b"jd\x1f" + cursor``; the seed holds the prefix
 _ID_SEED = hashlib.blake2b(b"jd\x1f", digest_size=16)
@@ -339,7 +340,7 @@ class JournaldCollector(Collector):
                     truncated = len(raw) > max_bytes
                     message = (raw[:max_bytes] if truncated else raw).decode("utf-8", "replace")
                     key = (ident or g("_COMM"), g("_PID") or g("SYSLOG_PID"), g("SYSLOG_FACILITY"),
-                           unit, g("_HOSTNAME"), g("_TRANSPORT"), g("_BOOT_ID"))
+                           unit, g("_HOSTNAME"), g("_TRANSPORT"), g("_BOOT_ID"), g("_UID"))
                     frag = frags.get(key)
                 except (TypeError, AttributeError):
                     if list not in map(type, d.values()):
@@ -380,7 +381,7 @@ class JournaldCollector(Collector):
 
     def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, str, dict[str, Any]]:
         """``(JSON fragment, program, data fields)`` for one tuple of raw field values: program,
-        pid, facility, unit, hostname, transport and boot id (see ``_read_chunk``)."""
+        pid, facility, unit, hostname, transport, boot id and uid (see ``_read_chunk``)."""
         program, pid_b, fac, *extra_values = key
         names = self._names
         pid: int | None = None

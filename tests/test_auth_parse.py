@@ -258,3 +258,23 @@ class TestDeriverOrigin:
         assert auth_file_paths(cfg2) == []
         cfg3 = parse_config({"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False}}})
         assert build_derivers(cfg3) == []
+
+
+class TestForgedLines:
+    def _event(self, program: str, message: str, uid: str | None) -> dict:
+        extra = {"transport": "syslog"} if uid is None else {"transport": "syslog", "uid": uid}
+        return {"id": "jd-0123456789abcdef", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
+                "data": {"program": program, "pid": 812, "level": "info", "message": message,
+                         "hostname": "web-01", "extra": extra}}
+
+    def test_sshd_line_from_an_unprivileged_uid_is_ignored(self) -> None:
+        """An sshd line the journal says a non-root process sent (logger -t sshd) yields no row."""
+        from collectors.auth import AuthDeriver
+
+        d = AuthDeriver()
+        line = "Accepted password for root from 203.0.113.9 port 50022 ssh2"
+        assert d(self._event("sshd", line, "65534")) == []
+        rows = d(self._event("sshd", line, "0"))
+        assert [(r["data"]["user"], r["data"]["ip"], r["data"]["result"]) for r in rows] == [("root", "203.0.113.9", 200)]
+        # lines read from files carry no uid: they are judged by their content alone
+        assert len(AuthDeriver()(self._event("sshd", line, None))) == 1
