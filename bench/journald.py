@@ -94,12 +94,14 @@ def time_reader(directory: Path, default: bool) -> tuple[int, float]:
     return n, time.process_time() - t0
 
 
-def run_agent(tmp: Path, directory: Path, n: int) -> dict[str, float]:
+def run_agent(tmp: Path, collectors: dict, n: int) -> dict[str, float]:
+    """Run an agent with ``collectors`` until a counting receiver holds ``n`` events; its figures.
+
+    (Shared by the benchmarks of the collectors that read from the start of a source.)"""
     (tmp / "agent").mkdir(parents=True, exist_ok=True)
     with ReceiverProcess(tmp / "receiver", mode="count") as rcv:
-        cfg = agent_config(tmp / "agent", rcv, collectors={"journald": {
-            "enabled": True, "directory": str(directory), "start_at": "beginning"}},
-            batch={"max_events": 1000, "max_wait_ms": 200})
+        cfg = agent_config(tmp / "agent", rcv, collectors=collectors,
+                           batch={"max_events": 1000, "max_wait_ms": 200})
         agent = AgentProcess(tmp / "agent", cfg)
         t0 = time.monotonic()
         agent.start(wait=False)
@@ -151,7 +153,7 @@ def main() -> None:
     nl, tl = time_reader(directory, default=False)
     print(f"reader: journal.Reader iteration {nd / td:,.0f}/s; _Reader+_get_all {nl / tl:,.0f}/s "
           f"({(nl / tl) / (nd / td):.1f}x)")
-    r = run_agent(tmp, directory, n)
+    r = run_agent(tmp, {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}, n)
     rate = r["stored"] / r["wall"]
     print(f"agent end to end: {rate:,.0f} events/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s), "
           f"peak RSS {r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "

@@ -19,8 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.journald import cpu_seconds, proc_status  # noqa: E402
-from tests.harness import AgentProcess, ReceiverProcess, agent_config  # noqa: E402
+from bench.journald import run_agent  # noqa: E402
 
 TEMPLATES = [
     "web-01 sshd[{pid}]: Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: ED25519 SHA256:Qx{p}",
@@ -67,35 +66,11 @@ def main() -> None:
     n = int(out.split()[0])
     base = n / (time.monotonic() - t)
     print(f"baseline wc -l: {n:,} lines, {base:,.0f} lines/s")
-    (tmp / "agent").mkdir(parents=True, exist_ok=True)
-    with ReceiverProcess(tmp / "receiver", mode="count") as rcv:
-        cfg = agent_config(tmp / "agent", rcv, collectors={"syslog": {
-            "enabled": True, "paths": [str(path)], "start_at": "beginning"}},
-            batch={"max_events": 1000, "max_wait_ms": 200})
-        agent = AgentProcess(tmp / "agent", cfg)
-        t0 = time.monotonic()
-        agent.start(wait=False)
-        assert agent.proc is not None
-        pid = agent.proc.pid
-        peak_anon = 0
-        while True:
-            peak_anon = max(peak_anon, proc_status(pid).get("RssAnon", 0))
-            stats = rcv.stats()
-            if stats.get("stored", 0) >= n:
-                break
-            if agent.proc.poll() is not None:
-                raise RuntimeError(f"agent exited: {agent.log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        wall = time.monotonic() - t0
-        st = proc_status(pid)
-        cpu = cpu_seconds(pid)
-        agent.stop()
-    src = next(iter(stats.get("sources", {}).values()), {})
-    rate = n / wall
-    print(f"agent end to end: {rate:,.0f} lines/s ({wall:.1f}s wall, {cpu:.1f} CPU s), peak RSS "
-          f"{st['VmHWM'] / 1024:.0f} MiB, peak anonymous RSS {max(peak_anon, st['RssAnon']) / 1024:.0f} MiB; "
-          f"sink: {stats.get('stored')} stored, {src.get('missing')} missing, "
-          f"{stats.get('duplicates', 0) + src.get('duplicates', 0)} duplicates")
+    r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n)
+    rate = n / r["wall"]
+    print(f"agent end to end: {rate:,.0f} lines/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s), peak RSS "
+          f"{r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
+          f"sink: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates")
     print(f"ratio agent / wc -l: {rate / base:.3f}  (aim: >= 150,000 lines/s)")
 
 
