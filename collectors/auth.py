@@ -41,7 +41,7 @@ from typing import Any
 
 from agent.events import make_event, stable_id
 from agent.typing import Event
-from collectors.derive import line_id
+from collectors.derive import accepted_data, line_id
 
 #: longest message worth parsing; auth lines are short (a sudo COMMAND= line can be long)
 MAX_MESSAGE = 16_384
@@ -142,11 +142,9 @@ class AuthDeriver:
     # -- entry point -----------------------------------------------------------------------
     def __call__(self, event: Event) -> list[Event]:
         try:
-            if event.get("kind") != "system_log":
+            data = accepted_data(event, self.accept)
+            if data is None:
                 return []
-            if self.accept is not None and not self.accept(event):
-                return []
-            data = event.get("data") or {}
             program = data.get("program")
             message = data.get("message")
             if not isinstance(program, str) or not isinstance(message, str):

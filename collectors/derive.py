@@ -115,6 +115,15 @@ def build_derivers(cfg: AgentConfig) -> list[Deriver]:
     return out
 
 
+def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:
+    """The ``data`` of a ``system_log`` event a deriver may read (``accept`` lets it), else None."""
+    if event.get("kind") != "system_log":
+        return None
+    if accept is not None and not accept(event):
+        return None
+    return event.get("data") or {}
+
+
 def line_id(event: Event) -> str:
     """The source line's id, or a stand-in built from its content when it has none."""
     eid = event.get("id")

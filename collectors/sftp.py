@@ -38,7 +38,7 @@ from typing import Any
 
 from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
-from collectors.derive import line_id
+from collectors.derive import accepted_data, line_id
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
@@ -150,11 +150,9 @@ class SftpDeriver:
     # -- entry point -----------------------------------------------------------------------
     def __call__(self, event: Event) -> list[Event]:
         try:
-            if event.get("kind") != "system_log":
+            data = accepted_data(event, self.accept)
+            if data is None:
                 return []
-            if self.accept is not None and not self.accept(event):
-                return []
-            data = event.get("data") or {}
             program, message, pid = data.get("program"), data.get("message"), data.get("pid")
             if program not in PROGRAMS or not isinstance(message, str) or not isinstance(pid, int):
                 return []
