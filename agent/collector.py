@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from agent.typing import Checkpoint, Emit, Event
+from agent.typing import Checkpoint, Emit, Event, Item
 
 
 @dataclass
@@ -48,7 +48,7 @@ class CollectorContext:
         """Hand events (and the source position after them) to the pipeline; waits while the spool is full."""
         await self.emit_fn(events, checkpoint)
 
-    async def emit_prepared(self, items: list[tuple[str, bytes]], checkpoint: Checkpoint | None = None) -> None:
+    async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None = None) -> None:
         """Hand finished events as ``(kind, JSON)`` to the pipeline (hot sources only; see
         ``agent.pipeline.Batcher.emit_prepared`` for what the collector must have done)."""
         await self.emit_prepared_fn(items, checkpoint)

@@ -28,7 +28,7 @@ from agent.events import KINDS, PRIORITY_AUDIT, PRIORITY_BULK, new_id, priority_
 from agent.redact import Redactor
 from agent.schema import SchemaError, validate_data, validate_event
 from agent.spool import NewBatch, Spool
-from agent.typing import Checkpoint, Event, Processor
+from agent.typing import Checkpoint, Event, Item, Processor
 
 log = structlog.get_logger("pipeline")
 
@@ -123,6 +123,24 @@ class Prepared:
     server: str
     redact: Callable[[str], str]
     filter: Filter
+    #: redaction of many texts at once: ``(texts joined by newlines) -> {index: redacted}`` for
+    #: the texts it changes (None: ``redact`` on each)
+    redact_lines: Callable[[str], dict[int, str]] | None = None
+    #: the most events and bytes a segment item should hold, so that batches fill well
+    segment_events: int = 250
+    segment_bytes: int = 256 * 1024
+
+    def changed_lines(self, joined: str) -> dict[int, str]:
+        """``{index: redacted text}`` for the lines of ``joined`` (no line holds a newline) that
+        redaction changes."""
+        if self.redact_lines is not None:
+            return self.redact_lines(joined)
+        out = {}
+        for i, text in enumerate(joined.split("\n")):
+            r = self.redact(text)
+            if r != text:
+                out[i] = r
+        return out
 
     def accepts(self, kind: str, level: str | None = None) -> bool:
         """Whether the configured filter keeps an event of this kind (and system_log level)."""
@@ -134,43 +152,46 @@ class Prepared:
 
 @dataclass
 class _Lane:
-    """Events waiting to be spooled, in arrival order, with the checkpoints they lead up to."""
+    """Events waiting to be spooled, in arrival order, with the checkpoints they lead up to.
+
+    An item is ``(priority, kind, JSON, n)``: one event, or a segment of ``n`` events of one kind
+    joined by commas (from :meth:`Batcher.emit_prepared`); segments are never split."""
 
     name: str
     fail_fast: bool
-    items: list[tuple[int, str, bytes]] = field(default_factory=list)  # (priority, kind, JSON)
+    items: list[tuple[int, str, bytes, int]] = field(default_factory=list)
     nbytes: int = 0
+    nevents: int = 0
     checkpoints: dict[str, str] = field(default_factory=dict)
     flushed: asyncio.Future[None] | None = None
     first_at: float | None = None
     flush_scheduled: bool = False
 
-    @property
-    def nevents(self) -> int:
-        return len(self.items)
-
-    def add(self, prio: int, kind: str, blob: bytes) -> None:
-        self.items.append((prio, kind, blob))
+    def add(self, prio: int, kind: str, blob: bytes, n: int = 1) -> None:
+        self.items.append((prio, kind, blob, n))
         self.nbytes += len(blob)
+        self.nevents += n
         if self.first_at is None:
             self.first_at = time.monotonic()
 
     def take(
         self, max_events: int | None = None, max_bytes: int | None = None
-    ) -> tuple[list[tuple[int, str, bytes]], list[Checkpoint], asyncio.Future[None] | None]:
-        """The oldest events up to the limits (at least one); the checkpoints only when the lane
+    ) -> tuple[list[tuple[int, str, bytes, int]], list[Checkpoint], asyncio.Future[None] | None]:
+        """The oldest items up to the limits (at least one); the checkpoints only when the lane
         is emptied, since a checkpoint covers every event emitted before it."""
-        n = len(self.items)
+        k = len(self.items)
         if max_events is not None or max_bytes is not None:
-            size = 0
-            n = 0
-            for _, _, blob in self.items:
-                if n and ((max_events is not None and n >= max_events) or (max_bytes is not None and size + len(blob) > max_bytes)):
+            size = events = k = 0
+            for _, _, blob, n in self.items:
+                if k and ((max_events is not None and events + n > max_events)
+                          or (max_bytes is not None and size + len(blob) > max_bytes)):
                     break
-                n += 1
+                k += 1
+                events += n
                 size += len(blob)
-        taken, self.items = self.items[:n], self.items[n:]
-        self.nbytes -= sum(len(b) for _, _, b in taken)
+        taken, self.items = self.items[:k], self.items[k:]
+        self.nbytes -= sum(len(it[2]) for it in taken)
+        self.nevents -= sum(it[3] for it in taken)
         cps: list[Checkpoint] = []
         if not self.items:
             cps = [Checkpoint(s, p) for s, p in self.checkpoints.items()]
@@ -179,10 +200,11 @@ class _Lane:
         fut, self.flushed = self.flushed, None
         return taken, cps, fut
 
-    def restore(self, taken: list[tuple[int, str, bytes]], cps: list[Checkpoint]) -> None:
+    def restore(self, taken: list[tuple[int, str, bytes, int]], cps: list[Checkpoint]) -> None:
         """Put events that could not be written back at the head of the lane."""
         self.items[:0] = taken
-        self.nbytes += sum(len(b) for _, _, b in taken)
+        self.nbytes += sum(len(it[2]) for it in taken)
+        self.nevents += sum(it[3] for it in taken)
         newer = self.checkpoints
         self.checkpoints = {c.source: c.position for c in cps}
         self.checkpoints.update(newer)
@@ -190,18 +212,18 @@ class _Lane:
             self.first_at = time.monotonic()
 
 
-def _to_batches(taken: list[tuple[int, str, bytes]]) -> list[NewBatch]:
+def _to_batches(taken: list[tuple[int, str, bytes, int]]) -> list[NewBatch]:
     """One spool batch per eviction class, events in their order."""
     out = []
     for prio in (PRIORITY_AUDIT, PRIORITY_BULK):
-        blobs = [b for p, _, b in taken if p == prio]
-        if not blobs:
-            continue
+        blobs = []
         kinds: dict[str, int] = {}
-        for p, k, _ in taken:
+        for p, k, blob, n in taken:
             if p == prio:
-                kinds[k] = kinds.get(k, 0) + 1
-        out.append(NewBatch(new_id("b"), prio, len(blobs), kinds, b"[" + b",".join(blobs) + b"]"))
+                blobs.append(blob)
+                kinds[k] = kinds.get(k, 0) + n
+        if blobs:
+            out.append(NewBatch(new_id("b"), prio, sum(kinds.values()), kinds, b"[" + b",".join(blobs) + b"]"))
     return out
 
 
@@ -279,9 +301,9 @@ class Batcher:
             self.spool.add_dead_letter, NewBatch(new_id("b"), PRIORITY_BULK, 1, {str(kind): 1}, body), reason, None
         )
 
-    def _add(self, lane: _Lane, blob: bytes, kind: str) -> None:
+    def _add(self, lane: _Lane, blob: bytes, kind: str, n: int = 1) -> None:
         first = lane.first_at is None
-        lane.add(priority_of(kind), kind, blob)
+        lane.add(priority_of(kind), kind, blob, n)
         if first:
             self._arm_timer()
 
@@ -291,23 +313,21 @@ class Batcher:
     # -- the two entry points ----------------------------------------------------------------
     async def emit(self, events: list[Event], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
         """Pull lane: waits while the spool is full; returns once the events are buffered."""
-        items = []
+        items: list[Item] = []
         for ev in events:
             blob = self.process(ev, collector)
             if blob is not None:
-                items.append((ev["kind"], blob))
+                items.append((ev["kind"], blob, 1))
         await self._buffer(items, checkpoint, collector)
 
-    async def _buffer(
-        self, items: list[tuple[str, bytes]], checkpoint: Checkpoint | None, collector: str
-    ) -> None:
+    async def _buffer(self, items: list[Item], checkpoint: Checkpoint | None, collector: str) -> None:
         """Add finished events and the position after them to the pull lane; a full lane is
         written behind (see :meth:`_flush_behind`)."""
         lane = self.pull
         received: dict[str, int] = {}
-        for kind, blob in items:
-            received[kind] = received.get(kind, 0) + 1
-            self._add(lane, blob, kind)
+        for kind, blob, n in items:
+            received[kind] = received.get(kind, 0) + n
+            self._add(lane, blob, kind, n)
             if lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes:
                 await self._flush_behind(lane)
         for kind, n in received.items():
@@ -321,49 +341,57 @@ class Batcher:
     # -- the fast path of hot sources ---------------------------------------------------------
     def prepared(self) -> Prepared:
         """What a collector needs to build finished events itself (see :meth:`emit_prepared`)."""
-        server, redact, filt = "", None, None
+        server, redactor, filt = "", None, None
         for proc in self._chain:
             if isinstance(proc, Enrich):
                 server = proc.server
             elif isinstance(proc, Redactor):
-                redact = proc.redact_text
+                redactor = proc
             elif isinstance(proc, Filter):
                 filt = proc
-        return Prepared(server, redact or (lambda text: text), filt or Filter())
+        if redactor is None:
+            return Prepared(server, lambda text: text, filt or Filter(), lambda joined: {},
+                            max(1, self.max_events // 4), max(1, self.max_bytes // 4))
+        return Prepared(server, redactor.redact_text, filt or Filter(), redactor.changed_lines,
+                        max(1, self.max_events // 4), max(1, self.max_bytes // 4))
 
-    async def emit_prepared(
-        self, items: list[tuple[str, bytes]], checkpoint: Checkpoint | None, collector: str = "collector"
-    ) -> None:
+    async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
         """Pull lane for hot sources that serialize their events themselves.
 
-        ``items`` are ``(kind, JSON of the complete event)`` — id, kind, ts, server, data — built
-        by the collector from parts it has checked, its free text passed through
-        ``Prepared.redact`` and its events passed through ``Prepared.accepts``. The chain is not
-        run again; the first event of each call is still checked against the schema, and if it
-        fails every event of the call is, the bad ones dead-lettered (a collector bug must not
-        get whole batches refused by the backend).
+        ``items`` are ``(kind, JSON, n)``: ``n`` complete events — id, kind, ts, server, data —
+        joined by commas, built by the collector from parts it has checked, its free text passed
+        through ``Prepared.redact`` and its events passed through ``Prepared.accepts``; a
+        segment (n > 1) should stay within ``Prepared.segment_events`` and ``segment_bytes``.
+        The chain is not run again; the first item of each call is still checked against the
+        schema, and if it fails every event of the call is, the bad ones dead-lettered (a
+        collector bug must not get whole batches refused by the backend).
         """
         if items:
             try:
-                validate_event(orjson.loads(items[0][1]))
+                first = items[0]
+                for ev in orjson.loads(b"[" + first[1] + b"]") if first[2] > 1 else (orjson.loads(first[1]),):
+                    validate_event(ev)
             except (SchemaError, orjson.JSONDecodeError):
                 items = self._checked(items, collector)
         await self._buffer(items, checkpoint, collector)
 
-    def _checked(self, items: list[tuple[str, bytes]], collector: str) -> list[tuple[str, bytes]]:
-        good = []
-        for kind, blob in items:
+    def _checked(self, items: list[Item], collector: str) -> list[Item]:
+        good: list[Item] = []
+        for kind, blob, n in items:
             try:
-                ev = orjson.loads(blob)
+                events = orjson.loads(b"[" + blob + b"]") if n > 1 else [orjson.loads(blob)]
+                if len(events) != n:
+                    raise orjson.JSONDecodeError(f"{len(events)} events in a segment of {n}", "", 0)
             except orjson.JSONDecodeError as exc:
                 self._dead_letter_event({"kind": kind, "raw": blob.decode("utf-8", "replace")}, str(exc), collector)  # type: ignore[typeddict-item]
                 continue
-            try:
-                validate_event(ev)
-            except SchemaError as exc:
-                self._dead_letter_event(ev, str(exc), collector)
-                continue
-            good.append((kind, blob))
+            for ev in events:
+                try:
+                    validate_event(ev)
+                except SchemaError as exc:
+                    self._dead_letter_event(ev, str(exc), collector)
+                    continue
+                good.append((kind, orjson.dumps(ev), 1) if n > 1 else (kind, blob, 1))
         return good
 
     async def _flush_behind(self, lane: _Lane) -> None:

@@ -7,7 +7,9 @@ reader still sees *what* was hidden: ``password=[REDACTED]``) or is replaced who
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
 from collections.abc import Iterable
+from itertools import accumulate
 from typing import Any
 
 #: Built-in patterns: credentials that show up in command lines and log lines.
@@ -122,6 +124,30 @@ class Redactor:
                 text = rx.sub(self._sub, text)
                 lower = None
         return text
+
+    def changed_lines(self, joined: str) -> dict[int, str]:
+        """``{index: redact_text(line)}`` for the lines of ``joined`` (split on newlines, none
+        inside a line) that redaction changes — the same as ``redact_text`` on each line, with
+        one scan of the whole text for the common case of no secret at all."""
+        lines: list[str] | None = None
+        out: dict[int, str] = {}
+        if self._custom or not joined.isascii():
+            # every rule on every line (custom rules), or lower() may change lengths
+            for i, text in enumerate(joined.split("\n")):
+                r = self.redact_text(text)
+                if r != text:
+                    out[i] = r
+            return out
+        ends: list[int] = []
+        for m in self._any_trigger.finditer(joined.lower()):
+            if lines is None:
+                lines = joined.split("\n")
+                # the offset of the newline after each line (a match never starts on one)
+                ends = [e + i for i, e in enumerate(accumulate(map(len, lines)))]
+            i = bisect_left(ends, m.start())
+            if i not in out:  # redacted once, whatever else matches on that line
+                out[i] = self.redact_text(lines[i])
+        return {i: r for i, r in out.items() if r != lines[i]} if lines is not None else out
 
     def redact_value(self, value: Any) -> Any:
         """Strings redacted inside lists and dicts; other values returned as they are."""

@@ -32,7 +32,7 @@ from agent.pipeline import Batcher, build_chain
 from agent.shipper import Shipper
 from agent.sinks import build_sink
 from agent.spool import Spool
-from agent.typing import Checkpoint, Event
+from agent.typing import Checkpoint, Event, Item
 
 log = structlog.get_logger("service")
 
@@ -146,7 +146,7 @@ class Agent:
         return ctx
 
     def _emit_prepared_for(self, name: str) -> Any:
-        async def emit_prepared(items: list[tuple[str, bytes]], checkpoint: Checkpoint | None) -> None:
+        async def emit_prepared(items: list[Item], checkpoint: Checkpoint | None) -> None:
             await self.batcher.emit_prepared(items, checkpoint, name)
 
         return emit_prepared

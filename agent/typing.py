@@ -29,6 +29,10 @@ class Checkpoint:
     position: str
 
 
+#: A finished item of the fast path (``emit_prepared``): ``(kind, JSON, n)`` where the JSON is
+#: ``n`` complete events of that kind joined by commas (n = 1: one event object).
+Item = tuple[str, bytes, int]
+
 #: A processor of the pipeline's chain: returns the (possibly changed) event or raises DropEvent.
 Processor = Callable[[Event], Event]
 

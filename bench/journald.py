@@ -123,9 +123,11 @@ def run_agent(tmp: Path, collectors: dict, n: int) -> dict[str, float]:
         wall = time.monotonic() - t0
         st = proc_status(pid)
         cpu = cpu_seconds(pid)
+        assert rcv.proc is not None
+        sink_cpu = cpu_seconds(rcv.proc.pid)
         agent.stop()
         src = next(iter(stats.get("sources", {}).values()), {})
-        return {"wall": wall, "cpu": cpu, "hwm": st["VmHWM"] / 1024, "anon": max(peak_anon, st["RssAnon"]) / 1024,
+        return {"wall": wall, "cpu": cpu, "sink_cpu": sink_cpu, "hwm": st["VmHWM"] / 1024, "anon": max(peak_anon, st["RssAnon"]) / 1024,
                 "missing": src.get("missing", -1), "dups": stats.get("duplicates", -1) + src.get("duplicates", 0),
                 "stored": stats.get("stored", 0)}
 
@@ -155,7 +157,7 @@ def main() -> None:
           f"({(nl / tl) / (nd / td):.1f}x)")
     r = run_agent(tmp, {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}, n)
     rate = r["stored"] / r["wall"]
-    print(f"agent end to end: {rate:,.0f} events/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s), "
+    print(f"agent end to end: {rate:,.0f} events/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s; the sink {r['sink_cpu']:.1f} CPU s), "
           f"peak RSS {r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
           f"sink: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates")
     print(f"ratio agent / journalctl: {rate / base:.2f}  (aim: >= 60,000/s, anon RSS < 60 MiB)")

@@ -68,7 +68,7 @@ def main() -> None:
     print(f"baseline wc -l: {n:,} lines, {base:,.0f} lines/s")
     r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n)
     rate = n / r["wall"]
-    print(f"agent end to end: {rate:,.0f} lines/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s), peak RSS "
+    print(f"agent end to end: {rate:,.0f} lines/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s; the sink {r['sink_cpu']:.1f} CPU s), peak RSS "
           f"{r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
           f"sink: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates")
     print(f"ratio agent / wc -l: {rate / base:.3f}  (aim: >= 150,000 lines/s)")

@@ -28,7 +28,7 @@ from agent.events import new_id
 from agent.pipeline import Filter, Prepared
 from agent.redact import TEXT_FIELDS
 from agent.schema import SchemaError, validate_event
-from agent.typing import Checkpoint, Event
+from agent.typing import Checkpoint, Event, Item
 from collectors.derive import line_gate
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
@@ -112,7 +112,7 @@ def _second_prefix(sec: int) -> bytes:
 
 # ---------------------------------------------------------------------- the prepared fast path
 # Shared with the syslog-file collector: hot sources serialize their events themselves and hand
-# ``(kind, JSON)`` items to ``ctx.emit_prepared`` (agent.pipeline.Batcher.emit_prepared).
+# ``(kind, JSON, n)`` items to ``ctx.emit_prepared`` (agent.pipeline.Batcher.emit_prepared).
 
 
 def prepared_for(ctx: CollectorContext) -> Prepared:
@@ -122,12 +122,14 @@ def prepared_for(ctx: CollectorContext) -> Prepared:
     return Prepared(ctx.server, lambda text: text, Filter())
 
 
-async def emit_items(ctx: CollectorContext, items: list[tuple[str, bytes]], checkpoint: Checkpoint) -> None:
+async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint) -> None:
     """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``)."""
     if ctx.emit_prepared_fn is not None:
         await ctx.emit_prepared(items, checkpoint)
     else:
-        await ctx.emit([orjson.loads(blob) for _, blob in items], checkpoint)
+        await ctx.emit([ev for _, blob, n in items
+                        for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
+                       checkpoint)
 
 
 def _redact_value(redact: Callable[[str], str], value: Any) -> Any:
@@ -168,9 +170,9 @@ def finish_event(event: Event, prepared: Prepared) -> tuple[bytes, bool] | None:
     return orjson.dumps(event, default=str), valid
 
 
-def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]],
+def merge_derived(items: list[Item], derive: list[tuple[int, Event]],
                   derivers: list[Deriver], prepared: Prepared, log: Any,
-                  ctx: CollectorContext, source: str) -> list[tuple[str, bytes]]:
+                  ctx: CollectorContext, source: str) -> list[Item]:
     """``items`` with the derived events of the lines in ``derive`` inserted after their line,
     serialized like the pipeline would. ``derive`` holds ``(position, event)``: the number of
     items up to and including the line (the line itself may have been filtered out).
@@ -180,8 +182,8 @@ def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]
     """
     if not derive:
         return items
-    out: list[tuple[str, bytes]] = []
-    bad: list[tuple[str, bytes]] = []
+    out: list[Item] = []
+    bad: list[Item] = []
     done = 0
     for pos, ev in derive:
         out += items[done:pos]
@@ -189,7 +191,7 @@ def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]
         for new in apply_derivers([ev], derivers, log, ctx, source)[1:]:
             fin = finish_event(new, prepared)
             if fin is not None:
-                (out if fin[1] else bad).append((new["kind"], fin[0]))
+                (out if fin[1] else bad).append((new["kind"], fin[0], 1))
     out += items[done:]
     return bad + out if bad else out
 
@@ -197,7 +199,7 @@ def merge_derived(items: list[tuple[str, bytes]], derive: list[tuple[int, Event]
 @dataclass
 class _Chunk:
     #: finished events as ``(kind, JSON)``
-    items: list[tuple[str, bytes]] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
     #: lines for the derivers: ``(items up to and including the line, event dict)``
     derive: list[tuple[int, Event]] = field(default_factory=list)
     cursor: str | None = None
@@ -368,7 +370,7 @@ class JournaldCollector(Collector):
             tpl = templates[pri]
             if tpl is not None:
                 items.append(("system_log", tpl % (
-                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b"")))
+                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b""), 1))
             if gate is not None and gate(frag[1], message):
                 data = dict(frag[2], level=LEVELS[pri], message=message)
                 if truncated:

@@ -25,7 +25,7 @@ from agent.collector import Collector, CollectorContext
 from agent.config import SyslogConfig
 from agent.events import format_ts
 from agent.pipeline import Prepared
-from agent.typing import Checkpoint, Event
+from agent.typing import Checkpoint, Event, Item
 from collectors.derive import line_gate
 from collectors.journald import (
     TRUNCATION_MARKER,
@@ -287,7 +287,7 @@ class SyslogFileCollector(Collector):
         return out
 
     def _to_items(self, t: TailedFile, block: bytes, at: int, tail: list[Line], now_ts: str,
-                  prepared: Prepared, gate: Gate | None, items: list[tuple[str, bytes]],
+                  prepared: Prepared, gate: Gate | None, items: list[Item],
                   derive: list[tuple[int, Event]]) -> None:
         """Serialize a block of whole lines (at file offset ``at``) and the ``tail`` line(s):
         lines of the common formats in bulk, the others through the line parser."""
@@ -323,7 +323,7 @@ class SyslogFileCollector(Collector):
                 eid = hexlify(h.digest())
                 message = raw.decode()
                 if tpl is not None:
-                    items.append(("system_log", tpl % (eid, sec, ms, frag, dumps(redact(message)))))
+                    items.append(("system_log", tpl % (eid, sec, ms, frag, dumps(redact(message))), 1))
                 if gate is not None and gate(prog, message):
                     p = pid.decode() if pid else None
                     derive.append((len(items), {
@@ -338,7 +338,7 @@ class SyslogFileCollector(Collector):
             self._slow(t, tail, now_ts, prepared, gate, items, derive)
 
     def _slow(self, t: TailedFile, lines: list[Line], now_ts: str, prepared: Prepared, gate: Gate | None,
-              items: list[tuple[str, bytes]], derive: list[tuple[int, Event]]) -> None:
+              items: list[Item], derive: list[tuple[int, Event]]) -> None:
         """Lines the bulk parsers leave aside: the line parser, then the chain by hand."""
         for ev in self._to_events(t, lines, now_ts):
             data = ev["data"]
@@ -347,15 +347,15 @@ class SyslogFileCollector(Collector):
                 line = {**ev, "data": dict(data)}  # before redaction, as the derivers saw it
             fin = finish_event(ev, prepared)
             if fin is not None:
-                items.append(("system_log", fin[0]))
+                items.append(("system_log", fin[0], 1))
             if line is not None:
                 derive.append((len(items), line))  # type: ignore[arg-type]
 
     def _read_chunk(self, flush_all: bool, prepared: Prepared, gate: Gate | None
-                    ) -> tuple[list[tuple[str, bytes]], list[tuple[int, Event]], bool]:
+                    ) -> tuple[list[Item], list[tuple[int, Event]], bool]:
         """Read from rotated files first (to their end), then current ones:
         ``(items, lines for the derivers, more)``."""
-        items: list[tuple[str, bytes]] = []
+        items: list[Item] = []
         derive: list[tuple[int, Event]] = []
         nbytes = 0
         nlines = 0

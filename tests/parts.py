@@ -393,7 +393,7 @@ class EmitRecorder:
         if checkpoint is not None:
             self.checkpoints[checkpoint.source] = checkpoint.position
 
-    async def emit_prepared(self, items: list[tuple[str, bytes]], checkpoint: Any) -> None:
+    async def emit_prepared(self, items: list[tuple[str, bytes, int]], checkpoint: Any) -> None:
         """The fast path: each item's JSON is decoded back into its event, checked against its
         kind (and, for the collectors' own ``system_log`` lines, the schema) and recorded like
         an ``emit``; derived events pass as they are, as with ``emit``."""
@@ -402,12 +402,14 @@ class EmitRecorder:
         from agent.schema import validate_event
 
         events = []
-        for kind, blob in items:
-            ev = orjson.loads(blob)
-            assert ev["kind"] == kind, (kind, ev)
-            if self.strict and kind == "system_log":
-                validate_event(ev)
-            events.append(ev)
+        for kind, blob, n in items:
+            batch = orjson.loads(b"[" + blob + b"]")
+            assert len(batch) == n >= 1, (n, batch)
+            for ev in batch:
+                assert ev["kind"] == kind, (kind, ev)
+                if self.strict and kind == "system_log":
+                    validate_event(ev)
+            events.extend(batch)
         self.prepared_calls += 1
         await self.emit(events, checkpoint)
 
@@ -416,7 +418,8 @@ class EmitRecorder:
         from agent.pipeline import Filter, Prepared
         from agent.redact import Redactor
 
-        return self.prepared_settings or Prepared("test", Redactor().redact_text, Filter())
+        r = Redactor()
+        return self.prepared_settings or Prepared("test", r.redact_text, Filter(), r.changed_lines, 7, 4096)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + n

@@ -156,7 +156,7 @@ class TestPreparedPath:
         async def main():
             b, spool, ex = self._batcher(tmp_path)
             ev = {**log_event(1), "server": "web-01"}
-            await b.emit_prepared([("system_log", orjson.dumps(ev))], Checkpoint("f", "1"))
+            await b.emit_prepared([("system_log", orjson.dumps(ev), 1)], Checkpoint("f", "1"))
             await b.flush()
             rows = spool.pending(10)
             assert orjson.loads(rows[0].body) == [ev] and spool.checkpoints() == {"f": "1"}
@@ -170,8 +170,8 @@ class TestPreparedPath:
             b, spool, ex = self._batcher(tmp_path)
             bad = {**log_event(1, level="LOUD"), "server": "web-01"}
             good = {**log_event(2), "server": "web-01"}
-            await b.emit_prepared([("system_log", orjson.dumps(bad)), ("system_log", b"{not json"),
-                                   ("system_log", orjson.dumps(good))], None)
+            await b.emit_prepared([("system_log", orjson.dumps(bad), 1), ("system_log", b"{not json", 1),
+                                   ("system_log", orjson.dumps(good), 1)], None)
             await b.flush()
             assert [e["id"] for r in spool.pending(10) for e in orjson.loads(r.body)] == [good["id"]]
             assert len(spool.dead_letters()) == 2
