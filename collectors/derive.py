@@ -135,8 +135,35 @@ def line_id(event: Event) -> str:
     return stable_id("line", event.get("ts"), d.get("program"), d.get("pid"), d.get("message"))
 
 
-def line_gate(derivers: Sequence[Deriver]) -> Callable[[str, str], bool] | None:
-    """A cheap pre-check ``(program, message) -> bool``: False when no deriver can use the line.
+class LineGate:
+    """``(program, message) -> bool``: False when no deriver can use the line; also answers for
+    a whole block of lines at once (:meth:`wants_any`)."""
+
+    def __init__(self, programs: frozenset[str] | None, prefixes: tuple[str, ...]) -> None:
+        #: None: some deriver reads every line
+        self.programs = programs
+        self.prefixes = prefixes
+        self._programs_b = frozenset(p.encode() for p in programs or ())
+        self._prefixes_b = tuple(b"\n" + p.encode() for p in prefixes)
+
+    def __call__(self, program: str, message: str) -> bool:
+        if self.programs is None:
+            return True
+        return program in self.programs or (bool(self.prefixes) and message.startswith(self.prefixes))
+
+    def wants_any(self, programs: set[bytes], messages: bytes) -> bool:
+        """Whether any of a block's lines passes: ``programs`` their (UTF-8) programs, ``messages``
+        their messages joined by newlines (none holding one)."""
+        if self.programs is None or not self._programs_b.isdisjoint(programs):
+            return True
+        if self._prefixes_b:
+            text = b"\n" + messages
+            return any(p in text for p in self._prefixes_b)
+        return False
+
+
+def line_gate(derivers: Sequence[Deriver]) -> LineGate | None:
+    """A cheap pre-check of lines for the derivers: False when no deriver can use the line.
 
     Each deriver names its lines with ``programs`` (a set) and ``message_prefixes``; a deriver
     without them may use any line, and the gate then accepts every line. None when there are
@@ -149,10 +176,7 @@ def line_gate(derivers: Sequence[Deriver]) -> Callable[[str, str], bool] | None:
     for d in derivers:
         progs = getattr(d, "programs", None)
         if progs is None:
-            return lambda program, message: True
+            return LineGate(None, ())
         programs.update(progs)
         prefixes.extend(getattr(d, "message_prefixes", ()))
-    progs_f, pre = frozenset(programs), tuple(prefixes)
-    if not pre:
-        return lambda program, message: program in progs_f
-    return lambda program, message: program in progs_f or message.startswith(pre)
+    return LineGate(frozenset(programs), tuple(prefixes))

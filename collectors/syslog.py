@@ -10,13 +10,13 @@ told apart. The checkpoint (source ``syslog``) is a JSON list of every followed 
 from __future__ import annotations
 
 import asyncio
-import binascii
 import glob
 import os
 import re
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate, chain, repeat
 from typing import Any
 
 import orjson
@@ -26,11 +26,10 @@ from agent.config import SyslogConfig
 from agent.events import format_ts
 from agent.pipeline import Prepared
 from agent.typing import Checkpoint, Event, Item
-from collectors.derive import line_gate
+from collectors.derive import LineGate, line_gate
 from collectors.journald import (
     TRUNCATION_MARKER,
     Deriver,
-    Gate,
     emit_items,
     finish_event,
     merge_derived,
@@ -59,7 +58,29 @@ _BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2
                        rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG, re.M)
 #: the traditional form: (stamp, -, -, host, program, pid, message)
 _BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG, re.M)
+# The block parsers: the same formats for a block known to be all ASCII, with four groups —
+# (second, ms digits, header, message) — the header being zone, host and tag (parsed once per
+# distinct header by _HEADER), and ``.*`` for the message, which the regex engine scans several
+# times faster than a class.
+_HEADER_NC = (rb"[^" + _WS + rb"]{1,256} (?:[^" + _WS + rb"\[\]:]{1,256}(?:\[[^" + _WS + rb"\]]{0,32}\])?: ?)?")
+_BLOCK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
+                        rb"((?:Z|[+-][0-9]{2}:[0-9]{2}) " + _HEADER_NC + rb")(.*)\n", re.M)
+_BLOCK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()( " + _HEADER_NC + rb")(.*)\n",
+                         re.M)
+#: a block parser's header: (zone, host, program, pid)
+_HEADER = re.compile(rb"(Z|[+-][0-9]{2}:[0-9]{2})? " + _HOST
+                     + rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?")
 _CACHE_MAX = 4096
+#: parts per line in a :meth:`SyslogFileCollector._bulk` parts list
+_PARTS = 10
+_UNKNOWN_B = UNKNOWN_PROGRAM.encode()
+#: control characters a JSON string must escape (the newline separates lines there)
+_CTRL = bytes(range(0x0A)) + bytes(range(0x0B, 0x20))
+_CTRL_RX = re.compile(b"[" + re.escape(_CTRL) + b"]")
+
+
+def _escape_ctrl(m: re.Match[bytes]) -> bytes:
+    return orjson.dumps(m.group().decode())[1:-1]
 
 
 class SyslogFileCollector(Collector):
@@ -78,9 +99,13 @@ class SyslogFileCollector(Collector):
         self.rotated: dict[tuple[int, int], TailedFile] = {}
         self._gaps = 0
         self._truncated = 0
-        self._seconds: dict[bytes, bytes | None] = {}
+        #: ``YYYY-MM-DDTHH:MM:SS.`` of timestamps, by zone and stamp (None: impossible date)
+        self._seconds: dict[bytes, dict[bytes, bytes | None]] = {}
         self._seconds_hour = -1
-        self._headers: dict[tuple[bytes | None, ...], tuple[bytes, str]] = {}
+        self._headers: dict[tuple[bytes, bytes, bytes], tuple[bytes, str]] = {}
+        #: by block-parser header: its JSON fragment, and its (zone, program)
+        self._frags: dict[bytes, bytes] = {}
+        self._head_info: dict[bytes, tuple[bytes, bytes]] = {}
 
     # ------------------------------------------------------------------ reader thread side
 
@@ -237,7 +262,7 @@ class SyslogFileCollector(Collector):
 
     def _to_events(self, t: TailedFile, lines: list[Any], now_ts: str) -> list[Event]:
         parse = self._parser.parse
-        seed = t.id_seed()
+        prefix = t.id_prefix()
         path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
         events: list[Event] = []
         append = events.append
@@ -249,31 +274,53 @@ class SyslogFileCollector(Collector):
                 data["truncated"] = True
                 data["message"] += TRUNCATION_MARKER
                 self._truncated += 1
-            h = seed.copy()
-            h.update(str(line.off).encode())
-            append({"id": "f-" + h.hexdigest(), "kind": "system_log", "ts": ts or now_ts, "data": data})
+            append({"id": f"{prefix}{line.off}", "kind": "system_log", "ts": ts or now_ts, "data": data})
         return events
 
     def _second(self, stamp: bytes, zone: bytes) -> bytes | None:
-        """The ``YYYY-MM-DDTHH:MM:SS`` (UTC) of a line's timestamp, as the line parser sees it."""
-        key = stamp + zone
-        out = self._seconds.get(key, False)
+        """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of a line's timestamp as the line parser sees it; None
+        for an impossible date."""
+        cache = self._seconds.get(zone)
+        if cache is None:
+            cache = self._seconds[zone] = {}
+        out = cache.get(stamp, False)
         if out is False:
-            clock = self._parser._clock
-            if zone:
-                ts = clock.iso(stamp.decode(), None, zone.decode())
-            else:
-                text = stamp.decode()
-                ts = clock.traditional(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
-            out = ts[:-5].encode() if ts else None
-            if len(self._seconds) >= _CACHE_MAX:
-                self._seconds.clear()
-            self._seconds[key] = out
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            out = cache[stamp] = self._convert(stamp, zone)
         return out  # type: ignore[return-value]
+
+    def _convert(self, stamp: bytes, zone: bytes) -> bytes | None:
+        clock = self._parser._clock
+        if zone:
+            ts = clock.iso(stamp.decode(), None, zone.decode())
+        else:
+            text = stamp.decode()
+            ts = clock.traditional(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
+        return ts[:-4].encode() if ts else None
+
+    def _seconds_of(self, stamps: tuple[bytes, ...], zone: bytes) -> list[bytes] | None:
+        """:meth:`_second` of each line, all in one zone (one dict lookup per line, in C); None
+        if any date is impossible."""
+        cache = self._seconds.get(zone)
+        if cache is None:
+            cache = self._seconds[zone] = {}
+        out = list(map(cache.get, stamps))
+        if None in out:
+            missing = set(stamps).difference(cache)
+            if len(cache) + len(missing) > _CACHE_MAX:
+                cache.clear()
+                missing = set(stamps)
+            for stamp in missing:
+                cache[stamp] = self._convert(stamp, zone)
+            out = list(map(cache.get, stamps))
+            if None in out:
+                return None
+        return out
 
     def _header(self, host: bytes, program: bytes | None, pid: bytes | None) -> tuple[bytes, str]:
         """The JSON fragment of program, pid and hostname, and the program name."""
-        key = (host, program, pid)
+        key = (host, program or b"", pid or b"")
         out = self._headers.get(key)
         if out is None:
             prog = program.decode() if program else UNKNOWN_PROGRAM
@@ -286,23 +333,114 @@ class SyslogFileCollector(Collector):
             self._headers[key] = out
         return out
 
+    def _headers_of(self, heads: tuple[bytes, ...]) -> tuple[list[bytes], set[bytes], set[bytes]]:
+        """For a block parser's headers: each line's JSON fragment of program, pid and hostname
+        (one dict lookup per line, in C), and the zones and programs among them."""
+        frags, info = self._frags, self._head_info
+        distinct = set(heads)
+        missing = distinct.difference(frags)
+        if missing:
+            if len(frags) + len(missing) > _CACHE_MAX:
+                frags.clear()
+                info.clear()
+                missing = distinct
+            for head in missing:
+                m = _HEADER.fullmatch(head)
+                assert m is not None  # the block parser matched the same pattern
+                zone, host, program, pid = m.groups()
+                frags[head] = self._header(host, program, pid)[0]
+                info[head] = (zone or b"", program or _UNKNOWN_B)
+        zones = {info[h][0] for h in distinct}
+        programs = {info[h][1] for h in distinct}
+        return list(map(frags.__getitem__, heads)), zones, programs
+
+    def _bulk(self, t: TailedFile, block: bytes, at: int, rx: re.Pattern[bytes], prepared: Prepared,
+              gate: LineGate | None, items: list[Item]) -> bool:
+        """All lines of ``block`` as segment items, built with whole-block operations, when the
+        block is ASCII and every line is of the block parser's format, within ``max_line_bytes``,
+        with a possible date and of no interest to the derivers; False (nothing added) otherwise."""
+        if not block.isascii():
+            return False
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a newline
+        n = len(lines)
+        if not n or max(map(len, lines)) > self.config.max_line_bytes:
+            return False
+        rows = rx.findall(block)
+        if len(rows) != n:  # a line of another format (one match per line at most)
+            return False
+        stamps, mss, heads, messages = zip(*rows, strict=True)
+        frags, zones, programs = self._headers_of(heads)
+        joined = b"\n".join(messages)
+        if gate is not None and gate.wants_any(programs, joined):
+            return False
+        if len(zones) == 1:
+            secs = self._seconds_of(stamps, next(iter(zones)))
+        else:
+            info = self._head_info
+            secs = list(map(self._second, stamps, (info[h][0] for h in heads)))
+        if secs is None or None in secs:
+            return False
+        if not prepared.accepts("system_log", "info"):
+            return True  # every line filtered out, none for the derivers
+        lens = set(map(len, mss))
+        if lens != {3}:
+            mss = [b"000"] * n if lens == {0} else [m.ljust(3, b"0") for m in mss]  # type: ignore[assignment]
+        changed = prepared.changed_lines(joined.decode("ascii"))
+        escaped = joined.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        if len(escaped.translate(None, _CTRL)) != len(escaped):
+            escaped = _CTRL_RX.sub(_escape_ctrl, escaped)
+        texts = escaped.split(b"\n")
+        for i, text in changed.items():
+            texts[i] = orjson.dumps(text)[1:-1]
+        offsets = map(b"%d".__mod__, accumulate(map((1).__add__, map(len, lines)), initial=at))
+        dumps = orjson.dumps
+        path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
+        parts = list(chain.from_iterable(zip(
+            repeat(b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"'
+                   + t.id_prefix().encode()),
+            offsets,
+            repeat(b'","ts":"'), secs, mss,
+            repeat(b'Z","data":{"level":"info","facility":null,"source":' + dumps(path) + b","),
+            frags,
+            repeat(b',"message":"'), texts,
+            repeat(b'"}},'))))
+        step = max(1, prepared.segment_events)
+        for s in range(0, n, step):
+            self._segment(parts, s, min(n, s + step), prepared.segment_bytes, items)
+        return True
+
+    @staticmethod
+    def _segment(parts: list[bytes], start: int, end: int, cap: int, items: list[Item]) -> None:
+        """Lines ``start:end`` of a :meth:`_bulk` parts list as one item, halved while over ``cap`` bytes."""
+        blob = b"".join(parts[start * _PARTS:end * _PARTS])
+        if len(blob) > cap + 1 and end - start > 1:
+            mid = (start + end) // 2
+            SyslogFileCollector._segment(parts, start, mid, cap, items)
+            SyslogFileCollector._segment(parts, mid, end, cap, items)
+            return
+        items.append(("system_log", blob[:-1], end - start))
+
     def _to_items(self, t: TailedFile, block: bytes, at: int, tail: list[Line], now_ts: str,
-                  prepared: Prepared, gate: Gate | None, items: list[Item],
+                  prepared: Prepared, gate: LineGate | None, items: list[Item],
                   derive: list[tuple[int, Event]]) -> None:
         """Serialize a block of whole lines (at file offset ``at``) and the ``tail`` line(s):
         lines of the common formats in bulk, the others through the line parser."""
-        seed = t.id_seed()
+        prefix = t.id_prefix().encode()
         path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
         max_line = self.config.max_line_bytes
         rx = _BULK_ISO if block[:1].isdigit() else _BULK_TRAD if block[:1].isupper() else None
         pos = 0
-        if rx is not None:
-            redact, dumps, hexlify = prepared.redact, orjson.dumps, binascii.b2a_hex
+        if rx is not None and self._bulk(t, block, at, _BLOCK_ISO if rx is _BULK_ISO else _BLOCK_TRAD,
+                                         prepared, gate, items):
+            pos = len(block)
+        elif rx is not None:
+            redact, dumps = prepared.redact, orjson.dumps
             second, header = self._second, self._header
             tpl = None
             if prepared.accepts("system_log", "info"):
-                tpl = (b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"f-%b",'
-                       b'"ts":"%b.%bZ","data":{"level":"info","facility":null,"source":' + dumps(path)
+                tpl = (b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"' + prefix + b'%d",'
+                       b'"ts":"%b%bZ","data":{"level":"info","facility":null,"source":' + dumps(path)
                        + b',%b,"message":%b}}')
             for m in rx.finditer(block):
                 start = m.start()
@@ -318,16 +456,14 @@ class SyslogFileCollector(Collector):
                     continue
                 frag, prog = header(host, program, pid)
                 ms = b"000" if ms is None else ms if len(ms) == 3 else ms.ljust(3, b"0")
-                h = seed.copy()
-                h.update(b"%d" % (at + start))
-                eid = hexlify(h.digest())
                 message = raw.decode()
                 if tpl is not None:
-                    items.append(("system_log", tpl % (eid, sec, ms, frag, dumps(redact(message))), 1))
+                    items.append(("system_log", tpl % (at + start, sec, ms, frag, dumps(redact(message))), 1))
                 if gate is not None and gate(prog, message):
                     p = pid.decode() if pid else None
                     derive.append((len(items), {
-                        "id": "f-" + eid.decode(), "kind": "system_log", "ts": f"{sec.decode()}.{ms.decode()}Z",
+                        "id": f"{prefix.decode()}{at + start}", "kind": "system_log",
+                        "ts": f"{sec.decode()}{ms.decode()}Z",
                         "data": {"program": prog, "level": "info",
                                  "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
                                  "message": message, "facility": None, "hostname": host.decode(),
@@ -337,7 +473,7 @@ class SyslogFileCollector(Collector):
         if tail:
             self._slow(t, tail, now_ts, prepared, gate, items, derive)
 
-    def _slow(self, t: TailedFile, lines: list[Line], now_ts: str, prepared: Prepared, gate: Gate | None,
+    def _slow(self, t: TailedFile, lines: list[Line], now_ts: str, prepared: Prepared, gate: LineGate | None,
               items: list[Item], derive: list[tuple[int, Event]]) -> None:
         """Lines the bulk parsers leave aside: the line parser, then the chain by hand."""
         for ev in self._to_events(t, lines, now_ts):
@@ -351,7 +487,7 @@ class SyslogFileCollector(Collector):
             if line is not None:
                 derive.append((len(items), line))  # type: ignore[arg-type]
 
-    def _read_chunk(self, flush_all: bool, prepared: Prepared, gate: Gate | None
+    def _read_chunk(self, flush_all: bool, prepared: Prepared, gate: LineGate | None
                     ) -> tuple[list[Item], list[tuple[int, Event]], bool]:
         """Read from rotated files first (to their end), then current ones:
         ``(items, lines for the derivers, more)``."""
@@ -403,7 +539,7 @@ class SyslogFileCollector(Collector):
             return False
         return t.drain_only or flush_all or now - st.st_mtime >= self.config.partial_line_timeout_s
 
-    def _step(self, prepared: Prepared, gate: Gate | None) -> tuple[Any, bool, str, int, int]:
+    def _step(self, prepared: Prepared, gate: LineGate | None) -> tuple[Any, bool, str, int, int]:
         items, derive, more = self._read_chunk(self.ctx.once, prepared, gate)
         gaps, trunc = self._gaps, self._truncated
         self._gaps = self._truncated = 0

@@ -26,6 +26,17 @@ def fingerprint(fd: int, length: int = FP_BYTES) -> tuple[str, int]:
     return hashlib.blake2b(head, digest_size=8).hexdigest(), len(head)
 
 
+def line_id_prefix(dev: int, ino: int, fp: str) -> str:
+    """``f-<hash of the file's identity>-``: with a line's offset appended, its event id."""
+    return "f-" + hashlib.blake2b(f"{dev}\x1f{ino}\x1f{fp}".encode(), digest_size=8).hexdigest() + "-"
+
+
+def line_id(dev: int, ino: int, fp: str, off: int) -> str:
+    """The event id of the line at ``off`` of the file with this identity: stable across
+    restarts and re-reads, and made without hashing each line."""
+    return f"{line_id_prefix(dev, ino, fp)}{off}"
+
+
 @dataclass
 class FileState:
     """What is saved per file in the checkpoint."""
@@ -67,7 +78,7 @@ class TailedFile:
         self.rotated = False
         #: read this file to its end once and close it (a copytruncate copy)
         self.drain_only = False
-        self._seed: Any = None
+        self._seed: str | None = None
 
     # ---------------------------------------------------------------- opening
 
@@ -145,13 +156,12 @@ class TailedFile:
             self.state.fp, self.state.fpl = fingerprint(self.fd)
             self._seed = None
 
-    def id_seed(self) -> Any:
-        """A blake2b state so that ``seed.copy().update(str(off))`` equals
-        ``stable_id("f", dev, ino, fp, off)``'s hash."""
+    def id_prefix(self) -> str:
+        """The ids of this file's lines are this prefix and the line's offset (:func:`line_id`)."""
         if self._seed is None:
             s = self.state
-            self._seed = hashlib.blake2b(f"f\x1f{s.dev}\x1f{s.ino}\x1f{s.fp}\x1f".encode(), digest_size=16)
-        return self._seed
+            self._seed = line_id_prefix(s.dev, s.ino, s.fp)
+        return self._seed  # type: ignore[no-any-return]
 
     # ---------------------------------------------------------------- reading
 

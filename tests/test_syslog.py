@@ -12,9 +12,9 @@ from pathlib import Path
 import orjson
 
 from agent.config import SyslogConfig
-from agent.events import stable_id
 from agent.schema import validate_data
 from collectors.syslog import SOURCE, SyslogFileCollector
+from collectors.tail import line_id
 from tests.parts import EmitRecorder, run_once, until
 
 
@@ -68,7 +68,7 @@ class TestSyslogFileReading:
         assert (e["data"]["program"], e["data"]["pid"], e["data"]["source"]) == ("app", 7, str(p))
         st = orjson.loads(rec.checkpoints[SOURCE])["files"][0]
         assert st["off"] == p.stat().st_size and st["ino"] == p.stat().st_ino
-        assert e["id"] == stable_id("f", st["dev"], st["ino"], st["fp"], 0)
+        assert e["id"] == line_id(st["dev"], st["ino"], st["fp"], 0)
 
     async def test_resume_from_checkpoint(self, tmp_path):
         """A restart continues at the saved offset: nothing repeated, nothing skipped."""

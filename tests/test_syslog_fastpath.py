@@ -10,13 +10,13 @@ from typing import Any
 
 from agent.config import JournaldConfig, SyslogConfig
 from agent.events import stable_id
-from agent.pipeline import Enrich, Filter, Validate
+from agent.pipeline import Enrich, Filter, Prepared, Validate
 from agent.redact import Redactor
 from agent.schema import validate_event
 from collectors.journald import TRUNCATION_MARKER, JournaldCollector
 from collectors.syslog import _BULK_ISO, _BULK_TRAD, SyslogFileCollector
 from collectors.syslog_parse import SyslogLineParser
-from collectors.tail import fingerprint
+from collectors.tail import fingerprint, line_id
 from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
 from tests.support import need
 
@@ -40,6 +40,28 @@ LINES: list[bytes] = [
     b"\x00\x00binary garbage\xff",
     b"2026-11-26T21:22:40.000001+00:00 web-01 sudo: alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
     b"2026-11-26T21:22:40.000001+00:00 web-01 app[1]: Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+]
+
+
+#: lines the bulk parsers take, all of one format per file, with everything a message may hold
+BULK_ISO_LINES: list[bytes] = [
+    b"2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: Accepted publickey for deploy from 10.0.0.1",
+    b"2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: \"GET /a\\\\b HTTP/1.1\" 200 \"-\" tab\there",
+    b"2026-11-26T21:22:37Z web-01 app: password=hunter2 token: abc123 ctrl\x01\x1b\x7f\x00 end\r",
+    b"2026-11-26T21:22:37.12-05:30 web-01 prog[12x]: odd pid and another zone",
+    b"2026-11-26T21:22:38+09:00 web-01 kernel: [1.2] no fraction, no pid",
+    b"2026-11-26T21:22:38.5+00:00 web-01 empty[]: empty pid brackets",
+    b"2026-11-26T21:22:38.123456+00:00 web-01 nocolon[3] a tag without its colon",
+    b"2026-11-26T21:22:38.123456+00:00 web-01 ",
+    b"2026-11-26T21:22:40.000001+00:00 web-01 app[1]: Authorization: Bearer abcdefghijklmnopqrstuvwxyz",
+    b"2026-11-26T21:22:40.000001+00:00 web-01 app[1234567890]: a pid too long for an int",
+    b"2026-11-26T21:22:40.000001+00:00 web-01 app[1]: see https://user:s3cret@example.com/x --token=abc",
+]
+BULK_TRAD_LINES: list[bytes] = [
+    b"Nov 26 21:22:36 web-01 CRON[99]: (root) CMD (run-parts /etc/cron.hourly)",
+    b"Nov  6 01:02:03 web-01 kernel: a kernel line",
+    b"Dec 31 23:59:59 web-01 app[5]: \"quoted\" and \\ back\tslash mysql -pS3cret",
+    b"Jan  1 00:00:00 web-01 app[5]:",
 ]
 
 
@@ -68,7 +90,7 @@ def _slow_syslog(path: Path, content: bytes) -> list[dict[str, Any] | None]:
         if len(raw) > MAX_LINE:
             data["truncated"] = True
             data["message"] += TRUNCATION_MARKER
-        ev = {"id": stable_id("f", st.st_dev, st.st_ino, fp, off), "kind": "system_log", "ts": ts, "data": data}
+        ev = {"id": line_id(st.st_dev, st.st_ino, fp, off), "kind": "system_log", "ts": ts, "data": data}
         off += len(raw) + 1
         out.append(_through_chain(ev) if ts is not None else None)
     return out
@@ -97,9 +119,65 @@ class TestSyslogFastPath:
         assert not any("hunter2" in m or "abcdefghijklmnop" in m for m in messages)
         assert any("[REDACTED]" in m for m in messages)
 
+    async def test_bulk_blocks_give_the_same_events(self, tmp_path: Path) -> None:
+        """Files whose every line the bulk parser takes are built block-wise, in segments, and
+        still give exactly the line parser's events; a line that needs the per-line path (too
+        long, an impossible date, one for the derivers) sends its block that way instead."""
+        variants = {
+            "iso": BULK_ISO_LINES * 40,
+            "trad": BULK_TRAD_LINES * 60,
+            "long": BULK_ISO_LINES * 5 + [b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"x" * 400],
+            "date": BULK_ISO_LINES * 5 + [b"2026-13-45T99:22:38.5+00:00 web-01 bad[1]: an impossible date"],
+            "derive": BULK_ISO_LINES * 5,
+        }
+        seen: list[str] = []
+
+        def derive(ev: dict[str, Any]) -> list[dict[str, Any]]:
+            seen.append(ev["data"]["message"])
+            return []
+
+        derive.programs = frozenset({"sshd"})  # type: ignore[attr-defined]
+        for name, lines in variants.items():
+            path = tmp_path / name
+            content = b"\n".join(lines) + b"\n"
+            path.write_bytes(content)
+            rec = EmitRecorder()
+            if name == "iso":  # a byte cap that halves segments
+                r = Redactor()
+                rec.prepared_settings = Prepared("test", r.redact_text, Filter(), r.changed_lines, 7, 700)
+            cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
+            c = SyslogFileCollector(cfg, rec.context(once=True, derivers=[derive] if name == "derive" else None))
+            segments: list[int] = []
+            bulk = c._bulk
+
+            def spy(*args: Any, _bulk: Any = bulk, _seen: list[int] = segments) -> bool:
+                items = args[-1]
+                before = len(items)
+                done = _bulk(*args)
+                _seen.extend(n for _, _, n in items[before:])
+                return done
+
+            c._bulk = spy  # type: ignore[method-assign]
+            await run_once(c)
+            expected = _slow_syslog(path, content)
+            assert len(rec.events) == len(expected) == len(lines), name
+            for got, want in zip(rec.events, expected, strict=True):
+                if want is None:  # the impossible date: the read time
+                    assert got["data"]["message"] == "an impossible date" and got["ts"].endswith("Z")
+                    continue
+                assert got == want, (name, got, want)
+            if name in ("iso", "trad"):
+                # segments of at most 7 events, halved while over the byte cap
+                assert sum(segments) == len(lines), (name, segments)
+                assert (max(segments) < 7) if name == "iso" else (max(segments) == 7), (name, segments)
+            else:
+                assert not segments, name
+        assert len(seen) == 5 and all(m.startswith("Accepted publickey") for m in seen)
+        messages = [e["data"]["message"] for e in rec.events]
+        assert not any("hunter2" in m or "S3cret" in m for m in messages)
+
     async def test_filter_drops_lines_but_derivers_still_see_them(self, tmp_path: Path) -> None:
         """A level filter that drops every line still lets derivers run; derived events follow."""
-        from agent.pipeline import Prepared
 
         path = tmp_path / "syslog"
         path.write_bytes(b"\n".join(LINES) + b"\n")
