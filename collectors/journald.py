@@ -216,7 +216,8 @@ class JournaldCollector(Collector):
     def __init__(self, config: JournaldConfig, ctx: CollectorContext) -> None:
         super().__init__(config, ctx)
         self.source = f"journald:{config.directory or 'system'}"
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journald")
+        #: the reader thread (made again when the service runs the collector again after a crash)
+        self._executor: ThreadPoolExecutor | None = None
         self._reader: Any = None
         #: the reader sits on an unread entry (after resuming past a gap)
         self._pending = False
@@ -420,6 +421,8 @@ class JournaldCollector(Collector):
     # ------------------------------------------------------------------ event loop side
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journald")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def _open_reader(self) -> bool:
@@ -487,7 +490,10 @@ class JournaldCollector(Collector):
                 pending.cancel()
 
     async def aclose(self) -> None:
+        if self._executor is None:
+            return
         try:
             await self._call(self._close)
         finally:
             self._executor.shutdown(wait=False)
+            self._executor = None

@@ -91,7 +91,8 @@ class SyslogFileCollector(Collector):
     def __init__(self, config: SyslogConfig, ctx: CollectorContext) -> None:
         super().__init__(config, ctx)
         self.source = SOURCE
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syslog")
+        #: the reader thread (made again when the service runs the collector again after a crash)
+        self._executor: ThreadPoolExecutor | None = None
         self._parser = SyslogLineParser()
         #: files whose path still names them, by (dev, ino)
         self.files: dict[tuple[int, int], TailedFile] = {}
@@ -554,6 +555,8 @@ class SyslogFileCollector(Collector):
     # ------------------------------------------------------------------ event loop side
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syslog")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def run(self) -> None:
@@ -567,30 +570,47 @@ class SyslogFileCollector(Collector):
         derivers: list[Deriver] = self.ctx.services.get("derivers", [])
         gate = line_gate(derivers)
         last_glob = time.monotonic()
-        while not self.ctx.stopping.is_set():
-            prepared = prepared_for(self.ctx)
-            (items, derive), more, state, gaps, trunc = await self._call(self._step, prepared, gate)
-            if gaps:
-                self.ctx.count("syslog_gap", gaps, source=self.source)
-            if trunc:
-                self.ctx.count("syslog_truncated", trunc, source=self.source)
-            if items or derive or state != last_state:
-                items = merge_derived(items, derive, derivers, prepared, self.log, self.ctx, self.source)
-                await emit_items(self.ctx, items, Checkpoint(self.source, state))
-                last_state = state
-            if more:
-                continue
-            if self.ctx.once:
-                return
-            await asyncio.sleep(self.config.poll_interval_s)
-            await self._call(self._check_rotations)
-            if time.monotonic() - last_glob >= self.config.glob_interval_s:
-                last_glob = time.monotonic()
-                await self._call(self._discover, False)
+        #: the next chunk, read while the last one is handed over: (its step, its settings)
+        ahead: tuple[asyncio.Future[Any], Prepared] | None = None
+        try:
+            while not self.ctx.stopping.is_set():
+                if ahead is None:
+                    prepared = prepared_for(self.ctx)
+                    step: asyncio.Future[Any] = asyncio.ensure_future(self._call(self._step, prepared, gate))
+                else:
+                    step, prepared = ahead
+                    ahead = None
+                (items, derive), more, state, gaps, trunc = await step
+                if more:
+                    nxt = prepared_for(self.ctx)
+                    ahead = (asyncio.ensure_future(self._call(self._step, nxt, gate)), nxt)
+                if gaps:
+                    self.ctx.count("syslog_gap", gaps, source=self.source)
+                if trunc:
+                    self.ctx.count("syslog_truncated", trunc, source=self.source)
+                if items or derive or state != last_state:
+                    items = merge_derived(items, derive, derivers, prepared, self.log, self.ctx, self.source)
+                    await emit_items(self.ctx, items, Checkpoint(self.source, state))
+                    last_state = state
+                if more:
+                    continue
+                if self.ctx.once:
+                    return
+                await asyncio.sleep(self.config.poll_interval_s)
+                await self._call(self._check_rotations)
+                if time.monotonic() - last_glob >= self.config.glob_interval_s:
+                    last_glob = time.monotonic()
+                    await self._call(self._discover, False)
+        finally:
+            if ahead is not None:  # read but never handed over: read again after a restart
+                ahead[0].cancel()
 
     async def aclose(self) -> None:
+        if self._executor is None:
+            return
         try:
             await self._call(self._close_all)
         finally:
             self._executor.shutdown(wait=False)
+            self._executor = None
 

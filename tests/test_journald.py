@@ -172,6 +172,29 @@ class TestJournaldMapping:
 
 
 class TestJournaldResume:
+    async def test_runs_again_after_a_failed_emit(self, tmp_path, journal_tools):
+        """The service runs a crashed collector again (after ``aclose``): it reads on from its
+        last committed cursor, with nothing lost or repeated."""
+        write_journal_file(tmp_path / "j" / "a.journal", _entries(5))
+        rec = EmitRecorder()
+        c = _collector(rec, tmp_path / "j")
+        fails = [RuntimeError("the spool write failed")]
+        recorded = c.ctx.emit_prepared_fn
+
+        async def emit_prepared(items, checkpoint):
+            if fails:
+                raise fails.pop()
+            await recorded(items, checkpoint)
+
+        c.ctx.emit_prepared_fn = emit_prepared
+        with pytest.raises(RuntimeError):
+            await c.run()
+        await c.aclose()
+        assert rec.events == []
+        c.ctx.checkpoints = dict(rec.checkpoints)
+        await run_once(c)
+        assert [e["data"]["message"] for e in rec.events] == [f"seq={i} hello" for i in range(5)]
+
     async def test_saved_cursor_wins_and_nothing_repeats(self, tmp_path, journal_tools):
         """A second run from the saved cursor reads only new entries, even with start_at=end."""
         write_journal_file(tmp_path / "j" / "a.journal", _entries(10))

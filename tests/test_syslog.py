@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import orjson
+import pytest
 
 from agent.config import SyslogConfig
 from agent.schema import validate_data
@@ -69,6 +70,30 @@ class TestSyslogFileReading:
         st = orjson.loads(rec.checkpoints[SOURCE])["files"][0]
         assert st["off"] == p.stat().st_size and st["ino"] == p.stat().st_ino
         assert e["id"] == line_id(st["dev"], st["ino"], st["fp"], 0)
+
+    async def test_runs_again_after_a_failed_emit(self, tmp_path):
+        """The service runs a crashed collector again (after ``aclose``): it reads on from its
+        last committed checkpoint, with nothing lost or repeated."""
+        p = tmp_path / "syslog"
+        p.write_text(_lines(0, 5))
+        rec = EmitRecorder()
+        c = _collector(rec, [str(p)])
+        fails = [RuntimeError("the spool write failed")]
+        recorded = c.ctx.emit_prepared_fn
+
+        async def emit_prepared(items, checkpoint):
+            if fails:
+                raise fails.pop()
+            await recorded(items, checkpoint)
+
+        c.ctx.emit_prepared_fn = emit_prepared
+        with pytest.raises(RuntimeError):
+            await c.run()
+        await c.aclose()
+        assert _seqs(rec) == []
+        c.ctx.checkpoints = dict(rec.checkpoints)
+        await run_once(c)
+        assert _seqs(rec) == [0, 1, 2, 3, 4]
 
     async def test_resume_from_checkpoint(self, tmp_path):
         """A restart continues at the saved offset: nothing repeated, nothing skipped."""
