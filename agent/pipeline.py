@@ -32,6 +32,10 @@ from agent.typing import Checkpoint, Event, Item, Processor
 
 log = structlog.get_logger("pipeline")
 
+#: full batches a pull lane may hold while a spool write is in progress (then its collector
+#: waits), all written in the next transaction
+WRITE_AHEAD = 4
+
 
 class DropEvent(Exception):  # noqa: N818 - named like structlog's
     """Raised by a processor to drop an event on purpose; ``reason`` becomes a metric label."""
@@ -362,16 +366,15 @@ class Batcher:
         joined by commas, built by the collector from parts it has checked, its free text passed
         through ``Prepared.redact`` and its events passed through ``Prepared.accepts``; a
         segment (n > 1) should stay within ``Prepared.segment_events`` and ``segment_bytes``.
-        The chain is not run again; the first item of each call is still checked against the
+        The chain is not run again; the first event of each call is still checked against the
         schema, and if it fails every event of the call is, the bad ones dead-lettered (a
         collector bug must not get whole batches refused by the backend).
         """
         if items:
             try:
-                first = items[0]
-                for ev in orjson.loads(b"[" + first[1] + b"]") if first[2] > 1 else (orjson.loads(first[1]),):
-                    validate_event(ev)
-            except (SchemaError, orjson.JSONDecodeError):
+                kind, blob, n = items[0]
+                validate_event(orjson.loads(b"[" + blob + b"]")[0] if n > 1 else orjson.loads(blob))
+            except (SchemaError, orjson.JSONDecodeError, IndexError):
                 items = self._checked(items, collector)
         await self._buffer(items, checkpoint, collector)
 
@@ -397,12 +400,15 @@ class Batcher:
     async def _flush_behind(self, lane: _Lane) -> None:
         """Write a full pull lane while the collector goes on reading into a fresh buffer.
 
-        At most one such write is outstanding: the next full buffer waits for it, which is the
-        back-pressure a collector feels when the spool is slow or full. Writes stay in order
+        At most one such write is outstanding: the lane goes on filling meanwhile, up to
+        WRITE_AHEAD full batches, and then waits for it, which is the back-pressure a collector
+        feels when the spool is slow or full. Writes stay in order
         (one lock), so a checkpoint never commits before the events it covers.
         """
         prev = self._behind
         if prev is not None and not prev.done():
+            if lane.nevents < self.max_events * WRITE_AHEAD and lane.nbytes < self.max_bytes * WRITE_AHEAD:
+                return  # go on buffering while the last write finishes
             await asyncio.shield(prev)
         elif prev is not None:
             prev.result()  # surface a failed write to the collector (its events were restored)
@@ -470,7 +476,8 @@ class Batcher:
     async def flush_lane(self, lane: _Lane, wait_for_space: bool = True, drain: bool = False) -> None:
         """Write the lane's buffers (and checkpoints) to the spool.
 
-        Pull lane: one batch (``drain``: all of them); while the spool is full the events are
+        Pull lane: one batch, or up to WRITE_AHEAD full ones in one transaction (``drain``: all
+        of them); while the spool is full the events are
         kept and this waits (or raises SpoolFull when ``wait_for_space`` is False). Push lane:
         everything; a full spool fails the producers' future with SpoolFull and the events are
         discarded (the producers were told *busy* and still hold them).
@@ -478,13 +485,20 @@ class Batcher:
         async with self._locks[lane.name]:
             lane.flush_scheduled = False
             loop = asyncio.get_running_loop()
+            one_batch = False  # after a full spool: one batch per write, the most that may fit
             while lane.nevents or lane.checkpoints:
                 if lane.fail_fast:
                     taken, cps, fut = lane.take()
+                    batches = _to_batches(taken)
                 else:
-                    # a pull lane may have grown past one batch while a write was waiting
+                    # a pull lane may have grown past one batch while a write was waiting: up
+                    # to WRITE_AHEAD full batches go in one transaction
                     taken, cps, fut = lane.take(self.max_events, self.max_bytes)
-                batches = _to_batches(taken)
+                    batches = _to_batches(taken)
+                    while not one_batch and not cps and len(batches) < WRITE_AHEAD and self._full(lane):
+                        more, cps, _ = lane.take(self.max_events, self.max_bytes)
+                        taken += more
+                        batches += _to_batches(more)
                 try:
                     evictions = await loop.run_in_executor(self.executor, self.spool.append, batches, cps)
                 except SpoolFull as exc:
@@ -494,6 +508,9 @@ class Batcher:
                             fut.exception()  # retrieved: each waiter reads it itself
                         return
                     lane.restore(taken, cps)
+                    if len(batches) > 1:
+                        one_batch = True
+                        continue
                     if not wait_for_space:
                         raise
                     await self.wait_for_space(1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -11,7 +12,7 @@ import pytest
 from agent.config import parse_config
 from agent.errors import SpoolFull
 from agent.events import make_event, stable_id
-from agent.pipeline import Batcher, DropEvent, Enrich, Filter, build_chain
+from agent.pipeline import WRITE_AHEAD, Batcher, DropEvent, Enrich, Filter, build_chain
 from agent.spool import Spool
 from agent.typing import Checkpoint
 
@@ -73,6 +74,69 @@ class TestBatcher:
             await b.emit([log_event(i) for i in range(20)], None)
             await b.flush()
             assert [r.n_events for r in spool.pending(10)] == [7, 7, 6]
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_collector_buffers_ahead_while_a_write_is_in_progress(self, tmp_path):
+        """While the spool thread is busy the pull lane takes up to WRITE_AHEAD more full batches
+        without making the collector wait; they are then written in order, checkpoint last."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path, batch={"max_events": 10})
+            busy = threading.Event()
+            ex.submit(busy.wait)  # the spool thread is held up
+            # one batch taken by the held-up write, then all but the last event of WRITE_AHEAD more
+            n = 10 * (WRITE_AHEAD + 1) - 5
+            try:
+                async with asyncio.timeout(30):  # a wait for the held-up thread would never end
+                    for i in range(0, n, 5):
+                        await b.emit([log_event(j) for j in range(i, i + 5)], Checkpoint("f", str(i + 5)))
+                assert spool.pending(100) == [] and b.pull.nevents == n - 10
+            finally:
+                busy.set()
+            await b.flush()
+            rows = spool.pending(100)
+            assert [r.n_events for r in rows] == [10] * WRITE_AHEAD + [5]
+            ids = [e["id"] for r in rows for e in orjson.loads(r.body)]
+            assert ids == [stable_id("t", i) for i in range(n)] and spool.checkpoints() == {"f": str(n)}
+            await b.close()
+            ex.shutdown()
+        run(main())
+
+    def test_write_ahead_falls_back_to_single_batches_when_the_spool_is_full(self, tmp_path):
+        """Batches written together that do not fit are written one at a time: the spool fills
+        to its last batch, and the rest follow as room is made."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path, batch={"max_events": 10})
+            size = len(orjson.dumps([{**log_event(i), "server": "s"} for i in range(10)]))
+            spool.max_bytes = 4 * size  # room for four batches
+            loop = asyncio.get_running_loop()
+            busy = threading.Event()
+            ex.submit(busy.wait)
+            n = 10 * (WRITE_AHEAD + 3)
+            emitting = asyncio.ensure_future(b.emit([log_event(i) for i in range(n)], Checkpoint("f", str(n))))
+            try:
+                async with asyncio.timeout(30):
+                    while b.pull.nevents < 10 * WRITE_AHEAD:  # buffered up to the write-ahead limit
+                        await asyncio.sleep(0.01)
+            finally:
+                busy.set()
+            shipped: list[str] = []
+            async with asyncio.timeout(30):
+                # one batch spooled, then four that do not fit beside it: one at a time, until full
+                while len(await loop.run_in_executor(ex, spool.pending, 10)) < 4:
+                    await asyncio.sleep(0.01)
+                while len(shipped) < n:
+                    rows = await loop.run_in_executor(ex, spool.pending, 1)
+                    if not rows:
+                        await asyncio.sleep(0.01)
+                        continue
+                    shipped += [e["id"] for e in orjson.loads(rows[0].body)]
+                    await loop.run_in_executor(ex, spool.ack, rows[0].seq)
+                    b.space_freed()
+                await emitting
+                await b.flush()
+            assert shipped == [stable_id("t", i) for i in range(n)] and spool.checkpoints() == {"f": str(n)}
             await b.close()
             ex.shutdown()
         run(main())
