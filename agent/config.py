@@ -55,7 +55,9 @@ class SinkConfig(Section):
         description="batches sent at once; above 1, batches can arrive out of order after retries",
     )
     compression: Literal["gzip", "none"] = "gzip"
-    gzip_level: int = Field(default=1, ge=1, le=9)
+    gzip_level: int = Field(
+        default=1, ge=1, le=9, description="deflate level of request bodies, and of batches as they are spooled"
+    )
     backoff_initial_s: float = Field(default=0.5, gt=0)
     backoff_max_s: float = Field(default=60.0, gt=0)
     auth_pause_s: float = Field(default=60.0, gt=0, description="retry interval after 401/403")

@@ -35,6 +35,8 @@ log = structlog.get_logger("pipeline")
 #: full batches a pull lane may hold while a spool write is in progress (then its collector
 #: waits), all written in the next transaction
 WRITE_AHEAD = 4
+#: bodies smaller than this are deflated on the event loop, larger ones in a thread
+_PACK_INLINE_BYTES = 16 * 1024
 
 
 class DropEvent(Exception):  # noqa: N818 - named like structlog's
@@ -246,8 +248,11 @@ class Batcher:
         push_max_wait_ms: int = 50,
         on_event: Callable[[str, str, str, int], None] | None = None,
         on_flush: Callable[[list[NewBatch], list[Any]], None] | None = None,
+        pack_level: int | None = 1,
     ) -> None:
         self.spool = spool
+        #: deflate level of spooled bodies (agent.wire.pack); None: spooled as JSON
+        self.pack_level = pack_level
         self.executor = executor
         self.chain = chain
         self.max_events = max_events
@@ -499,6 +504,8 @@ class Batcher:
                         more, cps, _ = lane.take(self.max_events, self.max_bytes)
                         taken += more
                         batches += _to_batches(more)
+                if self.pack_level is not None:
+                    batches = await self._packed(batches)
                 try:
                     evictions = await loop.run_in_executor(self.executor, self.spool.append, batches, cps)
                 except SpoolFull as exc:
@@ -533,6 +540,14 @@ class Batcher:
                 self.on_flush(batches, evictions)
                 if lane.fail_fast or (not drain and not self._full(lane)):
                     return
+
+    async def _packed(self, batches: list[NewBatch]) -> list[NewBatch]:
+        """The batches with deflated bodies; large ones are compressed in a worker thread (zlib
+        lets go of the GIL), beside the spool's own thread."""
+        level = self.pack_level or 1
+        if sum(len(b.body) for b in batches) < _PACK_INLINE_BYTES:
+            return [b.packed(level) for b in batches]
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: [b.packed(level) for b in batches])
 
     def space_freed(self) -> None:
         """Called by the shipper after it deleted batches."""

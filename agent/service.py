@@ -89,6 +89,7 @@ class Agent:
             max_wait_ms=b.max_wait_ms,
             on_event=self._on_event,
             on_flush=self._on_flush,
+            pack_level=cfg.sink.gzip_level,
         )
 
     def _make_shipper(self, cfg: AgentConfig) -> Shipper:

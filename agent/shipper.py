@@ -24,9 +24,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from agent import wire
 from agent.config import SinkConfig
 from agent.errors import AuthError, Rejected, RetryableShipError, ShipError, TooLarge
-from agent.events import format_ts
 from agent.metrics import AgentMetrics
 from agent.sinks import Sink
 from agent.spool import NewBatch, Spool, SpoolBatch
@@ -74,20 +74,8 @@ class Shipper:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def payload(self, batch_id: str, body: bytes) -> bytes:
-        """The wire-protocol document for a batch; ``sent_at`` is fresh for every attempt."""
-        return b"".join(
-            (
-                b'{"schema":1,"agent":',
-                self._agent_json,
-                b',"batch_id":"',
-                batch_id.encode(),
-                b'","sent_at":"',
-                format_ts().encode(),
-                b'","events":',
-                body,
-                b"}",
-            )
-        )
+        """The wire-protocol document for a batch's JSON events; ``sent_at`` is fresh for every attempt."""
+        return wire.document(self._agent_json, batch_id, body)
 
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -137,11 +125,25 @@ class Shipper:
         await self._idle.wait()
 
     def _prepare(self, batch: SpoolBatch) -> asyncio.Future[bytes] | None:
+        """The request body of a JSON-spooled batch, gzipped in a thread while the batch before
+        it is in flight (a deflate-spooled one needs no compression: see :meth:`_attempt`)."""
         encode = getattr(self.sink, "encode", None)
-        if encode is None:
+        if encode is None or (batch.codec == wire.CODEC_DEFLATE and self._gzip_level() is not None):
             return None
-        payload = self.payload(batch.batch_id, batch.body)
+        payload = self.payload(batch.batch_id, batch.json())
         return asyncio.get_running_loop().run_in_executor(None, encode, payload)
+
+    def _gzip_level(self) -> int | None:
+        return getattr(self.sink, "gzip_level", None)
+
+    async def _attempt(self, batch_id: str, body: NewBatch | SpoolBatch, n_events: int) -> None:
+        """One send of a batch: a deflate-spooled body goes out as gzip without being inflated."""
+        level = self._gzip_level()
+        if body.codec == wire.CODEC_DEFLATE and level is not None:
+            encoded = wire.gzip_document(self._agent_json, batch_id, body.packed_body(), level)
+            await self.sink.send_encoded(batch_id, encoded, n_events)  # type: ignore[attr-defined]
+        else:
+            await self.sink.send(batch_id, self.payload(batch_id, body.json()), n_events)
 
     async def _worker(
         self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]], in_progress: set[int]
@@ -197,7 +199,7 @@ class Shipper:
     async def _send(
         self,
         batch_id: str,
-        body: bytes,
+        body: NewBatch | SpoolBatch,
         n_events: int,
         seq: int | None = None,
         encoded: asyncio.Future[bytes] | None = None,
@@ -220,7 +222,7 @@ class Shipper:
                 if encoded is not None and attempt.retry_state.attempt_number == 1:
                     await self.sink.send_encoded(batch_id, await encoded, n_events)  # type: ignore[attr-defined]
                 else:
-                    await self.sink.send(batch_id, self.payload(batch_id, body), n_events)
+                    await self._attempt(batch_id, body, n_events)
         return True
 
     async def ship(
@@ -236,9 +238,7 @@ class Shipper:
         """
         started = time.monotonic()
         dead: list[tuple[NewBatch, str, int | None]] = []
-        ok = await self._ship_part(
-            batch.batch_id, batch.body, batch.n_events, batch.priority, dead, batch.seq, encoded
-        )
+        ok = await self._ship_part(batch.batch_id, batch, batch.n_events, batch.priority, dead, batch.seq, encoded)
         task = asyncio.ensure_future(self._settle(batch, dead, ok, started))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
@@ -271,7 +271,7 @@ class Shipper:
     async def _ship_part(
         self,
         batch_id: str,
-        body: bytes,
+        body: NewBatch | SpoolBatch,
         n_events: int,
         priority: int,
         dead: list[tuple[NewBatch, str, int | None]],
@@ -282,7 +282,7 @@ class Shipper:
             if not await self._send(batch_id, body, n_events, seq, encoded):
                 return False
         except TooLarge as exc:
-            events = orjson.loads(body)
+            events = orjson.loads(body.json())
             if len(events) <= 1:
                 dead.append((self._part(batch_id, events, priority), f"too large even alone: {exc}", exc.status))
                 log.error("event too large for the backend, dead-lettered", batch_id=batch_id)
@@ -291,13 +291,13 @@ class Shipper:
             log.warning("backend says batch too large, splitting", batch_id=batch_id, events=len(events))
             for i, chunk in enumerate((events[:half], events[half:]), 1):
                 part = self._part(f"{batch_id}.{i}", chunk, priority)
-                await self._ship_part(part.batch_id, part.body, part.n_events, priority, dead)
+                await self._ship_part(part.batch_id, part, part.n_events, priority, dead)
             return True
         except Rejected as exc:
             log.error("backend refused batch, moved to dead letters", batch_id=batch_id, reason=str(exc))
             if len(self.permanent_failures) < 100:  # the first ones: for run --once's report
                 self.permanent_failures.append(f"batch {batch_id}: {exc}")
-            events = orjson.loads(body)
+            events = orjson.loads(body.json())
             dead.append((self._part(batch_id, events, priority), str(exc), exc.status))
             return True
         if self.paused_reason is not None:

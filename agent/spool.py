@@ -23,8 +23,12 @@ from typing import Any
 from agent.errors import SpoolFull
 from agent.events import PRIORITY_AUDIT, PRIORITY_BULK
 from agent.typing import Checkpoint
+from agent.wire import CODEC_JSON, Packed, pack, unpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: columns added since schema 1: a body's stored form (agent.wire.Packed)
+_BODY_COLUMNS = (("codec", "TEXT NOT NULL DEFAULT 'json'"), ("raw_bytes", "INTEGER NOT NULL DEFAULT 0"),
+                 ("crc", "INTEGER NOT NULL DEFAULT 0"))
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +42,10 @@ CREATE TABLE IF NOT EXISTS batches (
     kinds TEXT NOT NULL,
     body BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    codec TEXT NOT NULL DEFAULT 'json',
+    raw_bytes INTEGER NOT NULL DEFAULT 0,
+    crc INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS batches_priority ON batches (priority, seq);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -56,20 +63,41 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     kinds TEXT NOT NULL,
     body BLOB NOT NULL,
     status INTEGER,
-    reason TEXT NOT NULL
+    reason TEXT NOT NULL,
+    codec TEXT NOT NULL DEFAULT 'json',
+    raw_bytes INTEGER NOT NULL DEFAULT 0,
+    crc INTEGER NOT NULL DEFAULT 0
 );
 """
 
 
 @dataclass(frozen=True, slots=True)
 class NewBatch:
-    """A batch about to be spooled: ``body`` is the JSON array of its events."""
+    """A batch about to be spooled: ``body`` is the JSON array of its events in ``codec``
+    (see agent.wire: ``json`` as it is, or ``deflate`` with its JSON length and CRC)."""
 
     batch_id: str
     priority: int
     n_events: int
     kinds: dict[str, int]
     body: bytes
+    codec: str = CODEC_JSON
+    raw_bytes: int = 0
+    crc: int = 0
+
+    def json(self) -> bytes:
+        """The JSON array of the events."""
+        return unpack(self.codec, self.body)
+
+    def packed_body(self) -> Packed:
+        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
+
+    def packed(self, level: int) -> NewBatch:
+        """This batch with its body deflated (agent.wire.pack)."""
+        if self.codec != CODEC_JSON:
+            return self
+        p = pack(self.body, level)
+        return NewBatch(self.batch_id, self.priority, self.n_events, self.kinds, p.data, p.codec, p.raw_bytes, p.crc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +112,16 @@ class SpoolBatch:
     kinds: dict[str, int]
     body: bytes
     attempts: int
+    codec: str = CODEC_JSON
+    raw_bytes: int = 0
+    crc: int = 0
+
+    def json(self) -> bytes:
+        """The JSON array of the events."""
+        return unpack(self.codec, self.body)
+
+    def packed_body(self) -> Packed:
+        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,11 +163,19 @@ class Spool:
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_DDL)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path}: spool schema {row[0]} is newer than this agent ({SCHEMA_VERSION})")
+        self._migrate()
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         self.resync()
+
+    def _migrate(self) -> None:
+        """Bring a spool of an older schema up to date (its rows keep their meaning)."""
+        for table in ("batches", "dead_letters"):
+            have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in _BODY_COLUMNS:
+                if name not in have:  # schema 1: bodies stored as JSON
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
 
     # -- bookkeeping -------------------------------------------------------------------
     @property
@@ -205,10 +251,11 @@ class Spool:
             else:
                 freed = 0
             db.executemany(
-                "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body, codec, raw_bytes, crc)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (b.batch_id, b.priority, now, b.n_events, len(b.body), json.dumps(b.kinds), b.body)
+                    (b.batch_id, b.priority, now, b.n_events, len(b.body), json.dumps(b.kinds), b.body,
+                     b.codec, b.raw_bytes, b.crc)
                     for b in batches
                 ],
             )
@@ -232,12 +279,13 @@ class Spool:
     def pending(self, limit: int, after_seq: int = 0) -> list[SpoolBatch]:
         """Up to ``limit`` batches after ``after_seq``, oldest first."""
         rows = self._db.execute(
-            "SELECT seq, batch_id, priority, created, n_events, kinds, body, attempts FROM batches"
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, batch_id, priority, created, n_events, kinds, body, attempts, codec, raw_bytes, crc"
+            " FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
             (after_seq, limit),
         ).fetchall()
         return [
-            SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7]) for r in rows
+            SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7], r[8], r[9], r[10])
+            for r in rows
         ]
 
     def ack(self, seq: int) -> bool:
@@ -261,15 +309,17 @@ class Spool:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute(
-                "SELECT batch_id, created, n_events, bytes, kinds, body, priority FROM batches WHERE seq=?", (seq,)
+                "SELECT batch_id, created, n_events, bytes, kinds, body, priority, codec, raw_bytes, crc"
+                " FROM batches WHERE seq=?", (seq,)
             ).fetchone()
             if row is None:
                 db.execute("ROLLBACK")
                 return False
             db.execute(
-                "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (row[0], row[1], time.time(), row[2], row[3], row[4], row[5], status, reason[:4000]),
+                "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason,"
+                " codec, raw_bytes, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (row[0], row[1], time.time(), row[2], row[3], row[4], row[5], status, reason[:4000],
+                 row[7], row[8], row[9]),
             )
             db.execute("DELETE FROM batches WHERE seq=?", (seq,))
             db.execute("COMMIT")
@@ -284,10 +334,10 @@ class Spool:
         """Record data that was refused before it reached the batch table (an invalid event)."""
         now = time.time()
         self._db.execute(
-            "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason,"
+            " codec, raw_bytes, crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (batch.batch_id, now, now, batch.n_events, len(batch.body), json.dumps(batch.kinds), batch.body,
-             status, reason[:4000]),
+             status, reason[:4000], batch.codec, batch.raw_bytes, batch.crc),
         )
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -311,16 +361,18 @@ class Spool:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = db.execute("SELECT seq, batch_id, n_events, bytes, kinds, body FROM dead_letters ORDER BY seq").fetchall()
+            rows = db.execute(
+                "SELECT seq, batch_id, n_events, bytes, kinds, body, codec, raw_bytes, crc FROM dead_letters ORDER BY seq"
+            ).fetchall()
             now = time.time()
-            for seq, batch_id, n, size, kinds, body in rows:
+            for seq, batch_id, n, size, kinds, body, codec, raw_bytes, crc in rows:
                 k = json.loads(kinds)
                 prio = PRIORITY_AUDIT if any(kind not in ("system_log", "metrics") for kind in k) else PRIORITY_BULK
                 db.execute(
-                    "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    "INSERT INTO batches (batch_id, priority, created, n_events, bytes, kinds, body, codec, raw_bytes,"
+                    " crc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(batch_id) DO NOTHING",
-                    (batch_id, prio, now, n, size, kinds, body),
+                    (batch_id, prio, now, n, size, kinds, body, codec, raw_bytes, crc),
                 )
                 db.execute("DELETE FROM dead_letters WHERE seq=?", (seq,))
                 self._bytes[prio] = self._bytes.get(prio, 0) + size

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent import __version__
+from agent.wire import unpack
 from tests.harness import ReceiverProcess
 from tests.support import free_port, need, need_binary, need_root, wait_until
 
@@ -134,19 +135,19 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReceiverProce
         r.stop()
 
 
-def spool_rows(c: Chroot) -> dict[str, bytes]:
-    """batch_id -> body of every pending batch in the installed agent's spool."""
+def spool_rows(c: Chroot) -> dict[str, tuple[str, bytes]]:
+    """batch_id -> (codec, body as stored) of every pending batch in the installed agent's spool."""
     db = sqlite3.connect(f"file:{c.path('/var/lib/alpacon-agent/spool.db')}?mode=ro", uri=True)
     try:
-        return {bid: bytes(body) for bid, body in db.execute("SELECT batch_id, body FROM batches")}
+        return {bid: (codec, bytes(body)) for bid, codec, body in db.execute("SELECT batch_id, codec, body FROM batches")}
     finally:
         db.close()
 
 
-def event_ids(rows: dict[str, bytes]) -> set[str]:
+def event_ids(rows: dict[str, tuple[str, bytes]]) -> set[str]:
     ids: set[str] = set()
-    for body in rows.values():
-        events = json.loads(body)
+    for codec, body in rows.values():
+        events = json.loads(unpack(codec, body))
         ids.update(e["id"] for e in (events if isinstance(events, list) else events["events"]))
     return ids
 

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 
 from agent.hookclient import HookClient
 
 
+def _pad(n: int = 300) -> str:
+    """Text that does not compress (batches are spooled deflated)."""
+    return os.urandom(n // 2).hex()
+
+
 def _log(i: int) -> dict:
-    return {"kind": "system_log", "data": {"program": "app", "level": "info", "pid": 1, "message": "x" * 300 + str(i)}}
+    return {"kind": "system_log", "data": {"program": "app", "level": "info", "pid": 1, "message": _pad() + str(i)}}
 
 
 def _metric(i: int) -> dict:
-    return {"kind": "metrics", "data": {"cpu": {"percent": 1.0, "i": i}, "memory": {"pad": "y" * 300}}}
+    return {"kind": "metrics", "data": {"cpu": {"percent": 1.0, "i": i}, "memory": {"pad": _pad()}}}
 
 
 def _audit(i: int) -> dict:
-    return {"kind": "user_activity", "data": {"user": f"u{i}", "action": "login", "result": 200, "details": {"pad": "z" * 300}}}
+    return {"kind": "user_activity", "data": {"user": f"u{i}", "action": "login", "result": 200, "details": {"pad": _pad()}}}
 
 
 class TestSpoolCap:
@@ -66,7 +72,7 @@ class TestSpoolCap:
             spool = Spool(tmp_path, max_bytes=65536)
             ex = ThreadPoolExecutor(1)
             b = Batcher(spool, ex, [], max_events=50, max_bytes=1 << 20, max_wait_ms=5)
-            evs = [make_event("system_log", {"program": "p", "level": "info", "message": "m" * 500}, id=stable_id("t", i))
+            evs = [make_event("system_log", {"program": "p", "level": "info", "message": _pad(500)}, id=stable_id("t", i))
                    for i in range(400)]
             for e in evs:
                 e["server"] = "s"

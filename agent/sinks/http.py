@@ -51,6 +51,11 @@ class HttpSink:
     def reload_token(self) -> None:
         self._token = self.cfg.token()
 
+    @property
+    def gzip_level(self) -> int | None:
+        """The gzip level of request bodies; None when they are sent uncompressed."""
+        return self.cfg.gzip_level if self.cfg.compression == "gzip" else None
+
     def encode(self, payload: bytes) -> bytes:
         """The request body for a payload (gzip unless compression is off); thread-safe."""
         if self.cfg.compression == "gzip":
