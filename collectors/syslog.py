@@ -71,6 +71,8 @@ _BLOCK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{
 _HEADER = re.compile(rb"(Z|[+-][0-9]{2}:[0-9]{2})? " + _HOST
                      + rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?")
 _CACHE_MAX = 4096
+#: bytes of lines parsed per call (see SyslogFileCollector._to_items)
+_PIECE_BYTES = 128 * 1024
 #: parts per line in a :meth:`SyslogFileCollector._bulk` parts list
 _PARTS = 10
 _UNKNOWN_B = UNKNOWN_PROGRAM.encode()
@@ -425,8 +427,24 @@ class SyslogFileCollector(Collector):
     def _to_items(self, t: TailedFile, block: bytes, at: int, tail: list[Line], now_ts: str,
                   prepared: Prepared, gate: LineGate | None, items: list[Item],
                   derive: list[tuple[int, Event]]) -> None:
-        """Serialize a block of whole lines (at file offset ``at``) and the ``tail`` line(s):
-        lines of the common formats in bulk, the others through the line parser."""
+        """Serialize a block of whole lines (at file offset ``at``) and the ``tail`` line(s), in
+        pieces of about _PIECE_BYTES: the regex engine holds the GIL for as long as one call
+        takes, and the event loop (answers from the backend, hook clients) must not wait long."""
+        start = 0
+        while len(block) - start > _PIECE_BYTES:
+            cut = block.rfind(b"\n", start, start + _PIECE_BYTES) + 1
+            if cut <= start:  # a line longer than a piece: the piece ends with it
+                cut = block.find(b"\n", start + _PIECE_BYTES) + 1
+            self._piece_items(t, block[start:cut], at + start, [], now_ts, prepared, gate, items, derive)
+            start = cut
+        self._piece_items(t, block[start:] if start else block, at + start, tail, now_ts, prepared, gate,
+                          items, derive)
+
+    def _piece_items(self, t: TailedFile, block: bytes, at: int, tail: list[Line], now_ts: str,
+                     prepared: Prepared, gate: LineGate | None, items: list[Item],
+                     derive: list[tuple[int, Event]]) -> None:
+        """Serialize whole lines and the tail: lines of the common formats in bulk, the others
+        through the line parser."""
         prefix = t.id_prefix().encode()
         path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
         max_line = self.config.max_line_bytes

@@ -176,6 +176,28 @@ class TestSyslogFastPath:
         messages = [e["data"]["message"] for e in rec.events]
         assert not any("hunter2" in m or "S3cret" in m for m in messages)
 
+    async def test_blocks_parsed_in_pieces_give_the_same_events(self, tmp_path: Path, monkeypatch) -> None:
+        """A read block is parsed in pieces cut at line ends (a line longer than a piece makes a
+        piece of its own): the same events as the line parser, pieces bulk or not."""
+        import collectors.syslog as syslog_mod
+
+        monkeypatch.setattr(syslog_mod, "_PIECE_BYTES", 500)
+        longer = b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"y" * 800  # longer than a piece
+        lines = BULK_ISO_LINES * 6 + LINES + [longer] + BULK_ISO_LINES * 3 + [longer]
+        path = tmp_path / "syslog"
+        content = b"\n".join(lines) + b"\n"
+        path.write_bytes(content)
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
+        await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
+        expected = _slow_syslog(path, content)
+        assert len(rec.events) == len(expected) == len(lines)
+        for got, want in zip(rec.events, expected, strict=True):
+            if want is None:
+                assert got["ts"].endswith("Z")
+                continue
+            assert got == want, (got, want)
+
     async def test_filter_drops_lines_but_derivers_still_see_them(self, tmp_path: Path) -> None:
         """A level filter that drops every line still lets derivers run; derived events follow."""
 
