@@ -72,7 +72,7 @@ _HEADER = re.compile(rb"(Z|[+-][0-9]{2}:[0-9]{2})? " + _HOST
                      + rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?")
 _CACHE_MAX = 4096
 #: bytes of lines parsed per call (see SyslogFileCollector._to_items)
-_PIECE_BYTES = 128 * 1024
+_PIECE_BYTES = 32 * 1024
 #: parts per line in a :meth:`SyslogFileCollector._bulk` parts list
 _PARTS = 10
 _UNKNOWN_B = UNKNOWN_PROGRAM.encode()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import hmac
 import os
 import re
@@ -206,6 +207,21 @@ class CountSink:
         self.duplicates = 0
         self.ids: set[str] = set()
         self.sources: dict[str, SourceSeq] = {}
+        self._keep_out_of_gc()
+
+    @staticmethod
+    def _keep_out_of_gc() -> None:
+        """The sets here grow to millions of entries and hold no reference cycles, but every full
+        collection walks them (and the parsed batches trigger many): freezing them moves them
+        out of the collector's generations for good, their later entries included."""
+        gc.freeze()
+
+    def _source(self, key: str) -> SourceSeq:
+        src = self.sources.get(key)
+        if src is None:
+            src = self.sources[key] = SourceSeq()
+            self._keep_out_of_gc()
+        return src
 
     def add(self, batch: Any) -> tuple[int, int]:
         if not isinstance(batch, dict) or not isinstance(batch.get("events"), list):
@@ -242,7 +258,7 @@ class CountSink:
         self.received += len(ids)
         self.by_kind[kind] = self.by_kind.get(kind, 0) + len(ids)
         if seqs:
-            src = self.sources.setdefault(f"{next(iter(servers))}/{kind}", SourceSeq())
+            src = self._source(f"{next(iter(servers))}/{kind}")
             src.add_many([int(x) for x in seqs])
         return len(ids), 0
 
@@ -265,7 +281,7 @@ class CountSink:
                 m = _SEQ_RE.search(msg)
                 if m:
                     key = f"{ev.get('server')}/{m.group(1) or kind}"
-                    self.sources.setdefault(key, SourceSeq()).add(int(m.group(2)))
+                    self._source(key).add(int(m.group(2)))
         return stored, len(events) - stored
 
     def stats(self) -> dict[str, Any]:
