@@ -122,10 +122,37 @@ def prepared_for(ctx: CollectorContext) -> Prepared:
     return Prepared(ctx.server, lambda text: text, Filter())
 
 
-async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint) -> None:
-    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``)."""
+def segmented(items: list[Item], prepared: Prepared) -> list[Item]:
+    """``items`` with runs of single events of one kind joined into segments (at most
+    ``prepared.segment_events`` and about ``segment_bytes`` each), in their order: the pipeline
+    then handles a segment where it would have handled each of its events."""
+    out: list[Item] = []
+    run: list[bytes] = []
+    run_kind = ""
+    size = 0
+    max_events, max_bytes = max(1, prepared.segment_events), prepared.segment_bytes
+    for kind, blob, n in items:
+        if run and (n != 1 or kind != run_kind or len(run) >= max_events or size + len(blob) > max_bytes):
+            out.append((run_kind, b",".join(run), len(run)) if len(run) > 1 else (run_kind, run[0], 1))
+            run = []
+            size = 0
+        if n != 1:
+            out.append((kind, blob, n))
+            continue
+        run_kind = kind
+        run.append(blob)
+        size += len(blob) + 1
+    if run:
+        out.append((run_kind, b",".join(run), len(run)) if len(run) > 1 else (run_kind, run[0], 1))
+    return out
+
+
+async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint,
+                     prepared: Prepared | None = None) -> None:
+    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``);
+    with ``prepared``, runs of single events go as segments (see :func:`segmented`)."""
     if ctx.emit_prepared_fn is not None:
-        await ctx.emit_prepared(items, checkpoint)
+        await ctx.emit_prepared(segmented(items, prepared) if prepared is not None else items, checkpoint)
     else:
         await ctx.emit([ev for _, blob, n in items
                         for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
@@ -380,6 +407,8 @@ class JournaldCollector(Collector):
                                             "ts": ts.decode(), "data": data}))
         chunk.cursor = cursor
         self.entries_read += n
+        if not derive:  # joined here, in the reader thread, rather than on the event loop
+            chunk.items = segmented(items, prepared)
         return chunk
 
     def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, str, dict[str, Any]]:
@@ -475,7 +504,7 @@ class JournaldCollector(Collector):
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
                     items = merge_derived(chunk.items, chunk.derive, derivers, used, self.log,
                                           self.ctx, self.source)
-                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor))
+                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor), used)
                     if not chunk.at_end:
                         continue
                 if self.ctx.once:

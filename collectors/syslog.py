@@ -608,7 +608,7 @@ class SyslogFileCollector(Collector):
                     self.ctx.count("syslog_truncated", trunc, source=self.source)
                 if items or derive or state != last_state:
                     items = merge_derived(items, derive, derivers, prepared, self.log, self.ctx, self.source)
-                    await emit_items(self.ctx, items, Checkpoint(self.source, state))
+                    await emit_items(self.ctx, items, Checkpoint(self.source, state), prepared)
                     last_state = state
                 if more:
                     continue

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from agent.config import JournaldConfig, SyslogConfig
 from agent.events import stable_id
 from agent.pipeline import Enrich, Filter, Prepared, Validate
@@ -252,3 +254,27 @@ class TestJournaldFastPath:
         assert c["truncated"] is True and c["message"].endswith(TRUNCATION_MARKER) and c["pid"] == 99
         assert c["program"] == "\ufffd" * 256
         assert d["message"] == "multi\nline\n" and d["pid"] is None and d["level"] == "info"
+
+
+class TestSegments:
+    def test_runs_of_single_events_become_segments_in_order(self) -> None:
+        """Runs of one kind are joined up to the event and byte limits; segments already made,
+        other kinds and the order stay as they are."""
+        from collectors.journald import segmented
+
+        def ev(i: int, kind: str = "system_log") -> tuple[str, bytes, int]:
+            return (kind, orjson.dumps({"id": f"e{i:03d}", "kind": kind}), 1)
+
+        items = [ev(i) for i in range(10)] + [ev(10, "user_activity")] + [ev(i) for i in range(11, 14)]
+        items.append(("system_log", b",".join(orjson.dumps({"id": f"e{i:03d}", "kind": "system_log"})
+                                              for i in range(14, 17)), 3))
+        items.append(ev(17))
+        r = Redactor()
+        out = segmented(items, Prepared("s", r.redact_text, Filter(), r.changed_lines, 4, 10_000))
+        assert [(k, n) for k, _, n in out] == [("system_log", 4), ("system_log", 4), ("system_log", 2),
+                                               ("user_activity", 1), ("system_log", 3), ("system_log", 3),
+                                               ("system_log", 1)]
+        ids = [e["id"] for _, blob, _ in out for e in orjson.loads(b"[" + blob + b"]")]
+        assert ids == [f"e{i:03d}" for i in range(18)]
+        small = segmented(items[:10], Prepared("s", r.redact_text, Filter(), r.changed_lines, 100, 70))
+        assert all(len(blob) <= 70 for _, blob, n in small if n > 1) and sum(n for _, _, n in small) == 10
