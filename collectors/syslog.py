@@ -58,7 +58,7 @@ _BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2
                        rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG, re.M)
 #: the traditional form: (stamp, -, -, host, program, pid, message)
 _BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG, re.M)
-# The block parsers: the same formats for a block known to be all ASCII, with four groups —
+# The block parsers: the same formats for a block known to be UTF-8, with four groups —
 # (second, ms digits, header, message) — the header being zone, host and tag (parsed once per
 # distinct header by _HEADER), and ``.*`` for the message, which the regex engine scans several
 # times faster than a class.
@@ -360,10 +360,14 @@ class SyslogFileCollector(Collector):
     def _bulk(self, t: TailedFile, block: bytes, at: int, rx: re.Pattern[bytes], prepared: Prepared,
               gate: LineGate | None, items: list[Item]) -> bool:
         """All lines of ``block`` as segment items, built with whole-block operations, when the
-        block is ASCII and every line is of the block parser's format, within ``max_line_bytes``,
-        with a possible date and of no interest to the derivers; False (nothing added) otherwise."""
+        block is valid UTF-8 and every line is of the block parser's format (an ASCII header),
+        within ``max_line_bytes``, with a possible date and of no interest to the derivers;
+        False (nothing added) otherwise."""
         if not block.isascii():
-            return False
+            try:  # messages go into the JSON as they are (escaping works on their bytes)
+                block.decode("utf-8")
+            except UnicodeDecodeError:
+                return False
         lines = block.split(b"\n")
         lines.pop()  # the block ends with a newline
         n = len(lines)
@@ -389,7 +393,7 @@ class SyslogFileCollector(Collector):
         lens = set(map(len, mss))
         if lens != {3}:
             mss = [b"000"] * n if lens == {0} else [m.ljust(3, b"0") for m in mss]  # type: ignore[assignment]
-        changed = prepared.changed_lines(joined.decode("ascii"))
+        changed = prepared.changed_lines(joined.decode("utf-8"))
         escaped = joined.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
         if len(escaped.translate(None, _CTRL)) != len(escaped):
             escaped = _CTRL_RX.sub(_escape_ctrl, escaped)

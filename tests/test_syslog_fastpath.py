@@ -131,6 +131,12 @@ class TestSyslogFastPath:
             "long": BULK_ISO_LINES * 5 + [b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"x" * 400],
             "date": BULK_ISO_LINES * 5 + [b"2026-13-45T99:22:38.5+00:00 web-01 bad[1]: an impossible date"],
             "derive": BULK_ISO_LINES * 5,
+            "utf8": BULK_ISO_LINES * 3 + [
+                "2026-11-26T21:22:41.5+09:00 web-01 app[7]: 로그인 성공 user=김철수 café ☃ \"q\" \\ é".encode(),
+                "2026-11-26T21:22:41.5+09:00 web-01 app[7]: password=비밀번호 token: 토큰\t끝".encode(),
+                "2026-11-26T21:22:41.5+09:00 web-01 app[7]: \u2028 line separator \x85 and NEL".encode(),
+            ],
+            "badutf8": BULK_ISO_LINES * 3 + [b"2026-11-26T21:22:41.5+00:00 web-01 app[7]: bad \xff\xfe bytes"],
         }
         seen: list[str] = []
 
@@ -168,7 +174,7 @@ class TestSyslogFastPath:
                     assert got["data"]["message"] == "an impossible date" and got["ts"].endswith("Z")
                     continue
                 assert got == want, (name, got, want)
-            if name in ("iso", "trad"):
+            if name in ("iso", "trad", "utf8"):
                 # segments of at most 7 events, halved while over the byte cap
                 assert sum(segments) == len(lines), (name, segments)
                 assert (max(segments) < 7) if name == "iso" else (max(segments) == 7), (name, segments)
