@@ -4,7 +4,14 @@ Files are tracked by identity (device + inode + fingerprint of their first bytes
 rename (the old file is read to its end first), copytruncate (the copy is searched for lines not
 yet read, then the file is read again from 0), deletion and re-creation, and inode reuse are all
 told apart. The checkpoint (source ``syslog``) is a JSON list of every followed file's state;
-``start_at`` only applies to files present at the very first start.
+``start_at`` only applies to files present at the very first start. A line's event id is its
+file's identity and its offset (``collectors.tail.line_id``).
+
+Reading is built for volume: a block read from a file is cut into 32 KiB pieces; a piece whose
+lines are all of one common timestamped format (and valid UTF-8) is parsed with one regex call
+and its events assembled with C-level operations (``_bulk``), other pieces line by line
+through ``syslog_parse``; both give the same events. The next chunk is read while the last
+one is handed to the pipeline, as segments of many events.
 """
 
 from __future__ import annotations
