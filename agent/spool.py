@@ -71,8 +71,25 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+class _StoredBody:
+    """What a batch's ``body``, ``codec``, ``raw_bytes`` and ``crc`` give (agent.wire)."""
+
+    __slots__ = ()
+    body: bytes
+    codec: str
+    raw_bytes: int
+    crc: int
+
+    def json(self) -> bytes:
+        """The JSON array of the events."""
+        return unpack(self.codec, self.body)
+
+    def packed_body(self) -> Packed:
+        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
+
+
 @dataclass(frozen=True, slots=True)
-class NewBatch:
+class NewBatch(_StoredBody):
     """A batch about to be spooled: ``body`` is the JSON array of its events in ``codec``
     (see agent.wire: ``json`` as it is, or ``deflate`` with its JSON length and CRC)."""
 
@@ -85,13 +102,6 @@ class NewBatch:
     raw_bytes: int = 0
     crc: int = 0
 
-    def json(self) -> bytes:
-        """The JSON array of the events."""
-        return unpack(self.codec, self.body)
-
-    def packed_body(self) -> Packed:
-        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
-
     def packed(self, level: int) -> NewBatch:
         """This batch with its body deflated (agent.wire.pack)."""
         if self.codec != CODEC_JSON:
@@ -101,7 +111,7 @@ class NewBatch:
 
 
 @dataclass(frozen=True, slots=True)
-class SpoolBatch:
+class SpoolBatch(_StoredBody):
     """A spooled batch waiting to be shipped."""
 
     seq: int
@@ -115,13 +125,6 @@ class SpoolBatch:
     codec: str = CODEC_JSON
     raw_bytes: int = 0
     crc: int = 0
-
-    def json(self) -> bytes:
-        """The JSON array of the events."""
-        return unpack(self.codec, self.body)
-
-    def packed_body(self) -> Packed:
-        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
 
 
 @dataclass(frozen=True, slots=True)

@@ -436,6 +436,28 @@ class EmitRecorder:
                 if e["kind"] == "system_log" and (program is None or e["data"]["program"] == program)]
 
 
+async def crash_then_run_again(collector: Any, rec: EmitRecorder) -> None:
+    """What the service does with a collector whose emit fails: ``run`` raises, ``aclose``,
+    then it runs again (here once, to the end) from the checkpoints committed so far."""
+    import pytest
+
+    fails = [RuntimeError("the spool write failed")]
+    recorded = collector.ctx.emit_prepared_fn
+
+    async def emit_prepared(items: Any, checkpoint: Any) -> None:
+        if fails:
+            raise fails.pop()
+        await recorded(items, checkpoint)
+
+    collector.ctx.emit_prepared_fn = emit_prepared
+    with pytest.raises(RuntimeError):
+        await collector.run()
+    await collector.aclose()
+    assert rec.events == [], "nothing was emitted before the failure"
+    collector.ctx.checkpoints = dict(rec.checkpoints)
+    await run_once(collector)
+
+
 async def run_once(collector: Any) -> None:
     """Run a collector built with ``once=True`` to the end of its source, then close it."""
     import asyncio

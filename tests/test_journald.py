@@ -17,6 +17,7 @@ from tests.parts import (
     JOURNALD,
     EmitRecorder,
     LiveJournald,
+    crash_then_run_again,
     run_once,
     until,
     write_journal_file,
@@ -178,21 +179,7 @@ class TestJournaldResume:
         write_journal_file(tmp_path / "j" / "a.journal", _entries(5))
         rec = EmitRecorder()
         c = _collector(rec, tmp_path / "j")
-        fails = [RuntimeError("the spool write failed")]
-        recorded = c.ctx.emit_prepared_fn
-
-        async def emit_prepared(items, checkpoint):
-            if fails:
-                raise fails.pop()
-            await recorded(items, checkpoint)
-
-        c.ctx.emit_prepared_fn = emit_prepared
-        with pytest.raises(RuntimeError):
-            await c.run()
-        await c.aclose()
-        assert rec.events == []
-        c.ctx.checkpoints = dict(rec.checkpoints)
-        await run_once(c)
+        await crash_then_run_again(c, rec)
         assert [e["data"]["message"] for e in rec.events] == [f"seq={i} hello" for i in range(5)]
 
     async def test_saved_cursor_wins_and_nothing_repeats(self, tmp_path, journal_tools):

@@ -10,13 +10,12 @@ import time
 from pathlib import Path
 
 import orjson
-import pytest
 
 from agent.config import SyslogConfig
 from agent.schema import validate_data
 from collectors.syslog import SOURCE, SyslogFileCollector
 from collectors.tail import line_id
-from tests.parts import EmitRecorder, run_once, until
+from tests.parts import EmitRecorder, crash_then_run_again, run_once, until
 
 
 def _lines(start: int, n: int, tag: str = "app") -> str:
@@ -78,21 +77,7 @@ class TestSyslogFileReading:
         p.write_text(_lines(0, 5))
         rec = EmitRecorder()
         c = _collector(rec, [str(p)])
-        fails = [RuntimeError("the spool write failed")]
-        recorded = c.ctx.emit_prepared_fn
-
-        async def emit_prepared(items, checkpoint):
-            if fails:
-                raise fails.pop()
-            await recorded(items, checkpoint)
-
-        c.ctx.emit_prepared_fn = emit_prepared
-        with pytest.raises(RuntimeError):
-            await c.run()
-        await c.aclose()
-        assert _seqs(rec) == []
-        c.ctx.checkpoints = dict(rec.checkpoints)
-        await run_once(c)
+        await crash_then_run_again(c, rec)
         assert _seqs(rec) == [0, 1, 2, 3, 4]
 
     async def test_resume_from_checkpoint(self, tmp_path):
