@@ -6,8 +6,10 @@ path of the bad key; nothing starts on a bad config, and a bad reload keeps the 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -87,6 +89,20 @@ class SinkConfig(Section):
         if not self.token_file:
             return None
         return Path(self.token_file).read_text(encoding="utf-8").strip() or None
+
+    def is_local(self) -> bool:
+        """Whether ``url`` names this machine (localhost or a loopback address)."""
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def token_in_clear(self) -> bool:
+        """Whether a bearer token would cross the network unencrypted (plain http to another host)."""
+        return self.type == "http" and bool(self.token_file) and self.url.startswith("http://") and not self.is_local()
 
 
 class BatchConfig(Section):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import ipaddress
 import json
 import os
 import re
@@ -101,16 +100,6 @@ def check_config_file(path: str) -> tuple[list[CheckResult], AgentConfig | None]
     return results, cfg
 
 
-def _is_loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def check_token(cfg: AgentConfig) -> list[CheckResult]:
     """The token file exists, is a non-empty regular file, mode 0600/0400, owned by root."""
     sink = cfg.sink
@@ -118,7 +107,7 @@ def check_token(cfg: AgentConfig) -> list[CheckResult]:
         return [ok("token", f"sink type {sink.type!r} needs no token")]
     fix_setup = "run: alpacon-agent setup --url URL --token-file FILE"
     if not sink.token_file:
-        if _is_loopback(sink.url):
+        if sink.is_local():
             return [warn("token", f"no sink.token_file; {sink.url} is local", fix_setup)]
         return [fail("token", "no sink.token_file: the backend will refuse every batch", fix_setup)]
     path = sink.token_file
@@ -271,7 +260,7 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     body = json.dumps({"schema": 1, "probe": "alpacon-agent doctor"}).encode()
     req = urllib.request.Request(url, data=body, headers=headers, method="POST")
     extra = []
-    if url.startswith("http://") and not _is_loopback(url):
+    if url.startswith("http://") and not sink.is_local():
         extra.append(warn("backend-tls", f"{url} is plain http: the token travels unencrypted",
                           "use an https:// URL"))
     tls_note = ""

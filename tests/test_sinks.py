@@ -69,3 +69,31 @@ class TestLocalSinks:
         events = [json.loads(x) for x in r.stdout.splitlines()]
         assert [e["data"]["message"] for e in events] == ["first", "second"]
         assert all(e["data"]["program"] == "app" and e["data"]["pid"] == 7 for e in events)
+
+
+class TestTokenInTheClear:
+    def test_plain_http_to_another_host_with_a_token_is_warned(self, tmp_path):
+        """A token sent over plain http to another host is logged as a warning at start; https,
+        a loopback backend or no token are not."""
+        from structlog.testing import capture_logs
+
+        from agent.config import SinkConfig
+        from agent.sinks.http import HttpSink
+
+        token = tmp_path / "token"
+        token.write_text("secret-token-0123456789")
+        cases = {
+            ("http://backend.example:8080/api/v1/agent/events", True): True,
+            ("http://10.0.0.5/api/v1/agent/events", True): True,
+            ("https://backend.example/api/v1/agent/events", True): False,
+            ("http://127.0.0.1:8765/api/v1/agent/events", True): False,
+            ("http://[::1]:8765/api/v1/agent/events", True): False,
+            ("http://localhost/api/v1/agent/events", True): False,
+            ("http://backend.example/api/v1/agent/events", False): False,
+        }
+        for (url, with_token), warned in cases.items():
+            cfg = SinkConfig(url=url, token_file=str(token) if with_token else None)
+            with capture_logs() as logs:
+                HttpSink(cfg, "0.0")
+            got = any("unencrypted" in e["event"] and e["log_level"] == "warning" for e in logs)
+            assert got == warned, (url, with_token, logs)

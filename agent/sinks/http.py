@@ -7,10 +7,13 @@ import ssl
 import zlib
 
 import aiohttp
+import structlog
 
 from agent.config import SinkConfig
 from agent.errors import ShipError
 from agent.retry import decide, to_error
+
+log = structlog.get_logger("sink")
 
 
 def _gzip(data: bytes, level: int) -> bytes:
@@ -26,6 +29,9 @@ class HttpSink:
         self.version = version
         self._session: aiohttp.ClientSession | None = None
         self._token = cfg.token()
+        if cfg.token_in_clear():
+            log.warning("sink.url is plain http to another host: the token and the audit data "
+                        "cross the network unencrypted; use an https:// URL", url=cfg.url)
 
     def _ssl(self) -> ssl.SSLContext | bool:
         t = self.cfg.tls
