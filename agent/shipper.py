@@ -33,6 +33,10 @@ from agent.spool import NewBatch, Spool, SpoolBatch
 
 log = structlog.get_logger("shipper")
 
+#: spooled batches read ahead of the ones in flight, so that a send never waits for the spool's
+#: thread (busy with a write) to hand over the next batch; they are small (deflated)
+PREFETCH = 8
+
 
 class Shipper:
     """Moves batches from the spool to the sink, in spool order."""
@@ -88,7 +92,7 @@ class Shipper:
         after = 0
         try:
             while True:
-                batches = await self._db(self.spool.pending, self.cfg.in_flight * 2, after)
+                batches = await self._db(self.spool.pending, self.cfg.in_flight + PREFETCH, after)
                 if not batches:
                     if not in_progress and queue.empty():
                         after = 0  # start over: catches requeued dead letters and anything skipped

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from agent.events import format_ts, new_id
-from receiver.app import INGEST_PATH, make_app, start
+from receiver.app import INGEST_PATH, IngestError, make_app, start
 from receiver.faults import FaultInjector, FaultSettings
 
 TOKEN = "s3cret-token"
@@ -865,10 +865,20 @@ class TestCountSinkPaths:
             batches.append({"events": evs})
         batches.append(batches[3])  # a replayed batch
         batches.append({"events": [{"id": "odd", "kind": "metrics", "server": "s", "data": {"cpu": {}}}]})
+        # shapes the whole-batch path must hand to the per-event one
+        batches.append({"events": [{"id": "d1", "kind": "system_log", "server": "s", "data": []},
+                                   {"id": "d2", "kind": "system_log", "server": "s", "data": {"message": 5}}]})
+        batches.append({"events": [{"id": "d3", "kind": "system_log", "data": {"message": "seq=9000 seq=9001"}},
+                                   {"id": 7, "kind": "system_log", "data": {"message": "no id string"}}]})
         fast, slow = CountSink(), CountSink()
         for batch in batches:
-            fast.add(batch)
-            slow._add_each(batch["events"])
+            outcomes = []
+            for sink in (fast, slow):
+                try:
+                    outcomes.append(sink.add(batch) if sink is fast else sink._add_each(batch["events"]))
+                except IngestError as exc:
+                    outcomes.append(exc.status)
+            assert outcomes[0] == outcomes[1], batch
         assert fast.stats() == slow.stats() and fast.received == slow.received
         src = fast.stats()["sources"]["s/system_log"]
         assert src["missing"] == 1 and src["out_of_order"] >= 1
