@@ -25,8 +25,10 @@ CODEC_DEFLATE = "deflate"
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
-def _deflate(data: bytes, level: int, final: bool) -> bytes:
-    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+def _deflate(data: bytes, level: int, final: bool, small: bool = False) -> bytes:
+    # ``small``: a 512-byte window and the least memory, for a few hundred bytes (a full-size
+    # compressor costs ten times more to set up than to use on them); any inflater reads it
+    c = zlib.compressobj(level, zlib.DEFLATED, -9, 1) if small else zlib.compressobj(level, zlib.DEFLATED, -15)
     return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
 
 
@@ -77,5 +79,5 @@ def gzip_document(agent_json: bytes, batch_id: str, body: Packed, level: int, se
         raise ValueError("gzip_document needs a deflate-packed body")
     end = tail(agent_json, batch_id, sent_at)
     size = (len(EVENTS_PREFIX) + body.raw_bytes + len(end)) & 0xFFFFFFFF
-    return b"".join((_GZIP_HEADER, _PREFIX_DEFLATED, body.data, _deflate(end, level, final=True),
+    return b"".join((_GZIP_HEADER, _PREFIX_DEFLATED, body.data, _deflate(end, level, final=True, small=True),
                      struct.pack("<II", zlib.crc32(end, body.crc), size)))
