@@ -112,7 +112,9 @@ class BatchConfig(Section):
 
 
 class SpoolConfig(Section):
-    max_bytes: int = Field(default=268_435_456, ge=65_536)
+    max_bytes: int = Field(
+        default=268_435_456, ge=65_536, description="cap on the spooled batches' bytes as stored (deflated)"
+    )
     synchronous: Literal["full", "normal"] = Field(
         default="normal",
         description="SQLite synchronous mode in WAL: normal survives a process crash; full also power loss",
