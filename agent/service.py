@@ -49,6 +49,14 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify failed", error=str(exc))
 
 
+def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
+    """What the collectors are built from (see ``_context`` and ``build_collectors``): their
+    settings, the server name, the hook server they register with and the auth files present."""
+    from collectors.derive import auth_file_paths
+
+    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)))
+
+
 class Agent:
     """One running agent."""
 
@@ -341,7 +349,11 @@ class Agent:
         if new.state_dir != old.state_dir:
             log.error("state_dir cannot change on reload; restart the service to move it")
             new = new.model_copy(update={"state_dir": old.state_dir})
-        await self._stop_collectors()
+        # collectors are started again only when something they were built from changed: a
+        # restart ends the commands in progress and the derivers' sessions
+        restart = _collectors_basis(new) != _collectors_basis(old)
+        if restart:
+            await self._stop_collectors()
         await self.batcher.flush(self.cfg.shutdown.flush_timeout_s)
         self.cfg = new
         self.spool.max_bytes = new.spool.max_bytes
@@ -371,8 +383,10 @@ class Agent:
         if new.http != old.http:
             await self._stop_http()
             await self._start_http()
-        await self._start_collectors()
-        log.info("configuration reloaded", changed=changed)
+        if restart:
+            await self._start_collectors()
+        log.info("configuration reloaded", changed=changed,
+                 collectors="restarted" if restart else "kept running")
         await self._record_settings_change(200, {"changed": changed, "config": self.config_path or ""})
         sd_notify("READY=1")
         return True

@@ -350,7 +350,17 @@ class CommandsCollector(Collector):
             return {"status": "ok", "command_id": r.command_id, "state": "scheduled",
                     "scheduled_at": r.scheduled_at}
         # run in its own task: a caller that goes away does not cancel the command
-        res, status = await asyncio.shield(self._spawn(self.execute(r)))
+        task = self._spawn(self.execute(r))
+        try:
+            res, status = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():
+                raise  # this handler itself was cancelled (the hook server is closing)
+            # the collector was closed (stop, or a reload that changed its settings): the caller
+            # hears so now; the record stays and is reported failed when the collector starts
+            return {"status": "error", "command_id": r.command_id,
+                    "reason": "the agent stopped its commands collector while the command ran "
+                              "(service stop, or a reload changing collector settings); it was terminated"}
         return {
             "status": "ok",
             "command_id": r.command_id,

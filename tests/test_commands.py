@@ -19,7 +19,7 @@ from agent.errors import InputError
 from agent.hookclient import HookClient
 from collectors.commands import OutputCap, parse_request
 from collectors.exec_cli import parse_at
-from tests.harness import BIN, AgentProcess, ReceiverProcess
+from tests.harness import BIN, AgentProcess, ReceiverProcess, deep_merge
 from tests.support import need_root, wait_until
 
 ROOT = SimpleNamespace(uid=0, gid=0, pid=1, user="root")
@@ -178,6 +178,48 @@ class TestExecThroughAgent:
         assert r.returncode == 0 and r.stdout == "late\n"
         row = wait_status(receiver, "sleep 1; echo late", "success")
         assert statuses(row) == ["running", "stuck", "success"]
+
+    def test_reload_leaves_a_running_command_alone(
+        self, cmd_agent: AgentProcess, receiver: ReceiverProcess, tmp_path: Path
+    ) -> None:
+        """A reload that leaves the collectors' settings as they were (here: batching) keeps the
+        collectors running: a command in progress finishes and reports its real outcome."""
+        go = tmp_path / "go"
+        line = f"while [ ! -e {go} ]; do sleep 0.05; done; echo done"
+        proc = subprocess.Popen([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path),
+                                 "--", line], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_status(receiver, line, "running")
+            cmd_agent.write_config(deep_merge(cmd_agent.config, {"batch": {"max_wait_ms": 50}}))
+            cmd_agent.signal(signal.SIGHUP)
+            wait_until(lambda: "configuration reloaded" in cmd_agent.log_path.read_text(), 30, what="reload")
+            go.touch()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 0 and out == "done\n", err
+        row = wait_status(receiver, line, "success")
+        assert statuses(row) == ["running", "success"]
+        assert "kept running" in cmd_agent.log_path.read_text()
+
+    def test_reload_changing_collectors_ends_a_command_and_says_so(
+        self, cmd_agent: AgentProcess, receiver: ReceiverProcess, tmp_path: Path
+    ) -> None:
+        """A reload that changes collector settings starts them again: a command in progress is
+        terminated, its caller is answered at once, and its record is reported failed."""
+        line = f"while [ ! -e {tmp_path / 'never'} ]; do sleep 0.05; done"
+        proc = subprocess.Popen([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path),
+                                 "--", line], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_status(receiver, line, "running")
+            cmd_agent.write_config(deep_merge(cmd_agent.config, {"collectors": {"commands": {"max_output_bytes": 8192}}}))
+            cmd_agent.signal(signal.SIGHUP)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 1 and "commands collector" in err, (out, err)
+        row = wait_status(receiver, line, "failed")
+        assert statuses(row) == ["running", "failed"] and "stopped while the command was running" in row["reason"]
 
     def test_output_capped(self, cmd_agent: AgentProcess, receiver: ReceiverProcess) -> None:
         """A huge output is capped with its head and tail kept."""
