@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
@@ -36,6 +37,15 @@ log = structlog.get_logger("shipper")
 #: spooled batches read ahead of the ones in flight, so that a send never waits for the spool's
 #: thread (busy with a write) to hand over the next batch; they are small (deflated)
 PREFETCH = 8
+
+
+def _events_json(body: NewBatch | SpoolBatch) -> bytes:
+    """A batch's JSON events; a stored body that cannot be read is refused (dead-lettered with
+    the reason) rather than retried for ever in front of every batch after it."""
+    try:
+        return body.json()
+    except (zlib.error, ValueError) as exc:
+        raise Rejected(f"the spooled body cannot be read ({body.codec}): {exc}") from None
 
 
 class Shipper:
@@ -147,7 +157,7 @@ class Shipper:
             encoded = wire.gzip_document(self._agent_json, batch_id, body.packed_body(), level)
             await self.sink.send_encoded(batch_id, encoded, n_events)  # type: ignore[attr-defined]
         else:
-            await self.sink.send(batch_id, self.payload(batch_id, body.json()), n_events)
+            await self.sink.send(batch_id, self.payload(batch_id, _events_json(body)), n_events)
 
     async def _worker(
         self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]], in_progress: set[int]
@@ -286,7 +296,11 @@ class Shipper:
             if not await self._send(batch_id, body, n_events, seq, encoded):
                 return False
         except TooLarge as exc:
-            events = orjson.loads(body.json())
+            try:
+                events = orjson.loads(_events_json(body))
+            except Rejected as bad:
+                dead.append((self._as_stored(batch_id, body, priority, n_events), str(bad), exc.status))
+                return True
             if len(events) <= 1:
                 dead.append((self._part(batch_id, events, priority), f"too large even alone: {exc}", exc.status))
                 log.error("event too large for the backend, dead-lettered", batch_id=batch_id)
@@ -301,8 +315,11 @@ class Shipper:
             log.error("backend refused batch, moved to dead letters", batch_id=batch_id, reason=str(exc))
             if len(self.permanent_failures) < 100:  # the first ones: for run --once's report
                 self.permanent_failures.append(f"batch {batch_id}: {exc}")
-            events = orjson.loads(body.json())
-            dead.append((self._part(batch_id, events, priority), str(exc), exc.status))
+            try:
+                part = self._part(batch_id, orjson.loads(_events_json(body)), priority)
+            except (Rejected, orjson.JSONDecodeError):  # dead-lettered as it is stored
+                part = self._as_stored(batch_id, body, priority, n_events)
+            dead.append((part, str(exc), exc.status))
             return True
         if self.paused_reason is not None:
             log.info("backend accepts the credentials again: shipping resumed")
@@ -312,6 +329,10 @@ class Shipper:
         self.last_error = None
         self.metrics.last_ship.set(self.last_success)
         return True
+
+    @staticmethod
+    def _as_stored(batch_id: str, body: NewBatch | SpoolBatch, priority: int, n_events: int) -> NewBatch:
+        return NewBatch(batch_id, priority, n_events, dict(body.kinds), body.body, body.codec, body.raw_bytes, body.crc)
 
     @staticmethod
     def _part(batch_id: str, events: list[dict[str, Any]], priority: int) -> NewBatch:

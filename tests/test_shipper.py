@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from concurrent.futures import ThreadPoolExecutor
 
 import orjson
@@ -31,13 +32,15 @@ class FlakySink:
         return None
 
 
-def _run(tmp_path, sink, **cfg):
+def _run(tmp_path, sink, corrupt: int | None = None, **cfg):
     async def main():
         spool = Spool(tmp_path, 1 << 20)
         ex = ThreadPoolExecutor(1)
         for i in range(3):
-            body = orjson.dumps([{"id": f"ev-{i:08d}"}])
-            spool.append([NewBatch(f"b-{i:08d}", PRIORITY_AUDIT, 1, {"command": 1}, body)])
+            body = NewBatch(f"b-{i:08d}", PRIORITY_AUDIT, 1, {"command": 1}, orjson.dumps([{"id": f"ev-{i:08d}"}]))
+            if i == corrupt:  # spooled deflated, then damaged
+                body = dataclasses.replace(body.packed(1), body=b"\xff\x00 not deflate")
+            spool.append([body])
         metrics = AgentMetrics()
         sc = SinkConfig(backoff_initial_s=0.01, backoff_max_s=0.05, **cfg)
         sh = Shipper(spool, ex, sink, {"id": "a", "server": "s", "hostname": "h", "version": "0"}, sc, metrics)
@@ -48,6 +51,7 @@ def _run(tmp_path, sink, **cfg):
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         ex.shutdown()
+        metrics.dead = spool.dead_letters()
         return metrics
 
     return asyncio.run(main())
@@ -60,6 +64,15 @@ class TestShipperResilience:
         metrics = _run(tmp_path, sink)
         assert sink.stored == ["b-00000000", "b-00000001", "b-00000002"]
         assert metrics.value("alpacon_agent_ship_retries_total", {"reason": "internal_error"}) == 2
+
+    def test_an_unreadable_spooled_body_is_dead_lettered_not_retried(self, tmp_path):
+        """A stored body that cannot be inflated does not block the batches behind it: it goes
+        to the dead letters, as stored, with the reason."""
+        sink = FlakySink([])
+        metrics = _run(tmp_path, sink, corrupt=1)
+        assert sink.stored == ["b-00000000", "b-00000002"]
+        assert [d["batch_id"] for d in metrics.dead] == ["b-00000001"]
+        assert "cannot be read" in metrics.dead[0]["reason"]
 
     def test_retry_after_zero_still_backs_off(self):
         """Retry-After is honoured as a floor: "0" does not cut the exponential backoff short."""
