@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import abc
 import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -65,6 +67,31 @@ class CollectorContext:
         """Count a named internal event (gap, truncated line, parse failure …) as a metric."""
         if self.counter is not None:
             self.counter(name, n, **labels)
+
+
+class ReaderThread:
+    """A collector's one thread for blocking reads, running calls in order. It is made on first
+    use, so that a collector the service runs again after ``close`` (a crash) gets a new one."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def close(self, last: Callable[[], Any]) -> None:
+        """Run ``last`` (closing what the thread opened) after the calls before it, then let the
+        thread go; nothing when it was never used."""
+        if self._executor is None:
+            return
+        try:
+            await self.call(last)
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
 
 
 class Collector(abc.ABC):

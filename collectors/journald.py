@@ -16,13 +16,12 @@ import binascii
 import hashlib
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from agent.collector import Collector, CollectorContext
+from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
 from agent.events import new_id
 from agent.pipeline import Filter, Prepared
@@ -243,8 +242,7 @@ class JournaldCollector(Collector):
     def __init__(self, config: JournaldConfig, ctx: CollectorContext) -> None:
         super().__init__(config, ctx)
         self.source = f"journald:{config.directory or 'system'}"
-        #: the reader thread (made again when the service runs the collector again after a crash)
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ReaderThread("journald")
         self._reader: Any = None
         #: the reader sits on an unread entry (after resuming past a gap)
         self._pending = False
@@ -449,17 +447,12 @@ class JournaldCollector(Collector):
 
     # ------------------------------------------------------------------ event loop side
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journald")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def _open_reader(self) -> bool:
         """Open the journal, retrying while its directory is missing; False in one-shot mode."""
         delay = 1.0
         while True:
             try:
-                self._reader = await self._call(self._open)
+                self._reader = await self._thread.call(self._open)
                 return True
             except (OSError, ValueError) as exc:
                 self.log.error("journal_open_failed", directory=self.config.directory, error=str(exc))
@@ -483,7 +476,7 @@ class JournaldCollector(Collector):
     async def run(self) -> None:
         if not await self._open_reader():
             return
-        how, info = await self._call(self._position, self.ctx.checkpoint(self.source))
+        how, info = await self._thread.call(self._position, self.ctx.checkpoint(self.source))
         self._report_start(how, info)
         if how == "tail":
             # remember where "end" was, so a restart before any new entry loses nothing
@@ -491,7 +484,7 @@ class JournaldCollector(Collector):
         derivers: list[Deriver] = self.ctx.services.get("derivers", [])
         gate = line_gate(derivers)
         prepared = prepared_for(self.ctx)
-        pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
+        pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
         try:
             while not self.ctx.stopping.is_set():
                 chunk: _Chunk = await pending
@@ -499,7 +492,7 @@ class JournaldCollector(Collector):
                     used = prepared
                     prepared = prepared_for(self.ctx)  # follows reloads, one chunk later
                     if not chunk.at_end:  # read ahead while the pipeline takes this chunk
-                        pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
+                        pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
                     if chunk.truncated:
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
                     items = merge_derived(chunk.items, chunk.derive, derivers, used, self.log,
@@ -509,20 +502,14 @@ class JournaldCollector(Collector):
                         continue
                 if self.ctx.once:
                     return
-                change = await self._call(self._wait)
+                change = await self._thread.call(self._wait)
                 if change == 2:  # INVALIDATE: files added or removed (rotation, vacuum, restart)
                     self.log.debug("journal_invalidate", source=self.source)
                 prepared = prepared_for(self.ctx)
-                pending = asyncio.ensure_future(self._call(self._read_chunk, prepared, gate))
+                pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
         finally:
             if not pending.done():
                 pending.cancel()
 
     async def aclose(self) -> None:
-        if self._executor is None:
-            return
-        try:
-            await self._call(self._close)
-        finally:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        await self._thread.close(self._close)

@@ -21,14 +21,12 @@ import glob
 import os
 import re
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from itertools import accumulate, chain, repeat
 from typing import Any
 
 import orjson
 
-from agent.collector import Collector, CollectorContext
+from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import SyslogConfig
 from agent.events import format_ts
 from agent.pipeline import Prepared
@@ -100,8 +98,7 @@ class SyslogFileCollector(Collector):
     def __init__(self, config: SyslogConfig, ctx: CollectorContext) -> None:
         super().__init__(config, ctx)
         self.source = SOURCE
-        #: the reader thread (made again when the service runs the collector again after a crash)
-        self._executor: ThreadPoolExecutor | None = None
+        self._thread = ReaderThread("syslog")
         self._parser = SyslogLineParser()
         #: files whose path still names them, by (dev, ino)
         self.files: dict[tuple[int, int], TailedFile] = {}
@@ -583,18 +580,13 @@ class SyslogFileCollector(Collector):
 
     # ------------------------------------------------------------------ event loop side
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syslog")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
     async def run(self) -> None:
-        had_state = await self._call(self._restore, self.ctx.checkpoint(self.source))
+        had_state = await self._thread.call(self._restore, self.ctx.checkpoint(self.source))
         first_start = not had_state
-        await self._call(self._discover, first_start)
+        await self._thread.call(self._discover, first_start)
         last_state = None
         if first_start:  # remember where "end" was, so a restart before new lines loses nothing
-            last_state = await self._call(self._state_json)
+            last_state = await self._thread.call(self._state_json)
             await self.ctx.emit([], Checkpoint(self.source, last_state))
         derivers: list[Deriver] = self.ctx.services.get("derivers", [])
         gate = line_gate(derivers)
@@ -605,14 +597,14 @@ class SyslogFileCollector(Collector):
             while not self.ctx.stopping.is_set():
                 if ahead is None:
                     prepared = prepared_for(self.ctx)
-                    step: asyncio.Future[Any] = asyncio.ensure_future(self._call(self._step, prepared, gate))
+                    step: asyncio.Future[Any] = asyncio.ensure_future(self._thread.call(self._step, prepared, gate))
                 else:
                     step, prepared = ahead
                     ahead = None
                 (items, derive), more, state, gaps, trunc = await step
                 if more:
                     nxt = prepared_for(self.ctx)
-                    ahead = (asyncio.ensure_future(self._call(self._step, nxt, gate)), nxt)
+                    ahead = (asyncio.ensure_future(self._thread.call(self._step, nxt, gate)), nxt)
                 if gaps:
                     self.ctx.count("syslog_gap", gaps, source=self.source)
                 if trunc:
@@ -626,20 +618,14 @@ class SyslogFileCollector(Collector):
                 if self.ctx.once:
                     return
                 await asyncio.sleep(self.config.poll_interval_s)
-                await self._call(self._check_rotations)
+                await self._thread.call(self._check_rotations)
                 if time.monotonic() - last_glob >= self.config.glob_interval_s:
                     last_glob = time.monotonic()
-                    await self._call(self._discover, False)
+                    await self._thread.call(self._discover, False)
         finally:
             if ahead is not None:  # read but never handed over: read again after a restart
                 ahead[0].cancel()
 
     async def aclose(self) -> None:
-        if self._executor is None:
-            return
-        try:
-            await self._call(self._close_all)
-        finally:
-            self._executor.shutdown(wait=False)
-            self._executor = None
+        await self._thread.close(self._close_all)
 
