@@ -270,7 +270,7 @@ class SyslogFileCollector(Collector):
     def _to_events(self, t: TailedFile, lines: list[Any], now_ts: str) -> list[Event]:
         parse = self._parser.parse
         prefix = t.id_prefix()
-        path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
+        path = t.source_path
         events: list[Event] = []
         append = events.append
         for line in lines:
@@ -406,7 +406,7 @@ class SyslogFileCollector(Collector):
             texts[i] = orjson.dumps(text)[1:-1]
         offsets = map(b"%d".__mod__, accumulate(map((1).__add__, map(len, lines)), initial=at))
         dumps = orjson.dumps
-        path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
+        path = t.source_path
         parts = list(chain.from_iterable(zip(
             repeat(b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"'
                    + t.id_prefix().encode()),
@@ -454,7 +454,7 @@ class SyslogFileCollector(Collector):
         """Serialize whole lines and the tail: lines of the common formats in bulk, the others
         through the line parser."""
         prefix = t.id_prefix().encode()
-        path = t.state.path if not t.rotated else t.state.path.removesuffix(" (deleted)")
+        path = t.source_path
         max_line = self.config.max_line_bytes
         rx = _BULK_ISO if block[:1].isdigit() else _BULK_TRAD if block[:1].isupper() else None
         pos = 0

@@ -133,6 +133,12 @@ class TailedFile:
         except OSError:
             return self.state.path
 
+    @property
+    def source_path(self) -> str:
+        """The path its lines' events name: where it is now, without the ' (deleted)' of a
+        file removed while being read."""
+        return self.state.path if not self.rotated else self.state.path.removesuffix(" (deleted)")
+
     def fstat(self) -> os.stat_result:
         return os.fstat(self.fd)
 
