@@ -26,7 +26,8 @@ from agent.typing import Checkpoint
 from agent.wire import CODEC_JSON, Packed, pack, unpack
 
 SCHEMA_VERSION = 2
-#: columns added since schema 1: a body's stored form (agent.wire.Packed)
+#: columns added since schema 1 (to both body tables, by ``_migrate``, also in a new file): a
+#: body's stored form (agent.wire.Packed)
 _BODY_COLUMNS = (("codec", "TEXT NOT NULL DEFAULT 'json'"), ("raw_bytes", "INTEGER NOT NULL DEFAULT 0"),
                  ("crc", "INTEGER NOT NULL DEFAULT 0"))
 
@@ -42,10 +43,7 @@ CREATE TABLE IF NOT EXISTS batches (
     kinds TEXT NOT NULL,
     body BLOB NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT,
-    codec TEXT NOT NULL DEFAULT 'json',
-    raw_bytes INTEGER NOT NULL DEFAULT 0,
-    crc INTEGER NOT NULL DEFAULT 0
+    last_error TEXT
 );
 CREATE INDEX IF NOT EXISTS batches_priority ON batches (priority, seq);
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -63,10 +61,7 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     kinds TEXT NOT NULL,
     body BLOB NOT NULL,
     status INTEGER,
-    reason TEXT NOT NULL,
-    codec TEXT NOT NULL DEFAULT 'json',
-    raw_bytes INTEGER NOT NULL DEFAULT 0,
-    crc INTEGER NOT NULL DEFAULT 0
+    reason TEXT NOT NULL
 );
 """
 
@@ -173,7 +168,7 @@ class Spool:
         self.resync()
 
     def _migrate(self) -> None:
-        """Bring a spool of an older schema up to date (its rows keep their meaning)."""
+        """Bring the tables as _DDL makes them (schema 1) up to date; rows keep their meaning."""
         for table in ("batches", "dead_letters"):
             have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
             for name, decl in _BODY_COLUMNS:
