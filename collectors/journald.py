@@ -146,12 +146,10 @@ def segmented(items: list[Item], prepared: Prepared) -> list[Item]:
     return out
 
 
-async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint,
-                     prepared: Prepared | None = None) -> None:
-    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``);
-    with ``prepared``, runs of single events go as segments (see :func:`segmented`)."""
+async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint) -> None:
+    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``)."""
     if ctx.emit_prepared_fn is not None:
-        await ctx.emit_prepared(segmented(items, prepared) if prepared is not None else items, checkpoint)
+        await ctx.emit_prepared(items, checkpoint)
     else:
         await ctx.emit([ev for _, blob, n in items
                         for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
@@ -204,7 +202,8 @@ def merge_derived(items: list[Item], derive: list[tuple[int, Event]],
     items up to and including the line (the line itself may have been filtered out).
 
     The pipeline schema-checks the first item of a call and, if it fails, every item (dead-
-    lettering the bad ones): a derived event that fails the schema therefore goes first.
+    lettering the bad ones): a derived event that fails the schema therefore goes first. With
+    ``derive`` the result is :func:`segmented` (without, the reader thread segments ``items``).
     """
     if not derive:
         return items
@@ -219,7 +218,7 @@ def merge_derived(items: list[Item], derive: list[tuple[int, Event]],
             if fin is not None:
                 (out if fin[1] else bad).append((new["kind"], fin[0], 1))
     out += items[done:]
-    return bad + out if bad else out
+    return segmented(bad + out if bad else out, prepared)
 
 
 @dataclass
@@ -497,7 +496,7 @@ class JournaldCollector(Collector):
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
                     items = merge_derived(chunk.items, chunk.derive, derivers, used, self.log,
                                           self.ctx, self.source)
-                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor), used)
+                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor))
                     if not chunk.at_end:
                         continue
                 if self.ctx.once:

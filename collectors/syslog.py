@@ -39,6 +39,7 @@ from collectors.journald import (
     finish_event,
     merge_derived,
     prepared_for,
+    segmented,
 )
 from collectors.syslog_parse import UNKNOWN_PROGRAM, SyslogLineParser
 from collectors.tail import FileState, Line, TailedFile, split_lines
@@ -568,6 +569,8 @@ class SyslogFileCollector(Collector):
 
     def _step(self, prepared: Prepared, gate: LineGate | None) -> tuple[Any, bool, str, int, int]:
         items, derive, more = self._read_chunk(self.ctx.once, prepared, gate)
+        if not derive:  # joined here, in the reader thread (merge_derived does it otherwise)
+            items = segmented(items, prepared)
         gaps, trunc = self._gaps, self._truncated
         self._gaps = self._truncated = 0
         return (items, derive), more, self._state_json(), gaps, trunc
@@ -611,7 +614,7 @@ class SyslogFileCollector(Collector):
                     self.ctx.count("syslog_truncated", trunc, source=self.source)
                 if items or derive or state != last_state:
                     items = merge_derived(items, derive, derivers, prepared, self.log, self.ctx, self.source)
-                    await emit_items(self.ctx, items, Checkpoint(self.source, state), prepared)
+                    await emit_items(self.ctx, items, Checkpoint(self.source, state))
                     last_state = state
                 if more:
                     continue
