@@ -25,7 +25,7 @@ import structlog
 from agent.config import LEVELS, AgentConfig
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_AUDIT, PRIORITY_BULK, new_id, priority_of
-from agent.redact import Redactor
+from agent.redact import Redactor, changed_each
 from agent.schema import SchemaError, validate_data, validate_event
 from agent.spool import NewBatch, Spool
 from agent.typing import Checkpoint, Event, Item, Processor
@@ -141,12 +141,7 @@ class Prepared:
         redaction changes."""
         if self.redact_lines is not None:
             return self.redact_lines(joined)
-        out = {}
-        for i, text in enumerate(joined.split("\n")):
-            r = self.redact(text)
-            if r != text:
-                out[i] = r
-        return out
+        return changed_each(self.redact, joined)
 
     def accepts(self, kind: str, level: str | None = None) -> bool:
         """Whether the configured filter keeps an event of this kind (and system_log level)."""
@@ -358,10 +353,10 @@ class Batcher:
                 redactor = proc
             elif isinstance(proc, Filter):
                 filt = proc
-        if redactor is None:
-            return Prepared(server, lambda text: text, filt or Filter(), lambda joined: {},
-                            max(1, self.max_events // 4), max(1, self.max_bytes // 4))
-        return Prepared(server, redactor.redact_text, filt or Filter(), redactor.changed_lines,
+        return Prepared(server,
+                        redactor.redact_text if redactor else lambda text: text,
+                        filt or Filter(),
+                        redactor.changed_lines if redactor else lambda joined: {},
                         max(1, self.max_events // 4), max(1, self.max_bytes // 4))
 
     async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None, collector: str = "collector") -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import Any
 
@@ -79,6 +79,16 @@ def _trie_pattern(words: set[str]) -> str:
     return build(trie)
 
 
+def changed_each(redact: Callable[[str], str], joined: str) -> dict[int, str]:
+    """``{index: redact(line)}`` for the lines of ``joined`` that ``redact`` changes, line by line."""
+    out: dict[int, str] = {}
+    for i, text in enumerate(joined.split("\n")):
+        r = redact(text)
+        if r != text:
+            out[i] = r
+    return out
+
+
 class Redactor:
     """Replaces secrets in strings and, recursively, in an event's ``data``."""
 
@@ -129,15 +139,11 @@ class Redactor:
         """``{index: redact_text(line)}`` for the lines of ``joined`` (split on newlines, none
         inside a line) that redaction changes — the same as ``redact_text`` on each line, with
         one scan of the whole text for the common case of no secret at all."""
-        lines: list[str] | None = None
-        out: dict[int, str] = {}
         if self._custom or not joined.isascii():
             # every rule on every line (custom rules), or lower() may change lengths
-            for i, text in enumerate(joined.split("\n")):
-                r = self.redact_text(text)
-                if r != text:
-                    out[i] = r
-            return out
+            return changed_each(self.redact_text, joined)
+        lines: list[str] | None = None
+        out: dict[int, str] = {}
         ends: list[int] = []
         for m in self._any_trigger.finditer(joined.lower()):
             if lines is None:
