@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import gc
 import hmac
 import os
@@ -440,17 +441,30 @@ def _kinds(text: str | None) -> tuple[str, ...]:
     return kinds
 
 
-async def events(request: web.Request) -> web.StreamResponse:
+def _store_query(
+    fn: Callable[[web.Request, EventStore, dict[str, str]], Awaitable[web.StreamResponse]],
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A read endpoint of the store: 404 in count mode, 400 for a bad query parameter; ``fn``
+    gets the store and the query parameters (a copy it may consume)."""
+
+    @functools.wraps(fn)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        store = request.app[STATE].store
+        if store is None:
+            return error_response(404, NO_STORE)
+        try:
+            return await fn(request, store, dict(request.query))
+        except ParamError as exc:
+            return error_response(400, str(exc))
+
+    return handler
+
+
+@_store_query
+async def events(request: web.Request, store: EventStore, params: dict[str, str]) -> web.StreamResponse:
     """``GET /api/v1/events``: raw events in arrival order with their receive ``seq``."""
-    store = request.app[STATE].store
-    if store is None:
-        return error_response(404, NO_STORE)
-    params = dict(request.query)
-    try:
-        kinds = _kinds(params.pop("kind", None))
-        common = parse_common(params, ("server", "since", "until", "limit", "after"), "events")
-    except ParamError as exc:
-        return error_response(400, str(exc))
+    kinds = _kinds(params.pop("kind", None))
+    common = parse_common(params, ("server", "since", "until", "limit", "after"), "events")
     rows = await store.select(Query(kinds=kinds, **common))
     return json_response(
         {
@@ -461,32 +475,20 @@ async def events(request: web.Request) -> web.StreamResponse:
     )
 
 
-async def ids(request: web.Request) -> web.StreamResponse:
+@_store_query
+async def ids(request: web.Request, store: EventStore, params: dict[str, str]) -> web.StreamResponse:
     """``GET /api/v1/ids?kind=``: every stored event id in arrival order (for exact-set checks)."""
-    store = request.app[STATE].store
-    if store is None:
-        return error_response(404, NO_STORE)
-    params = dict(request.query)
-    try:
-        kinds = _kinds(params.pop("kind", None))
-        reject_unknown(params, ("kind",), "ids")
-    except ParamError as exc:
-        return error_response(400, str(exc))
+    kinds = _kinds(params.pop("kind", None))
+    reject_unknown(params, ("kind",), "ids")
     all_ids = await store.ids(kinds)
     return json_response({"ids": all_ids, "count": len(all_ids)})
 
 
-async def batches(request: web.Request) -> web.StreamResponse:
+@_store_query
+async def batches(request: web.Request, store: EventStore, params: dict[str, str]) -> web.StreamResponse:
     """``GET /api/v1/batches?limit=``: the latest batch receipts with their Idempotency-Key."""
-    store = request.app[STATE].store
-    if store is None:
-        return error_response(404, NO_STORE)
-    try:
-        params = dict(request.query)
-        limit = parse_int("limit", params.pop("limit", "1000"), 1, 100_000)
-        reject_unknown(params, ("limit",), "batches")
-    except ParamError as exc:
-        return error_response(400, str(exc))
+    limit = parse_int("limit", params.pop("limit", "1000"), 1, 100_000)
+    reject_unknown(params, ("limit",), "batches")
     rows = await store.batches(limit)
     return json_response({"batches": rows, "count": len(rows)})
 
@@ -551,13 +553,12 @@ async def view(request: web.Request) -> web.StreamResponse:
     name = request.match_info["view"]
     if name not in VIEWS:
         return error_response(404, f"no view {name[:64]!r}; views: {', '.join(VIEWS)}")
-    store = request.app[STATE].store
-    if store is None:
-        return error_response(404, NO_STORE)
-    try:
-        return json_response(await query_view(store, name, request.query))
-    except ParamError as exc:
-        return error_response(400, str(exc))
+    return await _view(request)
+
+
+@_store_query
+async def _view(request: web.Request, store: EventStore, params: dict[str, str]) -> web.StreamResponse:
+    return json_response(await query_view(store, request.match_info["view"], params))
 
 
 # -- app and server --------------------------------------------------------------------------
