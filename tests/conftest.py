@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
+from tests.parts import JOURNALD, LiveJournald
+from tests.support import need, need_binary, need_root
 
 
 @pytest.fixture
@@ -15,6 +18,18 @@ def receiver(tmp_path: Path) -> Iterator[ReceiverProcess]:
     """The reference receiver on a free loopback port, storing into tmp_path."""
     with ReceiverProcess(tmp_path / "receiver") as r:
         yield r
+
+
+@pytest.fixture
+def jd(tmp_path: Path) -> Iterator[LiveJournald]:
+    """A live journald of the tests' own, in its own mount namespace (root, systemd-journald,
+    unshare and nsenter needed)."""
+    need_root()
+    need(os.access(JOURNALD, os.X_OK), "systemd-journald")
+    need_binary("unshare")
+    need_binary("nsenter")
+    with LiveJournald(tmp_path / "jd") as j:
+        yield j
 
 
 @pytest.fixture

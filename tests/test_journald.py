@@ -14,15 +14,13 @@ from agent.schema import validate_data
 from collectors.journald import JournaldCollector, cursor_seqnum
 from tests.parts import (
     JOURNAL_REMOTE,
-    JOURNALD,
     EmitRecorder,
-    LiveJournald,
     crash_then_run_again,
     run_once,
     until,
     write_journal_file,
 )
-from tests.support import need, need_binary, need_root
+from tests.support import need
 
 
 @pytest.fixture
@@ -32,16 +30,6 @@ def journal_tools() -> None:
         import systemd.journal  # noqa: F401
     except ImportError:
         need(False, "systemd-python")
-
-
-@pytest.fixture
-def live_journald(tmp_path: Path, journal_tools: None):
-    need_root()
-    need(os.access(JOURNALD, os.X_OK), "systemd-journald")
-    need_binary("unshare")
-    need_binary("nsenter")
-    with LiveJournald(tmp_path / "jd") as jd:
-        yield jd
 
 
 def _entries(n: int, start: int = 0, **extra: object) -> list[dict]:
@@ -225,9 +213,8 @@ class TestJournaldResume:
 
 
 class TestJournaldLive:
-    async def test_follows_rotation_and_restart(self, tmp_path, live_journald):
+    async def test_follows_rotation_and_restart(self, tmp_path, journal_tools, jd):
         """Entries written across journalctl --rotate and a journald restart all arrive, once."""
-        jd = live_journald
         rec = EmitRecorder()
         c = _collector(rec, jd.journal_dir, once=False, identifiers=["live"])
         task = asyncio.create_task(c.run())
@@ -248,10 +235,10 @@ class TestJournaldLive:
         assert rec.messages() == [f"seq={i}" for i in range(150)]
         assert len({e["id"] for e in rec.events}) == 150
 
-    async def test_event_loop_stays_responsive(self, tmp_path, live_journald):
+    async def test_event_loop_stays_responsive(self, tmp_path, journal_tools, jd):
         """While the reader waits for entries, the event loop keeps running other tasks."""
         rec = EmitRecorder()
-        c = _collector(rec, live_journald.journal_dir, once=False)
+        c = _collector(rec, jd.journal_dir, once=False)
         task = asyncio.create_task(c.run())
         try:
             ticks = 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -10,10 +9,9 @@ import threading
 from collections import Counter
 
 import orjson
-import pytest
 
-from tests.parts import JOURNALD, LiveJournald
-from tests.support import need, need_binary, need_root, wait_until
+from tests.parts import LiveJournald
+from tests.support import wait_until
 
 SEQ = re.compile(r"src=(\S+) seq=(\d+)")
 WRITER = """\
@@ -27,16 +25,6 @@ for i, line in enumerate(sys.stdin.buffer):
     if pause and i % 100 == 99:
         time.sleep(pause)
 """
-
-
-@pytest.fixture
-def jd(tmp_path):
-    need_root()
-    need(os.access(JOURNALD, os.X_OK), "systemd-journald")
-    need_binary("unshare")
-    need_binary("nsenter")
-    with LiveJournald(tmp_path / "jd") as j:
-        yield j
 
 
 def _journald_cfg(jd: LiveJournald, idents: list[str], **extra: object) -> dict:
