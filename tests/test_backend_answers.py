@@ -7,6 +7,7 @@ import gzip
 import json
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -94,17 +95,26 @@ def backend() -> Iterator[ScriptedBackend]:
     b.stop()
 
 
+def push_and_drain(agent_factory: Any, url: str, prefix: str, n: int, *, timeout_s: float, max_events: int,
+                   drain_s: float = 60) -> tuple[Any, list[dict[str, Any]]]:
+    """An agent shipping to ``url``: ``n`` user_activity events pushed (each answered ok) and the
+    spool drained; returns the agent and the events."""
+    agent = agent_factory(None, sink={"url": url, "timeout_s": timeout_s},
+                          batch={"max_events": max_events, "max_wait_ms": 20})
+    agent.start()
+    events = [{"kind": "user_activity", "id": f"{prefix}-{i:04d}",
+               "data": {"user": "u", "action": "login", "result": 200}} for i in range(n)]
+    with HookClient(agent.socket) as c:
+        assert all(a["status"] == "ok" for a in c.request_many(events))
+    agent.wait_drained(drain_s)
+    return agent, events
+
+
 class TestBackendAnswers:
     def test_every_bad_answer_is_retried_and_nothing_is_lost(self, agent_factory, backend, tmp_path):
         """Huge 503 bodies, garbage Retry-After, redirects, hangs, resets, HTML 500s, garbage 200s: all arrive."""
-        agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 1.0},
-                              batch={"max_events": 10, "max_wait_ms": 20})
-        agent.start()
-        events = [{"kind": "user_activity", "id": f"answers-{i:04d}",
-                   "data": {"user": "u", "action": "login", "result": 200}} for i in range(50)]
-        with HookClient(agent.socket) as c:
-            assert all(a["status"] == "ok" for a in c.request_many(events))
-        agent.wait_drained(60)
+        agent, events = push_and_drain(agent_factory, backend.url, "answers", 50, timeout_s=1.0,
+                                       max_events=10)
         wait_until(lambda: not backend.script, 10, what="script used up")
         assert set(backend.stored) == {e["id"] for e in events}
         assert backend.seen[:7] == ["huge_503", "bad_retry_after", "redirect", "hang", "reset", "html_500",
@@ -182,14 +192,8 @@ class TestHostileAnswers:
         elsewhere = ScriptedBackend([]).start()
         backend = RedirectingBackend(["redirect_302_landing", "redirect_307_elsewhere"], elsewhere).start()
         try:
-            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 5.0},
-                                  batch={"max_events": 100, "max_wait_ms": 20})
-            agent.start()
-            events = [{"kind": "user_activity", "id": f"redirect-{i:04d}",
-                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(5)]
-            with HookClient(agent.socket) as c:
-                assert all(a["status"] == "ok" for a in c.request_many(events))
-            agent.wait_drained(60)
+            agent, events = push_and_drain(agent_factory, backend.url, "redirect", 5, timeout_s=5.0,
+                                           max_events=100)
             assert backend.seen[:2] == ["redirect_302_landing", "redirect_307_elsewhere"]
             assert set(backend.stored) == {e["id"] for e in events}
             assert elsewhere.seen == [] and elsewhere.stored == []
@@ -202,14 +206,8 @@ class TestHostileAnswers:
         """A 200 answer with a 512 MB body leaves the agent's peak memory far below that; all arrive."""
         backend = HugeOkBackend(["huge_200"]).start()
         try:
-            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 30.0},
-                                  batch={"max_events": 5, "max_wait_ms": 20})
-            agent.start()
-            events = [{"kind": "user_activity", "id": f"huge-ok-{i:04d}",
-                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(10)]
-            with HookClient(agent.socket) as c:
-                assert all(a["status"] == "ok" for a in c.request_many(events))
-            agent.wait_drained(60)
+            agent, events = push_and_drain(agent_factory, backend.url, "huge-ok", 10, timeout_s=30.0,
+                                           max_events=5)
             assert backend.seen[:1] == ["huge_200"]
             assert set(backend.stored) == {e["id"] for e in events}
             assert _peak_rss_bytes(agent.proc.pid) < 256 * 1024 * 1024
@@ -220,14 +218,8 @@ class TestHostileAnswers:
         """503 with 'Retry-After: \u00b2' (a digit to str.isdigit, not to float) is retried; shipping goes on."""
         backend = ScriptedBackend(["superscript_retry_after"]).start()
         try:
-            agent = agent_factory(None, sink={"url": backend.url, "timeout_s": 5.0},
-                                  batch={"max_events": 5, "max_wait_ms": 20})
-            agent.start()
-            events = [{"kind": "user_activity", "id": f"retry-after-{i:04d}",
-                       "data": {"user": "u", "action": "login", "result": 200}} for i in range(10)]
-            with HookClient(agent.socket) as c:
-                assert all(a["status"] == "ok" for a in c.request_many(events))
-            agent.wait_drained(30)
+            agent, events = push_and_drain(agent_factory, backend.url, "retry-after", 10, timeout_s=5.0,
+                                           max_events=5, drain_s=30)
             assert backend.seen[:1] == ["superscript_retry_after"]
             assert set(backend.stored) == {e["id"] for e in events}
         finally:
