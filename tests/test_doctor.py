@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import json
 import os
@@ -66,6 +67,19 @@ def token_file(tmp: Path, text: str = "s3cret-token", mode: int = 0o600) -> Path
 def by_name(results: list[doctor.CheckResult], name: str) -> doctor.CheckResult:
     return next(r for r in results if r.name == name)
 
+
+
+@contextlib.contextmanager
+def _listening(path: Path, mode: int) -> Iterator[None]:
+    """A Unix socket listening at ``path`` with ``mode``, closed on exit."""
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    os.chmod(path, mode)
+    s.listen()
+    try:
+        yield
+    finally:
+        s.close()
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     status = 400
@@ -209,14 +223,8 @@ class TestDoctorHook:
 
     def test_listening_socket_ok(self, tmp_path: Path) -> None:
         """A listening Unix socket with the configured mode is OK."""
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(tmp_path / "hook.sock"))
-        os.chmod(tmp_path / "hook.sock", 0o660)
-        s.listen()
-        try:
+        with _listening(tmp_path / "hook.sock", 0o660):
             results = doctor.check_hook(self._cfg(tmp_path), None)
-        finally:
-            s.close()
         assert [r.status for r in results] == ["OK"]
 
     def test_stale_socket_fails(self, tmp_path: Path) -> None:
@@ -234,14 +242,8 @@ class TestDoctorHook:
 
     def test_mode_mismatch_warns(self, tmp_path: Path) -> None:
         """A socket whose mode differs from the config gets a WARN."""
-        s = socket.socket(socket.AF_UNIX)
-        s.bind(str(tmp_path / "hook.sock"))
-        os.chmod(tmp_path / "hook.sock", 0o666)
-        s.listen()
-        try:
+        with _listening(tmp_path / "hook.sock", 0o666):
             results = doctor.check_hook(self._cfg(tmp_path), None)
-        finally:
-            s.close()
         assert [r.status for r in results] == ["OK", "WARN"]
 
 
