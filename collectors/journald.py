@@ -118,7 +118,7 @@ def prepared_for(ctx: CollectorContext) -> Prepared:
     """The pipeline's current settings (server, redaction, filter); plain ones without a pipeline."""
     if ctx.prepared_fn is not None:
         return ctx.prepared()  # type: ignore[no-any-return]
-    return Prepared(ctx.server, lambda text: text, Filter())
+    return Prepared(ctx.server, lambda text: text, Filter(), lambda joined: {})
 
 
 def segmented(items: list[Item], prepared: Prepared) -> list[Item]:
