@@ -193,11 +193,12 @@ class TestSpoolWriteErrors:
             lines(range(0, 3))
             wait_until(lambda: len(receiver.ids("system_log")) == 3, 30, what="first lines stored")
             filler = state / "filler"
-            with open(filler, "wb") as f:
+            # unbuffered: a buffered file keeps the bytes a failed write left and raises again
+            # when it is closed
+            with open(filler, "wb", buffering=0) as f:
                 try:
                     while True:
                         f.write(b"\0" * 65536)
-                        f.flush()
                 except OSError:
                     pass
             lines(range(3, 6))
