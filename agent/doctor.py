@@ -34,7 +34,7 @@ import yaml
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config, parse_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, SetupError
 
 UNIT = "alpacon-agent.service"
 #: present when systemd is the running init (the check sd_booted() makes)
@@ -414,10 +414,6 @@ def doctor_main(args: argparse.Namespace) -> int:
 
 
 # -- setup -----------------------------------------------------------------------------------
-
-
-class SetupError(Exception):
-    """Setup cannot proceed; the message says why and nothing was changed."""
 
 
 def read_token(source: str) -> str:

@@ -233,8 +233,8 @@ class TestShipperMemory:
         from agent.config import SinkConfig
         from agent.events import PRIORITY_AUDIT, make_event
         from agent.metrics import AgentMetrics
-        from agent.shipper import Shipper
-        from agent.sinks.http import HttpSink
+        from agent.shipping.shipper import Shipper
+        from agent.shipping.sinks.http import HttpSink
         from agent.spool import NewBatch, Spool
 
         receiver.faults(force_status=400)
