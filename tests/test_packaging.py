@@ -191,7 +191,7 @@ class TestRpmBuild:
                      "/opt/alpacon-agent/bin/python3", "/usr/lib/systemd/system/alpacon-agent.service",
                      "/etc/alpacon-agent/agent.yaml", "/var/lib/alpacon-agent"):
             assert path in files, path
-        assert any(p.endswith("/site-packages/agent/doctor.py") for p in files)
+        assert any(p.endswith("/site-packages/agent/cli/doctor.py") for p in files)
         configs = subprocess.run(["rpm", "-qpc", str(rpm)], capture_output=True, text=True,
                                  check=True).stdout.split()
         assert configs == ["/etc/alpacon-agent/agent.yaml"]
