@@ -19,8 +19,8 @@ COMMAND_MODULES: list[str] = [
     "agent.commands",
     "agent.demo",
     "agent.doctor",
-    "collectors.exec_cli",
-    "agent.websh.cli",
+    "collectors.commands.client",
+    "collectors.websh.cli",
 ]
 
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import format_ts, stable_id
-from agent.websh.asciicast import AsciicastWriter
-from agent.websh.inputline import EchoCheck, LineEditor
-from agent.websh.integration import SHELL_NAMES, ShellLaunch, new_nonce, plan_shell
-from agent.websh.marks import MarkParser, alt_screen_change
-from agent.websh.tracker import CommandRecord, CommandTracker
+from collectors.websh.asciicast import AsciicastWriter
+from collectors.websh.inputline import EchoCheck, LineEditor
+from collectors.websh.integration import SHELL_NAMES, ShellLaunch, new_nonce, plan_shell
+from collectors.websh.marks import MarkParser, alt_screen_change
+from collectors.websh.tracker import CommandRecord, CommandTracker
 
 READ_SIZE = 65_536
 BURST_READS = 8
