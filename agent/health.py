@@ -27,7 +27,7 @@ def sd_notify(message: str) -> None:
     if not os.environ.get("NOTIFY_SOCKET"):
         return
     try:
-        from systemd import daemon
+        import systemd.daemon as daemon
 
         daemon.notify(message)
     except (ImportError, OSError) as exc:  # pragma: no cover - depends on the host

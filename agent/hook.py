@@ -283,7 +283,7 @@ class HookServer:
         # an awaitable op answer
         return await item
 
-    def _handle_line(self, line: bytes, peer: Peer) -> Any:
+    def _handle_line(self, line: bytes | bytearray, peer: Peer) -> Any:
         try:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

@@ -3,7 +3,9 @@
 Reading uses systemd-python's low-level ``_Reader`` with one ``_get_all`` per entry, about four
 times faster than iterating ``journal.Reader`` (``bench/journald.py`` measures both). All reader
 calls run in one dedicated thread, so the event loop stays responsive and the (not thread-safe)
-``sd_journal`` handle is only ever used by one thread at a time.
+``sd_journal`` handle is only ever used by one thread at a time. Entries become finished event
+JSON on the pipeline's fast path (``agent.pipeline.encode``: the chain's server, level filter
+and redaction), derived events through the chain (``CollectorContext.with_derived``).
 
 Resuming: the saved cursor always wins over ``start_at``. If its entry was vacuumed away, reading
 resumes at the oldest entry after it, and the gap is logged and counted (``journal_gap``).
@@ -114,7 +116,7 @@ class JournaldCollector(Collector):
     # ------------------------------------------------------------------ reader thread side
 
     def _open(self) -> Any:
-        from systemd import journal
+        import systemd.journal as journal
 
         cfg: JournaldConfig = self.config
         if cfg.directory:
@@ -130,7 +132,7 @@ class JournaldCollector(Collector):
         for i in cfg.identifiers:
             r.add_match(f"SYSLOG_IDENTIFIER={i}")
         if cfg.this_boot_only:
-            from systemd import id128
+            import systemd.id128 as id128
 
             if cfg.units or cfg.identifiers:
                 r.add_conjunction()

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import Any
 
+from agent.typing import Event
+
 #: Built-in patterns: credentials that show up in command lines and log lines.
 #: Each is paired in BUILTIN_TRIGGERS with lower-case words one of which any match contains,
 #: so that the common line (no secret) costs a few substring checks, not nine regex scans.
@@ -121,9 +123,10 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """``text`` with every secret replaced."""
-        lower: str | None = text.lower()
-        if not self._custom and self._any_trigger.search(lower) is None:
+        lowered = text.lower()
+        if not self._custom and self._any_trigger.search(lowered) is None:
             return text
+        lower: str | None = lowered
         for triggers, rx in self._rules:
             if triggers is not None:
                 if lower is None:
@@ -159,7 +162,7 @@ class Redactor:
         """Strings redacted inside lists and dicts; other values returned as they are."""
         return redact_value(self.redact_text, value)
 
-    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, event: Event) -> Event:
         return redact_event(self.redact_text, event)
 
 
@@ -174,7 +177,7 @@ def redact_value(redact: Callable[[str], str], value: Any) -> Any:
     return value
 
 
-def redact_event(redact: Callable[[str], str], event: Any) -> Any:
+def redact_event(redact: Callable[[str], str], event: Event) -> Event:
     """``event`` with ``redact`` applied to the free text of its data (:data:`TEXT_FIELDS`; a
     kind not listed there is walked whole), changed in place."""
     fields = TEXT_FIELDS.get(event.get("kind"))

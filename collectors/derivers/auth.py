@@ -244,7 +244,7 @@ class AuthDeriver:
             return self._row(m["user"], "invalid_user", 401, ip, details)
         if m := RE_NOT_ALLOWED.match(message):
             ip = _ip(m["ip"], details)
-            details["reason"] = "not allowed because " + _clip(m["why"], 512)
+            details["reason"] = "not allowed because " + (_clip(m["why"], 512) or "")
             return self._row(m["user"], "login_failed", 403, ip, details)
         if not preauth and (m := RE_DISCONNECTED.match(message)):
             ip = _ip(m["ip"], details)

@@ -109,6 +109,7 @@ class SyslogFileCollector(Collector):
         joined = b"\n".join(messages)
         if gate is not None and gate.wants_any(programs, joined):
             return False
+        secs: list[bytes] | list[bytes | None] | None
         if len(zones) == 1:
             secs = cache.seconds_of(stamps, next(iter(zones)))
         else:
@@ -117,11 +118,12 @@ class SyslogFileCollector(Collector):
             return False
         lens = set(map(len, mss))
         if lens != {3}:
-            mss = [b"000"] * n if lens == {0} else [m.ljust(3, b"0") for m in mss]  # type: ignore[assignment]
+            mss = [b"000"] * n if lens == {0} else [m.ljust(3, b"0") for m in mss]  # type: ignore[assignment]  # a list
         system_log_block(
             prepared, items, level="info", id_prefix=t.id_prefix().encode(),
             offsets=map(b"%d".__mod__, accumulate(map((1).__add__, map(len, lines)), initial=at)),
-            seconds=secs, millis=mss, data_head=b'"facility":null,"source":' + orjson.dumps(t.source_path) + b",",
+            seconds=secs,  # type: ignore[arg-type]  # no None left in secs
+            millis=mss, data_head=b'"facility":null,"source":' + orjson.dumps(t.source_path) + b",",
             fragments=frags, messages=joined)
         return True
 

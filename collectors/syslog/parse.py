@@ -226,20 +226,20 @@ def parse_line(line: str) -> tuple[str | None, dict[str, Any]]:
     return _default.parse(line)
 
 
-# The bulk parsers: the two common timestamped formats of ``syslog_parse`` (no ``<PRI>``), as
+# The bulk parsers: the two common timestamped formats of :class:`SyslogLineParser` (no ``<PRI>``), as
 # bytes regexes over a whole block of lines. They only match all-ASCII lines, on which these
 # classes are exactly those of the str regexes there (``\S`` there is "not whitespace" in the
 # Unicode sense, which for ASCII is not [\t\n\v\f\r\x1c-\x1f ]); any other line is left
 # for the line parser, so both ways give the same events.
 _WS = rb"\t\n\x0b\x0c\r\x1c-\x1f \x80-\xff"
 _HOST = rb"([^" + _WS + rb"]{1,256}) "
-_TAG = (rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?"
+_TAG_B = (rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?"
         rb"([\x00-\x09\x0b-\x7f]*)\n")
 #: rsyslog's RFC 3339 form: (second, ms digits, zone, host, program, pid, message)
 _BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
-                       rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG, re.M)
+                       rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG_B, re.M)
 #: the traditional form: (stamp, -, -, host, program, pid, message)
-_BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG, re.M)
+_BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG_B, re.M)
 # The block parsers: the same formats for a block known to be UTF-8, with four groups —
 # (second, ms digits, header, message) — the header being zone, host and tag (parsed once per
 # distinct header by _HEADER), and ``.*`` for the message, which the regex engine scans several
@@ -288,7 +288,7 @@ class StampCache:
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
             out = cache[stamp] = self._convert(stamp, zone)
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # the False of a miss was replaced
 
     def _convert(self, stamp: bytes, zone: bytes) -> bytes | None:
         clock = self._clock
@@ -316,7 +316,7 @@ class StampCache:
             out = list(map(cache.get, stamps))
             if None in out:
                 return None
-        return out
+        return out  # type: ignore[return-value]  # no None left in it
 
     def header(self, host: bytes, program: bytes | None, pid: bytes | None) -> tuple[bytes, str]:
         """The JSON fragment of program, pid and hostname, and the program name."""

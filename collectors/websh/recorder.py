@@ -208,6 +208,11 @@ class Recorder:
         self.exit_status = status
         return status
 
+    @property
+    def _tracker(self) -> CommandTracker:
+        assert self.tracker is not None, "run() makes the tracker first"
+        return self.tracker
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._flags.add(signum)
 
@@ -223,16 +228,15 @@ class Recorder:
         poller.register(rfd, select.POLLIN)
         stdin_open = True
         poller.register(self.stdin, select.POLLIN)
-        status: int | None = None
         kill_at: float | None = None
         drain_until = 0.0
         master = self.child.master
-        status = self.child.reap(block=False)  # a shell that died before the handlers were set
+        status: int | None = self.child.reap(block=False)  # a shell that died before the handlers were set
         try:
             while True:
                 if status is not None:
                     timeout = 50  # the shell is gone: drain what is left, briefly
-                elif self._awaiting or self.tracker._pending:
+                elif self._awaiting or self._tracker._pending:
                     timeout = 250
                 else:
                     timeout = 100 if kill_at else -1
@@ -248,7 +252,7 @@ class Recorder:
                             poller.unregister(master)
                             if status is None:
                                 status = self.child.reap(block=True)
-                            return status
+                            return status if status is not None else 0
                     elif fd == self.stdin:
                         if not self._from_user():
                             poller.unregister(self.stdin)
@@ -276,10 +280,10 @@ class Recorder:
                 if kill_at is not None and status is None and time.monotonic() > kill_at:
                     self.child.kill(signal.SIGKILL)
                     kill_at = time.monotonic() + 5.0
-                if self._awaiting or self.tracker._pending:
+                if self._awaiting or self._tracker._pending:
                     now = time.time()
                     self._expire_awaiting(now)
-                    self.tracker.tick(now)
+                    self._tracker.tick(now)
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
@@ -291,7 +295,7 @@ class Recorder:
             tail = self.parser.flush()
             if tail:
                 write_all(self.stdout, tail)
-        return status
+        return status if status is not None else 0  # a blocking reap always has one
 
     def _resize(self) -> None:
         ws = winsize(self.stdin)
@@ -335,7 +339,7 @@ class Recorder:
         if marks:
             now = time.time()
             for m in marks:
-                self.tracker.mark(m, now)
+                self._tracker.mark(m, now)
 
     def _from_user(self) -> bool:
         try:
@@ -381,7 +385,7 @@ class Recorder:
         keep: list[_Awaiting] = []
         for a in self._awaiting:
             if self.echo.shown(a.text, a.since, a.index):
-                self.tracker.line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated)
+                self._tracker.line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated)
             else:
                 keep.append(a)
         self._awaiting = keep
