@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
@@ -58,3 +59,12 @@ def agent(agent_factory: object, receiver: ReceiverProcess) -> Iterator[AgentPro
     yield a
     if a.proc is not None:
         a.stop()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_kept() -> Iterator[None]:
+    """A command run in-process (doctor, run) configures logging for the process: put it back, so
+    that a later test's log capture is not filtered by an earlier test's level."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
