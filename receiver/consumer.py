@@ -97,7 +97,10 @@ class JetStreamConsumer:
         """Connect, add the stream if it does not exist yet, bind to (or create) the durable consumer."""
         s = self.settings
         try:
-            self._nc = await nats.connect(s.url, connect_timeout=5, max_reconnect_attempts=-1, name=s.consumer)
+            # a few tries at start (a wrong URL is an error), reconnecting for ever once connected
+            self._nc = await nats.connect(s.url, connect_timeout=5, max_reconnect_attempts=2,
+                                          reconnect_time_wait=0.5, name=s.consumer)
+            self._nc.options["max_reconnect_attempts"] = -1
             js = self._nc.jetstream()
             try:
                 await js.stream_info(s.stream)

@@ -110,6 +110,9 @@ class EventStore(Protocol):
     #: event rows read from the database so far (the views' cost, for tests and stats)
     rows_read: int
 
+    def key_text(self, key: str) -> str:
+        """A group key as this backend stores it (and as :meth:`groups` returns it)."""
+
     async def open(self) -> None:
         """Create the schema (if new) and connect."""
 

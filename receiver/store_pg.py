@@ -154,6 +154,10 @@ class PostgresStore:
         self._days: set[date] = set()
         self._sweeper: asyncio.Task[None] | None = None
 
+    def key_text(self, key: str) -> str:
+        """A group key as stored (NUL, which PostgreSQL text cannot hold, as U+FFFD)."""
+        return key.replace("\x00", "\ufffd")
+
     # -- plumbing ----------------------------------------------------------------------------
 
     @property

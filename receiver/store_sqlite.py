@@ -77,6 +77,10 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receiver-store")
         self._conn: sqlite3.Connection | None = None
 
+    def key_text(self, key: str) -> str:
+        """A group key as stored: SQLite keeps any text as it is."""
+        return key
+
     # -- thread plumbing -------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:

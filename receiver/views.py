@@ -293,7 +293,7 @@ async def _merged_page(
         for i in range(0, len(refs), 500):
             keys = [ref.key for ref in refs[i : i + 500]]
             for ev in await store.select(Query(kinds=(kind,), server=common["server"], keys=keys)):
-                groups[ev["data"][key_field]].append(ev)
+                groups[store.key_text(ev["data"][key_field])].append(ev)
         for ref in refs:
             group = groups[ref.key]
             if not group:  # its events are gone (retention)
@@ -311,14 +311,14 @@ async def _merged_page(
 
 
 async def _attach_commands(store: EventStore, sessions: list[dict[str, Any]]) -> None:
-    ids = [s["session_id"] for s in sessions]
+    ids = [store.key_text(s["session_id"]) for s in sessions]
     by_session: dict[str, list[dict[str, Any]]] = {sid: [] for sid in ids}
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         for ev in await store.select(Query(kinds=("websh_command",), keys=chunk)):
-            by_session[ev["data"]["session_id"]].append(session_command(ev))
+            by_session[store.key_text(ev["data"]["session_id"])].append(session_command(ev))
     for s in sessions:
-        cmds = by_session[s["session_id"]]
+        cmds = by_session[store.key_text(s["session_id"])]
         cmds.sort(key=lambda c: (c["seq"], c["received_seq"]))
         s["commands"] = cmds
         s["commands_recorded"] = len(cmds)
