@@ -21,7 +21,7 @@ from receiver.app import make_app, start
 from receiver.consumer import DEFAULT_CONSUMER, DEFAULT_STREAM, DEFAULT_SUBJECTS, ConsumeError, ConsumeSettings
 from receiver.errors import StoreError
 from receiver.faults import FaultSettings
-from receiver.store_pg import redact_url
+from receiver.pg_sql import redact_url
 
 log = structlog.get_logger("receiver")
 

@@ -11,8 +11,9 @@ Indexes follow the views: ``(seq)`` for raw pages and ids, ``(kind, seq)`` and
 ``(kind, server, seq)`` for each view in arrival order, ``(kind, ts)`` for time windows,
 ``(kind, key)`` for a merged record's events, and a GIN ``jsonb_path_ops`` index on ``data`` for
 the kind-specific equality filters (``data @> {"status": "failed"}``). ``groups`` holds each
-merged record's first arrival. Text PostgreSQL cannot hold (NUL) is kept exactly: ``data`` keeps
-the original JSON in ``raw`` whenever the indexed ``jsonb`` copy had to differ.
+merged record's first arrival. Text PostgreSQL cannot hold (NUL): ``data`` keeps the original
+JSON in ``raw`` whenever the indexed ``jsonb`` copy had to differ, so views return it exactly; in
+a server name or a group key a NUL is stored as U+FFFD.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -31,6 +31,15 @@ import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from receiver.errors import StoreError
+from receiver.pg_sql import (
+    INSERT_EVENTS,
+    SCHEMA,
+    UPSERT_GROUPS,
+    partition_name,
+    pg_text,
+    select_sql,
+    without_nul,
+)
 from receiver.store import GroupRef, Query, StoreResult, event_rows, first_arrivals, row_to_event
 
 log = structlog.get_logger("receiver")
@@ -39,105 +48,9 @@ log = structlog.get_logger("receiver")
 _DDL_LOCK = 0x616C7061
 RETENTION_SWEEP_S = 3600.0
 
-_SCHEMA = """
-CREATE SEQUENCE IF NOT EXISTS events_seq;
-CREATE TABLE IF NOT EXISTS events (
-    day         date NOT NULL,
-    id          text NOT NULL,
-    seq         bigint NOT NULL,
-    kind        text NOT NULL,
-    server      text NOT NULL,
-    ts          text NOT NULL,
-    key         text,
-    received_at double precision NOT NULL,
-    batch_id    text NOT NULL,
-    data        jsonb NOT NULL,
-    raw         text,
-    PRIMARY KEY (day, id)
-) PARTITION BY RANGE (day);
-CREATE INDEX IF NOT EXISTS events_seq_i ON events (seq);
-CREATE INDEX IF NOT EXISTS events_kind_seq_i ON events (kind, seq);
-CREATE INDEX IF NOT EXISTS events_kind_server_seq_i ON events (kind, server, seq);
-CREATE INDEX IF NOT EXISTS events_kind_ts_i ON events (kind, ts);
-CREATE INDEX IF NOT EXISTS events_kind_key_i ON events (kind, key) WHERE key IS NOT NULL;
-CREATE INDEX IF NOT EXISTS events_data_i ON events USING gin (data jsonb_path_ops);
-CREATE TABLE IF NOT EXISTS batches (
-    n               bigserial PRIMARY KEY,
-    batch_id        text NOT NULL,
-    idempotency_key text,
-    agent_id        text NOT NULL,
-    server          text NOT NULL,
-    received_at     double precision NOT NULL,
-    events          integer NOT NULL,
-    stored          integer NOT NULL,
-    duplicates      integer NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batches_batch_id_i ON batches (batch_id);
-CREATE INDEX IF NOT EXISTS batches_received_i ON batches (received_at);
-CREATE TABLE IF NOT EXISTS groups (
-    kind      text NOT NULL,
-    key       text NOT NULL,
-    first_seq bigint NOT NULL,
-    server    text NOT NULL,
-    day       date NOT NULL,
-    PRIMARY KEY (kind, key)
-);
-CREATE INDEX IF NOT EXISTS groups_kind_first_i ON groups (kind, first_seq);
-CREATE INDEX IF NOT EXISTS groups_kind_server_first_i ON groups (kind, server, first_seq);
-CREATE INDEX IF NOT EXISTS groups_day_i ON groups (day);
-"""
-
-_INSERT = """
-INSERT INTO events (day, id, seq, kind, server, ts, key, received_at, batch_id, data, raw)
-SELECT u.day::date, u.id, nextval('events_seq'), u.kind, u.server, u.ts, u.key, $9, $10, u.data::jsonb, u.raw
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[])
-     WITH ORDINALITY AS u(day, id, kind, server, ts, key, data, raw, ord)
-ORDER BY u.ord
-ON CONFLICT DO NOTHING
-RETURNING id, seq
-"""
-
-_UPSERT_GROUPS = """
-INSERT INTO groups (kind, key, first_seq, server, day)
-SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::date[])
-ON CONFLICT (kind, key) DO UPDATE SET first_seq = EXCLUDED.first_seq, server = EXCLUDED.server, day = EXCLUDED.day
-WHERE EXCLUDED.first_seq < groups.first_seq
-"""
-
-_COLUMNS = "seq, id, kind, server, ts, received_at, batch_id, coalesce(raw, data::text)"
-
 #: the errors a concurrent writer can cause that a retry of the whole transaction resolves
 _RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
-
-def redact_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _pg_text(text: str | None) -> str | None:
-    """Text PostgreSQL can store: NUL is not allowed in ``text``, so it becomes U+FFFD."""
-    return text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text
-
-
-def _without_nul(value: Any) -> Any:
-    """``value`` (parsed JSON) with NUL replaced by U+FFFD in every string, keys included."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    return value
-
-
-def _partition(day: date) -> str:
-    return f"events_p{day:%Y%m%d}"
 
 
 class PostgresStore:
@@ -182,7 +95,7 @@ class PostgresStore:
             )
             async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
-                await conn.execute(_SCHEMA)
+                await conn.execute(SCHEMA)
             if self.retention_days is not None:
                 await self.sweep_retention()
                 self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
@@ -207,7 +120,7 @@ class PostgresStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
             for day in sorted(missing):
                 await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {_partition(day)} PARTITION OF events"
+                    f"CREATE TABLE IF NOT EXISTS {partition_name(day)} PARTITION OF events"
                     f" FOR VALUES FROM ('{day.isoformat()}') TO ('{(day + timedelta(days=1)).isoformat()}')"
                 )
         self._days |= missing
@@ -230,7 +143,7 @@ class PostgresStore:
         async with self._errors(), self.pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK)
             for day in dropped:
-                await conn.execute(f"DROP TABLE IF EXISTS {_partition(day)}")
+                await conn.execute(f"DROP TABLE IF EXISTS {partition_name(day)}")
             await conn.execute("DELETE FROM groups WHERE day < $1", cutoff)
             cutoff_epoch = datetime(cutoff.year, cutoff.month, cutoff.day, tzinfo=UTC).timestamp()
             await conn.execute("DELETE FROM batches WHERE received_at < $1", cutoff_epoch)
@@ -272,16 +185,16 @@ class PostgresStore:
         datas, raws = [], []
         for r in rows:
             if "\\u0000" in r.data:  # jsonb cannot hold NUL: index a cleaned copy, keep the original
-                datas.append(orjson.dumps(_without_nul(orjson.loads(r.data))).decode())
+                datas.append(orjson.dumps(without_nul(orjson.loads(r.data))).decode())
                 raws.append(r.data)
             else:
                 datas.append(r.data)
                 raws.append(None)
         async with self.pool.acquire() as conn, conn.transaction():
             inserted = await conn.fetch(
-                _INSERT,
+                INSERT_EVENTS,
                 [r.day for r in rows], [r.id for r in rows], [r.kind for r in rows],
-                [_pg_text(r.server) for r in rows], [r.ts for r in rows], [_pg_text(r.key) for r in rows],
+                [pg_text(r.server) for r in rows], [r.ts for r in rows], [pg_text(r.key) for r in rows],
                 datas, raws, now, batch["batch_id"],
             )
             seq_of = {rec["id"]: rec["seq"] for rec in inserted}
@@ -291,9 +204,9 @@ class PostgresStore:
             if firsts:
                 ordered = sorted(firsts.items())  # one lock order for every writer: no deadlock
                 await conn.execute(
-                    _UPSERT_GROUPS,
-                    [k[0] for k, _ in ordered], [_pg_text(k[1]) for k, _ in ordered],
-                    [v[0] for _, v in ordered], [_pg_text(v[1]) for _, v in ordered],
+                    UPSERT_GROUPS,
+                    [k[0] for k, _ in ordered], [pg_text(k[1]) for k, _ in ordered],
+                    [v[0] for _, v in ordered], [pg_text(v[1]) for _, v in ordered],
                     [date.fromisoformat(v[2]) for _, v in ordered],
                 )
             agent = batch["agent"]
@@ -301,7 +214,7 @@ class PostgresStore:
             await conn.execute(
                 "INSERT INTO batches (batch_id, idempotency_key, agent_id, server, received_at, events, stored,"
                 " duplicates) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                batch["batch_id"], _pg_text(idempotency_key), _pg_text(agent["id"]), _pg_text(agent["server"]),
+                batch["batch_id"], pg_text(idempotency_key), pg_text(agent["id"]), pg_text(agent["server"]),
                 now, len(rows), stored, len(rows) - stored,
             )
         return StoreResult(stored=stored, duplicates=len(rows) - stored)
@@ -310,35 +223,7 @@ class PostgresStore:
 
     async def select(self, q: Query) -> list[dict[str, Any]]:
         """Events matching ``q`` in arrival order (receive sequence)."""
-        where: list[str] = []
-        args: list[Any] = []
-
-        def arg(value: Any) -> str:
-            args.append(value)
-            return f"${len(args)}"
-
-        if q.kinds:
-            where.append(f"kind = ANY({arg(list(q.kinds))}::text[])")
-        if q.server is not None:
-            where.append(f"server = {arg(_pg_text(q.server))}")
-        if q.since is not None:
-            where.append(f"ts >= {arg(q.since)}")
-        if q.until is not None:
-            where.append(f"ts < {arg(q.until)}")
-        if q.after is not None:
-            where.append(f"seq > {arg(q.after)}")
-        if q.keys is not None:
-            where.append(f"key = ANY({arg([_pg_text(k) for k in q.keys])}::text[])")
-        if q.data_eq:
-            where.append(f"data @> {arg(orjson.dumps(dict(q.data_eq)).decode())}::jsonb")
-        for field, value in q.data_like:
-            where.append(f"strpos(data ->> {arg(field)}, {arg(_pg_text(value))}) > 0")
-        sql = f"SELECT {_COLUMNS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
-        if q.limit is not None:
-            sql += f" LIMIT {arg(q.limit)}"
+        sql, args = select_sql(q)
         async with self._errors():
             rows = await self.pool.fetch(sql, *args)
         self.rows_read += len(rows)
@@ -365,7 +250,7 @@ class PostgresStore:
         args: list[Any] = [kind, after or 0, limit]
         if server is not None:
             sql += " AND server = $4"
-            args.append(_pg_text(server))
+            args.append(pg_text(server))
         async with self._errors():
             rows = await self.pool.fetch(sql + " ORDER BY first_seq LIMIT $3", *args)
         return [GroupRef(r[0], r[1]) for r in rows]

@@ -68,6 +68,48 @@ WHERE kind IN ({", ".join(f"'{k}'" for k in MERGED_KINDS)}) AND key IS NOT NULL 
 _COLUMNS = "seq, id, kind, server, ts, received_at, batch_id, data"
 
 
+def select_sql(q: Query) -> tuple[str, list[Any]]:
+    """The SQL and arguments of a row query (a function of its own so tests can EXPLAIN it)."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.kinds:
+        where.append(f"kind IN ({', '.join('?' * len(q.kinds))})")
+        args.extend(q.kinds)
+    if q.server is not None:
+        where.append("server = ?")
+        args.append(q.server)
+    if q.since is not None:
+        where.append("ts >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        where.append("ts < ?")
+        args.append(q.until)
+    if q.after is not None:
+        where.append("seq > ?")
+        args.append(q.after)
+    if q.keys is not None:
+        where.append(f"key IN ({', '.join('?' * len(q.keys))})" if q.keys else "0")
+        args.extend(q.keys)
+    for field, value in q.data_eq:
+        where.append("json_extract(data, ?) = ?")
+        args.extend((f"$.{field}", value))
+    for field, value in q.data_like:
+        where.append("instr(json_extract(data, ?), ?) > 0")
+        args.extend((f"$.{field}", value))
+    sql = f"SELECT {_COLUMNS} FROM events"
+    if q.keys is not None and q.kinds:
+        # a merged record's events: without this SQLite may walk (kind, seq) for the ORDER BY and
+        # read every event of the kind to find a page's few keys
+        sql += " INDEXED BY events_kind_key"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY seq"
+    if q.limit is not None:
+        sql += " LIMIT ?"
+        args.append(q.limit)
+    return sql, args
+
+
 class SQLiteStore:
     """SQLite (WAL) store of received events; every method runs on the store's own thread."""
 
@@ -167,39 +209,7 @@ class SQLiteStore:
     # -- reads -------------------------------------------------------------------------------
 
     def _select(self, q: Query) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if q.kinds:
-            where.append(f"kind IN ({', '.join('?' * len(q.kinds))})")
-            args.extend(q.kinds)
-        if q.server is not None:
-            where.append("server = ?")
-            args.append(q.server)
-        if q.since is not None:
-            where.append("ts >= ?")
-            args.append(q.since)
-        if q.until is not None:
-            where.append("ts < ?")
-            args.append(q.until)
-        if q.after is not None:
-            where.append("seq > ?")
-            args.append(q.after)
-        if q.keys is not None:
-            where.append(f"key IN ({', '.join('?' * len(q.keys))})" if q.keys else "0")
-            args.extend(q.keys)
-        for field, value in q.data_eq:
-            where.append("json_extract(data, ?) = ?")
-            args.extend((f"$.{field}", value))
-        for field, value in q.data_like:
-            where.append("instr(json_extract(data, ?), ?) > 0")
-            args.extend((f"$.{field}", value))
-        sql = f"SELECT {_COLUMNS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq"
-        if q.limit is not None:
-            sql += " LIMIT ?"
-            args.append(q.limit)
+        sql, args = select_sql(q)
         out = [row_to_event(r) for r in self._db().execute(sql, args)]
         self.rows_read += len(out)
         return out

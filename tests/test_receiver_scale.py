@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import signal
+import sqlite3
 import threading
 import time
 import tracemalloc
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import nats
 import orjson
 import pytest
@@ -26,7 +28,10 @@ from aiohttp import web
 from agent.events import format_ts, new_id
 from receiver.app import INGEST_PATH, make_app, start
 from receiver.consumer import ConsumeSettings
+from receiver.pg_sql import select_sql as pg_select_sql
+from receiver.store import Query
 from receiver.store_pg import PostgresStore
+from receiver.store_sqlite import select_sql as sqlite_select_sql
 from tests.harness import ReceiverProcess
 from tests.services import NatsServer, PostgresServer
 from tests.support import free_port, wait_until
@@ -127,8 +132,41 @@ class TestViewsStayBounded:
 
                 body, rows, _ = await measured("/api/v1/ids", limit=1)
                 assert body["count"] == 1 and rows == 1
+                # what the database itself reads for a page of 50 commands' events
+                query = Query(kinds=("command",), keys=[f"cmd-{i:06d}" for i in range(100, 150)])
+                touched = await _rows_touched(db, query)
+                assert touched is None or touched <= 100, f"a 50-record page read {touched} rows"
         finally:
             await runner.cleanup()
+
+
+async def _rows_touched(db: str, query: Query) -> int | None:
+    """Rows the database reads for ``query``: EXPLAIN ANALYZE's scan rows (PostgreSQL); for SQLite
+    the plan must search an index, never scan the table (None: SQLite does not count rows)."""
+    if not db.startswith("postgresql://"):
+        sql, args = sqlite_select_sql(query)
+        conn = sqlite3.connect(db)
+        try:
+            plan = " | ".join(r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+        finally:
+            conn.close()
+        assert "SEARCH events USING INDEX events_kind_key" in plan and "SCAN" not in plan, plan
+        return None
+    sql, args = pg_select_sql(query)
+    conn = await asyncpg.connect(db)
+    try:
+        plan = orjson.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, *args))
+    finally:
+        await conn.close()
+
+    def walk(node: dict[str, Any]) -> int:
+        own = 0
+        if "Scan" in node["Node Type"] and node["Node Type"] != "Bitmap Index Scan":  # its heap scan counts
+            own = node["Actual Rows"] * node["Actual Loops"] + node.get("Rows Removed by Filter", 0) \
+                + node.get("Rows Removed by Index Recheck", 0)
+        return own + sum(walk(child) for child in node.get("Plans", []))
+
+    return walk(plan[0]["Plan"])
 
 
 class TestPostgresRetention:
