@@ -151,8 +151,9 @@ def main() -> int:
 
             print(f"\nGET /api/v1/commands?limit=50, median of 25, {store_n} vs 2000 stored command events:")
             for backend in ("sqlite", "postgresql"):
+                large_db = pg.new_database() if backend == "postgresql" else None
                 small = receiver(f"{backend}-small", pg.new_database() if backend == "postgresql" else None)
-                large = receiver(f"{backend}-large", pg.new_database() if backend == "postgresql" else None)
+                large = receiver(f"{backend}-large", large_db)
                 asyncio.run(ingest([small.url], command_bodies(2000, 1000), 1))
                 t0 = time.perf_counter()
                 asyncio.run(ingest([large.url], command_bodies(store_n, 1000), args.senders))
@@ -163,6 +164,12 @@ def main() -> int:
                 print(f"  {backend:10s} large {lat_large * 1000:7.2f} ms, small {lat_small * 1000:7.2f} ms"
                       f"  (large/small {lat_large / lat_small:.2f}x; a page deep inside: {page2 / lat_small:.2f}x;"
                       f" filled in {fill:.0f} s)")
+                if large_db is not None:
+                    size = int(pg.psql("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                                       " WHERE inhparent = 'events'::regclass", database=large_db.rsplit("/", 1)[1]))
+                else:
+                    size = sum(p.stat().st_size for p in large.tmp.glob("receiver.db*"))
+                print(f"  {backend:10s} {size / store_n:7.0f} bytes per stored event (table and indexes)")
                 small.stop()
                 large.stop()
     finally:
