@@ -62,6 +62,8 @@ class ConsumeStats:
     redelivered: int = 0
     rejected: int = 0
     store_failures: int = 0
+    #: fetches that failed in an unexpected way (acks lost with the connection …)
+    failures: int = 0
     last_error: str | None = None
     rejected_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -69,6 +71,7 @@ class ConsumeStats:
         return {
             "messages": self.messages, "stored": self.stored, "duplicates": self.duplicates,
             "redelivered": self.redelivered, "rejected": self.rejected, "store_failures": self.store_failures,
+            "failures": self.failures,
             "last_error": self.last_error, "rejected_reasons": dict(self.rejected_reasons),
         }
 
@@ -135,7 +138,13 @@ class JetStreamConsumer:
                 log.warning("fetch failed", error=str(exc))
                 await asyncio.sleep(0.5)
                 continue
-            await self.handle(msgs)
+            try:
+                await self.handle(msgs)
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive one bad fetch; unacked ones come back
+                self.stats.failures += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                log.error("consuming failed; unacked messages will be redelivered", error=self.stats.last_error)
+                await asyncio.sleep(0.5)
 
     async def handle(self, msgs: list[Msg]) -> None:
         """Store the events of one fetch in one transaction, then ack them; terminate the invalid."""

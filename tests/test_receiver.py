@@ -862,6 +862,7 @@ class TestReceiverCLI:
             (["--force-status", "200"], "force_status"),
             (["--db", "/nonexistent/dir/x.db"], "--db"),
             (["--retention-days", "7"], "PostgreSQL"),
+            (["--db", "postgresql://u@127.0.0.1:1/x", "--retention-days", "0"], "at least 1"),
             (["--consume", "nats://127.0.0.1:1", "--mode", "count"], "--consume"),
             (["--consume", "nats://127.0.0.1:1"], "--consume nats://127.0.0.1:1"),
         ],
