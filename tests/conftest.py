@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import structlog
 
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
+from tests.services import NatsServer, PostgresServer, need_postgres
 from tests.support import need, need_binary, need_root
 
 
@@ -68,3 +71,23 @@ def _structlog_config_kept() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the whole session (initdb in a temp dir, run as the postgres user)."""
+    need_postgres()
+    root = Path(tempfile.mkdtemp(prefix="alpacon-pg-"))
+    root.chmod(0o755)  # the cluster's owner must reach its directory inside
+    try:
+        with PostgresServer(root / "pg") as pg:
+            yield pg
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream, its store in tmp_path."""
+    with NatsServer(tmp_path / "nats") as n:
+        yield n
