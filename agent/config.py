@@ -87,18 +87,19 @@ class SinkConfig(Section):
         """The file exists, others do not control it (agent.tokenfile) and its token can be sent."""
         if v is None:
             return v
+        shown = v if v.isprintable() and len(v) <= 256 else clip(v)
         p = Path(v)
         if not p.is_file():
-            raise ValueError(f"{clip(v)} does not exist or is not a file")
+            raise ValueError(f"{shown} does not exist or is not a file")
         if not os.access(p, os.R_OK):
-            raise ValueError(f"{clip(v)} is not readable")
+            raise ValueError(f"{shown} is not readable")
         check_token_file(v)
         try:
             read_token(v)
         except OSError as exc:
-            raise ValueError(f"{clip(v)} cannot be read: {exc.strerror}") from None
+            raise ValueError(f"{shown} cannot be read: {exc.strerror}") from None
         except TokenError as exc:
-            raise ValueError(f"{clip(v)}: {exc}") from None
+            raise ValueError(f"{shown}: {exc}") from None
         return v
 
     @model_validator(mode="after")
