@@ -345,10 +345,6 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
 
 
 def doctor_main(args: argparse.Namespace) -> int:
-    from agent.logs import configure_logging
-
-    # the report is the output; the sink's own log lines (which the checks repeat) stay off stdout
-    configure_logging("error", json=False)
     path = args.config or DEFAULT_CONFIG_PATH
     results = list(run_checks(path))
     if args.json:
