@@ -88,10 +88,15 @@ class SinkConfig(Section):
         if v is None:
             return v
         shown = v if v.isprintable() and len(v) <= 256 else clip(v)
-        p = Path(v)
-        if not p.is_file():
+        try:
+            is_file = stat.S_ISREG(os.stat(v).st_mode)
+        except FileNotFoundError:
+            is_file = False
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links
+            raise ValueError(f"{shown} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        if not is_file:
             raise ValueError(f"{shown} does not exist or is not a file")
-        if not os.access(p, os.R_OK):
+        if not os.access(v, os.R_OK):
             raise ValueError(f"{shown} is not readable")
         check_token_file(v)
         try:

@@ -311,3 +311,13 @@ class TestTokenHazards:
         token.chmod(0o600)
         r = check_config(_config_with_token(tmp_path, token))
         assert r.returncode == 0 and "warning" not in r.stderr, r.stderr
+
+    @pytest.mark.parametrize("name,needle", [("x" * 300, "File name too long"), ("a\x00b", "embedded null byte")])
+    def test_unusable_token_path_is_a_clear_error(self, tmp_path: Path, name: str, needle: str) -> None:
+        """A token_file name longer than NAME_MAX or holding a NUL (found by fuzzing: an OSError escaped the
+        validator as a traceback): exit 2 naming the key."""
+        f = tmp_path / "agent.yaml"
+        f.write_text(yaml.safe_dump({"sink": {"token_file": str(tmp_path / name)}}))
+        r = check_config(f)
+        assert r.returncode == 2 and "sink.token_file:" in r.stderr and needle in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr

@@ -126,6 +126,9 @@ class TestConfigFuzz:
 
     @given(value=st.one_of(st.text(max_size=300), st.binary(max_size=50).map(repr), st.integers(),
                            st.lists(st.text(max_size=5), max_size=3)))
+    @example(value="0" * 300)  # found: token_file longer than NAME_MAX raised OSError out of validation
+    @example(value="a\x00b")  # a NUL byte in a path
+    @example(value="/proc/self/root/" * 300)  # longer than PATH_MAX
     def test_values_of_every_scalar_key(self, value: Any) -> None:
         """Any value under every key of every section: parse_config gives a config or a bounded ConfigError."""
         for section, keys in SECTIONS.items():
