@@ -302,7 +302,8 @@ class Agent:
         """Apply a changed config file; keep the running one when the new one is invalid."""
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
-            new = load_config(self.config_path)
+            # parsing a large or hostile file takes time: off the event loop (hook answers, shipping)
+            new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
         except ConfigError as exc:
             log.error("reload refused: the new configuration is invalid; keeping the running one",
                       problems=exc.problems)

@@ -116,7 +116,7 @@ def check_token(cfg: AgentConfig) -> list[CheckResult]:
                      f"chown root:root {path}")]
     try:
         token = sink.token()
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         return [fail("token", f"{path} cannot be read: {exc}", fix_setup)]
     if not token:
         return [fail("token", f"{path} is empty", fix_setup)]
@@ -248,7 +248,7 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
         tls_note = " (certificate NOT verified: sink.tls.verify is false)"
     try:
         err = asyncio.run(_probe(cfg))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:  # token or TLS files unreadable
+    except (OSError, ValueError) as exc:  # token or TLS files unreadable or unusable
         return [fail("backend", f"cannot set up a client for {url}: {exc}"[:300],
                      "check sink.token_file and sink.tls")] + extra
     if err is None:
@@ -344,10 +344,6 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
 
 
 def doctor_main(args: argparse.Namespace) -> int:
-    from agent.logs import configure_logging
-
-    # the report is the output; the sink's own log lines (which the checks repeat) stay off stdout
-    configure_logging("error", json=False)
     path = args.config or DEFAULT_CONFIG_PATH
     results = list(run_checks(path))
     if args.json:
