@@ -23,7 +23,7 @@ from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
 from agent.cli.main import build_parser
-from collectors.exec_cli import build_request, parse_at
+from collectors.commands.client import build_request, parse_at
 
 PARSER = build_parser()
 
