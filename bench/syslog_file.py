@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.journald import run_agent  # noqa: E402
+from bench.journald import FILE_BENCH_BATCH, run_agent  # noqa: E402
 
 TEMPLATES = [
     "web-01 sshd[{pid}]: Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: ED25519 SHA256:Qx{p}",
@@ -66,7 +66,8 @@ def main() -> None:
     n = int(out.split()[0])
     base = n / (time.monotonic() - t)
     print(f"baseline wc -l: {n:,} lines, {base:,.0f} lines/s")
-    r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n)
+    r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n,
+                  batch=FILE_BENCH_BATCH)
     rate = n / r["wall"]
     print(f"agent end to end: {rate:,.0f} lines/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s; the sink {r['sink_cpu']:.1f} CPU s), peak RSS "
           f"{r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
