@@ -153,14 +153,14 @@ def run_journalctl(directory: Path, n: int) -> dict[str, float]:
     return {"wall": time.monotonic() - t0, "cpu": ru.ru_utime + ru.ru_stime, "anon": 0.0, "stored": n}
 
 
-def run_fluent_bit(tmp: Path, directory: Path, n: int) -> dict[str, float] | None:
-    """Fluent Bit on the same journal until the sink has every seq; None when it is not installed."""
+def run_fluent_bit(state: Path, conf: str, n: int, **fields: str) -> dict[str, float] | None:
+    """Fluent Bit with the config ``conf`` (``{state}``, ``{port}`` and ``fields`` filled in) until
+    the sink has every seq; None when Fluent Bit is not installed."""
     if not os.access(FLUENT_BIT, os.X_OK):
         return None
-    state = tmp / "fluent-bit"
     state.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (state / "fb.conf").write_text(FLUENT_BIT_CONF.format(directory=directory, state=state, port=port))
+    (state / "fb.conf").write_text(conf.format(state=state, port=port, **fields))
     sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("line_sink.py")), str(port),
                              "--expect", str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -224,7 +224,7 @@ def main() -> None:
     r = run_agent(tmp, {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}, n)
     if r["missing"] or r["dups"] or r["stored"] < n:
         print(f"AGENT LOST OR DOUBLED EVENTS: {r}")
-    fb = run_fluent_bit(tmp, directory, n)
+    fb = run_fluent_bit(tmp / "fluent-bit", FLUENT_BIT_CONF, n, directory=str(directory))
     print(f"{'system':<34} {'entries/s':>10} {'CPU s':>7} {'entries/CPU-s':>12} {'anon MiB':>8}")
     print(line("journalctl -o export > /dev/null", base, n))
     if fb is not None:
