@@ -136,7 +136,8 @@ def run_agent(tmp: Path, collectors: dict, n: int, batch: dict | None = None) ->
         sink_cpu = cpu_seconds(rcv.proc.pid)
         agent.stop()
         src = next(iter(stats.get("sources", {}).values()), {})
-        return {"wall": wall, "cpu": cpu, "sink_cpu": sink_cpu, "hwm": st["VmHWM"] / 1024, "anon": max(peak_anon, st["RssAnon"]) / 1024,
+        return {"wall": wall, "cpu": cpu, "sink_cpu": sink_cpu, "hwm": st["VmHWM"] / 1024,
+                "anon": max(peak_anon, st["RssAnon"]) / 1024,
                 "missing": src.get("missing", -1), "dups": stats.get("duplicates", -1) + src.get("duplicates", 0),
                 "stored": stats.get("stored", 0)}
 
@@ -230,7 +231,8 @@ def main() -> None:
     if fb is not None:
         print(line("Fluent Bit (systemd -> http)", fb, n))
     print(line("alpacon-agent (journald -> http)", r, n))
-    print(f"agent / journalctl: entries/s {base['wall'] / r['wall']:.2f}, entries per CPU-s {base['cpu'] / r['cpu']:.2f}")
+    print(f"agent / journalctl: entries/s {base['wall'] / r['wall']:.2f}, "
+          f"entries per CPU-s {base['cpu'] / r['cpu']:.2f}")
     if fb is not None:
         print(f"agent / Fluent Bit: entries/s {fb['wall'] / r['wall']:.2f}, entries per CPU-s "
               f"{fb['cpu'] / r['cpu']:.2f}, anon RSS {r['anon'] / max(fb['anon'], 1):.2f} "

@@ -22,9 +22,11 @@ BUILTIN_PATTERNS: tuple[str, ...] = (
     r"(?i)\b(?:password|passwd|pwd|pass|secret|token|api[_-]?key|access[_-]?key|client[_-]?secret)"
     r"\s*[=:]\s*(?P<secret>\"[^\"]*\"|'[^']*'|[^\s&;,\"']+)",
     # --password VALUE / --password=VALUE (and friends)
-    r"(?i)--(?:password|passwd|pass|token|secret|api-key|access-key|client-secret)(?:=|\s+)(?P<secret>\"[^\"]*\"|'[^']*'|\S+)",
+    r"(?i)--(?:password|passwd|pass|token|secret|api-key|access-key|client-secret)(?:=|\s+)"
+    r"(?P<secret>\"[^\"]*\"|'[^']*'|\S+)",
     # mysql -pSECRET (the password glued to -p), in the mysql family of clients
-    r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb|mariadb-dump)\b[^\n|;&]*?\s-p(?P<secret>[^\s-][^\s]*)",
+    r"\b(?:mysql|mysqldump|mysqladmin|mysqlimport|mysqlcheck|mariadb|mariadb-dump)\b[^\n|;&]*?"
+    r"\s-p(?P<secret>[^\s-][^\s]*)",
     # HTTP authorization headers
     r"(?i)\bauthorization\s*:\s*(?:bearer|basic|token|digest)\s+(?P<secret>[A-Za-z0-9._~+/=:-]+)",
     r"(?i)\b(?:bearer)\s+(?P<secret>[A-Za-z0-9._~+/-]{16,}=*)",
