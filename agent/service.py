@@ -382,7 +382,8 @@ class Agent:
                 if self.shipper.paused_reason:
                     return False, f"backend refuses the credentials: {self.shipper.paused_reason}"
                 if time.monotonic() > deadline:
-                    return False, f"{st.batches} batches not acknowledged after {timeout:.0f}s: {self.shipper.last_error}"
+                    return False, (f"{st.batches} batches not acknowledged after {timeout:.0f}s: "
+                                   f"{self.shipper.last_error}")
                 self.shipper.wake()
                 await asyncio.sleep(0.05)
             if self.shipper.permanent_failures:

@@ -85,3 +85,27 @@ class TestTriggerPrefilter:
                 i = rng.randint(0, len(text))
                 text = text[:i] + w + text[i:]
             assert bool(trie.search(text)) == bool(flat.search(text)), text
+
+
+class TestManyTextsAtOnce:
+    @pytest.mark.parametrize("redactor,redacts", [(Redactor(), True),
+                                                  (Redactor(patterns=[r"seq=(?P<secret>\d+)"]), True),
+                                                  (Redactor(builtin=False), False),
+                                                  (Redactor(replacement="***"), True)])
+    def test_changed_texts_is_redact_text_on_each(self, redactor: Redactor, redacts: bool) -> None:
+        """``changed_texts`` answers exactly what ``redact_text`` gives on each text: secrets
+        anywhere (first, last, after a newline inside a text), case and Unicode that change
+        length when lower-cased, triggers split across two texts, and texts without any."""
+        import random
+
+        rng = random.Random(20261201)
+        pieces = ["password=hunter2", "PASSWD: 'x y'", "--token abc", "Authorization: Bearer abcdefghijklmnop",
+                  "mysql -pS3cret", "https://u:pw@h/x", "AKIAIOSFODNN7EXAMPLE", "İstanbul", "ǅ", "ß", "\u0130pass=1",
+                  "pa", "ss=nope", "\n", "line\nsecret: s", "seq=42", "plain words", "", "é" * 30, "PWD=/home/a",
+                  "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----", "\x00\x1f", "☃ token: ☃"]
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 5))) for _ in range(2000)]
+        texts += ["pa", "ss=split across texts", "tok", "en: x"]
+        want = {i: r for i, t in enumerate(texts) if (r := redactor.redact_text(t)) != t}
+        assert redactor.changed_texts(texts) == want
+        assert bool(want) is redacts, "the corpus holds secrets"
+        assert redactor.changed_texts([]) == {}

@@ -2,7 +2,8 @@
 
 Derivers turn ``system_log`` events into audit events (user_activity, webftp_transfer). The
 journald and syslog-file collectors call every callable in ``ctx.derivers`` on each
-``system_log`` event they produce (lines the ``ctx.line_gate`` lets through) (``deriver(event) -> list[Event]``) and emit the
+``system_log`` event they produce that the ``ctx.line_gate`` lets through
+(``deriver(event) -> list[Event]``) and emit the
 derived events in the same emit call, so they share the source line's checkpoint. A derived
 event's id is ``stable_id(<ns>, <line id>)``: re-reading a line re-derives the same ids.
 
