@@ -22,6 +22,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from agent.config import NatsConfig, SinkConfig
+from agent.errors import CredentialsRefused
 from agent.shipping.retry import SendOutcome
 
 log = structlog.get_logger("sink")
@@ -57,8 +58,14 @@ def tls_context(cfg: SinkConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def _is_auth_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "authorization" in text or "authentication" in text or "permissions violation" in text
+
+
 async def connect(cfg: SinkConfig, name: str = "alpacon-agent") -> Client:
-    """A connection to the configured servers (raises nats errors or OSError when none answers)."""
+    """A connection to the configured servers; raises :class:`CredentialsRefused` when they refuse the
+    credentials, nats errors or OSError when none answers."""
     opts: dict[str, Any] = {
         "servers": cfg.nats.servers, "name": name, "connect_timeout": min(cfg.timeout_s, 10.0),
         # a connection that cannot be restored within a few tries is closed; the next send makes a new one
@@ -73,12 +80,21 @@ async def connect(cfg: SinkConfig, name: str = "alpacon-agent") -> Client:
     if ctx is not None:
         opts["tls"] = ctx
 
-    async def quiet(exc: Exception) -> None:  # the client reconnects by itself; the sink reports
-        log.debug("nats connection problem", error=str(exc))
+    seen: list[Exception] = []
 
-    opts["error_cb"] = quiet
+    async def note(exc: Exception) -> None:  # the client reconnects by itself; the sink reports
+        if len(seen) < 16:
+            seen.append(exc)
+
+    opts["error_cb"] = note
     nc = Client()
-    await nc.connect(**opts)
+    try:
+        await nc.connect(**opts)
+    except (nats.errors.Error, OSError, TimeoutError) as exc:
+        refused = next((e for e in [exc, *seen] if _is_auth_error(e)), None)
+        if refused is not None:
+            raise CredentialsRefused(str(refused)) from exc
+        raise
     return nc
 
 
@@ -124,9 +140,9 @@ class NatsSink:
             return self._js
         try:
             nc = await connect(self.cfg)
+        except CredentialsRefused as exc:
+            return SendOutcome(401, f"connecting: the servers refuse the credentials: {exc}")
         except (nats.errors.Error, OSError, TimeoutError) as exc:
-            if "authorization" in str(exc).lower() or "authentication" in str(exc).lower():
-                return SendOutcome(401, f"connecting: the servers refuse the credentials: {exc}")
             return _no_answer("connecting", exc)
         js = nc.jetstream(timeout=self.cfg.timeout_s)
         try:
