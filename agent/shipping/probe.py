@@ -5,6 +5,7 @@ do they take the credentials, does the stream exist. Each finding is ``(name, st
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import nats.errors
 import nats.js.errors
@@ -13,7 +14,7 @@ from agent.config import SinkConfig
 from agent.errors import CredentialsRefused
 
 #: (check name, "OK" | "WARN" | "FAIL", what was found, how to fix it or None)
-Finding = tuple[str, str, str, str | None]
+Finding = tuple[str, Literal["OK", "WARN", "FAIL"], str, str | None]
 
 
 def probe_sink(cfg: SinkConfig, version: str) -> list[Finding]:
