@@ -217,3 +217,42 @@ class TestClusterTorture:
             replayed = sum(c - 1 for c in tap.seen.values() if c > 1)
             # the crashes and the lost leader made the agent publish some events again: the stream dropped them
             assert replayed >= 1, "no event was published twice: the run did not exercise the duplicate window"
+
+
+class TestSinkBounds:
+    def test_a_hostile_server_name_stays_one_subject_token(self):
+        """A server name with dots, spaces or wildcards cannot widen or split the subject."""
+        from agent.config import SinkConfig
+        from agent.shipping.sinks.nats import NatsSink
+
+        sink = NatsSink(SinkConfig(type="nats"), "web 01.prod.>*")
+        assert sink.subject("command") == "alpacon.web_01_prod___.command"
+        assert sink.subject("a.b>") == "alpacon.web_01_prod___.a_b_"
+
+    def test_publishes_awaiting_their_ack_never_exceed_max_pending(self, lone_nats):
+        """With max_pending 8, a 500-event batch never has more than 8 publishes unacknowledged."""
+        from agent import wire
+        from agent.config import SinkConfig
+        from agent.shipping.sinks.nats import NatsSink
+
+        async def main():
+            sink = NatsSink(SinkConfig(type="nats", nats={"servers": lone_nats.urls, "max_pending": 8}), "s")
+            nc = await sink._connection()
+            seen: list[int] = []
+            real = nc.publish
+
+            async def counting(*args, **kwargs):
+                seen.append(sum(not f.done() for f in sink._waiting.values()))
+                return await real(*args, **kwargs)
+
+            nc.publish = counting
+            events = [{"id": f"bound-{i:06d}", "kind": "command", "ts": "2026-11-26T20:00:00.000Z",
+                       "server": "s", "data": {}} for i in range(500)]
+            outcome = await sink.send("b-bound-1", wire.document(b'{"id":"a"}', "b-bound-1",
+                                                                 json.dumps(events).encode()), 500)
+            await sink.close()
+            return outcome, seen
+
+        outcome, seen = _run(main())
+        assert outcome.status == 200 and len(seen) == 500
+        assert max(seen) <= 8 and max(seen) >= 2

@@ -10,7 +10,10 @@ subject it does not take) is permanent, with the server's reason.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import nats
@@ -19,6 +22,7 @@ import nats.js.errors
 import orjson
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from agent.config import NatsConfig, SinkConfig
@@ -113,8 +117,36 @@ async def ensure_stream(js: JetStreamContext, cfg: NatsConfig) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why one publish was not stored: ``refused`` by the stream itself, or not (yet) acknowledged."""
+
+    refused: bool
+    why: str
+
+
+def ack_failure(msg: Msg) -> Failure | None:
+    """None for a publish ack; else what the answer says went wrong."""
+    if msg.headers and msg.headers.get("Status") == NO_RESPONDERS:
+        return Failure(False, "no responders (is JetStream up and the stream's leader elected?)")
+    try:
+        error = orjson.loads(msg.data).get("error")
+    except (orjson.JSONDecodeError, AttributeError):
+        return Failure(False, f"an answer that is not a publish ack: {msg.data[:200]!r}")
+    if error is None:
+        return None
+    code, err_code, description = error.get("code"), error.get("err_code"), str(error.get("description", ""))
+    why = f"{description} (code {code}, err_code {err_code})"
+    return Failure(is_refusal(code, err_code, description), why)
+
+
 class NatsSink:
-    """Publishes each event of a batch to JetStream and reports once every ack is in."""
+    """Publishes each event of a batch to JetStream and reports once every ack is in.
+
+    Publishes go out in order on one connection with a reply subject each, under one wildcard
+    subscription for the acks, at most ``max_pending`` unacknowledged at a time; a batch whose
+    acks stop coming for ``timeout_s`` is reported unacknowledged (and retried whole).
+    """
 
     #: takes the wire document itself
     gzip_level: int | None = None
@@ -123,8 +155,9 @@ class NatsSink:
         self.cfg = cfg
         self.server_token = subject_token(server)
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
-        self._pending = asyncio.Semaphore(cfg.nats.max_pending)
+        self._inbox = ""
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
+        self._next = itertools.count()
 
     def encode(self, document: bytes, spooled_at: float = 0.0) -> bytes:
         return document
@@ -135,18 +168,24 @@ class NatsSink:
     def subject(self, kind: str) -> str:
         return self.cfg.nats.subject.format(server=self.server_token, kind=subject_token(kind))
 
-    async def _jetstream(self) -> JetStreamContext | SendOutcome:
-        if self._js is not None and self._nc is not None and not self._nc.is_closed:
-            return self._js
+    async def _on_ack(self, msg: Msg) -> None:
+        fut = self._waiting.pop(msg.subject[len(self._inbox):], None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
+
+    async def _connection(self) -> Client | SendOutcome:
+        if self._nc is not None and not self._nc.is_closed:
+            return self._nc
         try:
             nc = await connect(self.cfg)
         except CredentialsRefused as exc:
             return SendOutcome(401, f"connecting: the servers refuse the credentials: {exc}")
         except (nats.errors.Error, OSError, TimeoutError) as exc:
             return _no_answer("connecting", exc)
-        js = nc.jetstream(timeout=self.cfg.timeout_s)
         try:
-            missing = await ensure_stream(js, self.cfg.nats)
+            missing = await ensure_stream(nc.jetstream(timeout=self.cfg.timeout_s), self.cfg.nats)
+            inbox = nc.new_inbox() + "."
+            await nc.subscribe(inbox + "*", cb=self._on_ack, pending_msgs_limit=-1, pending_bytes_limit=-1)
         except nats.js.errors.APIError as exc:
             # a stream that cannot be made is the operator's to fix: loud, retried, nothing refused
             await nc.close()
@@ -159,50 +198,73 @@ class NatsSink:
             await nc.close()
             log.error("cannot ship: the JetStream stream is missing", reason=missing)
             return SendOutcome(TRY_LATER, missing)
-        self._nc, self._js = nc, js
-        return js
+        self._nc, self._inbox, self._waiting = nc, inbox, {}
+        return nc
 
-    async def _publish(self, js: JetStreamContext, event: dict[str, Any]) -> None:
+    async def _publish_all(self, nc: Client, events: list[dict[str, Any]]) -> list[Failure | None]:
+        """Publish every event in order; each one's failure, or None where its ack arrived."""
+        loop = asyncio.get_running_loop()
+        window: deque[asyncio.Future[Msg]] = deque()
+        acks: list[asyncio.Future[Msg]] = []
+        tokens: list[str] = []
         try:
-            await js.publish(self.subject(str(event.get("kind", "unknown"))), orjson.dumps(event),
-                             timeout=self.cfg.timeout_s, headers={"Nats-Msg-Id": str(event["id"])})
+            for event in events:
+                while len(window) >= self.cfg.nats.max_pending:
+                    oldest = window.popleft()
+                    if not oldest.done():
+                        await asyncio.wait([oldest], timeout=self.cfg.timeout_s)
+                        if not oldest.done():
+                            raise TimeoutError(f"no publish ack for {self.cfg.timeout_s:.0f}s")
+                token = str(next(self._next))
+                fut: asyncio.Future[Msg] = loop.create_future()
+                self._waiting[token] = fut
+                tokens.append(token)
+                await nc.publish(self.subject(str(event.get("kind", "unknown"))), orjson.dumps(event),
+                                 reply=self._inbox + token,
+                                 headers={"Nats-Msg-Id": str(event["id"])})
+                acks.append(fut)
+                window.append(fut)
+            for f in window:  # oldest first: until every ack is in, or one is timeout_s late
+                if not f.done():
+                    await asyncio.wait([f], timeout=self.cfg.timeout_s)
+                    if not f.done():
+                        break
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            gone = Failure(False, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+            return [ack_failure(f.result()) if f.done() else gone for f in acks] + [gone] * (len(events) - len(acks))
         finally:
-            self._pending.release()
+            for f in acks:
+                if not f.done():
+                    f.cancel()
+            for token in tokens:
+                self._waiting.pop(token, None)
+        lost = Failure(False, f"no publish ack within {self.cfg.timeout_s:.0f}s")
+        return [ack_failure(f.result()) if f.done() and not f.cancelled() else lost for f in acks]
 
     async def send(self, batch_id: str, document: bytes, n_events: int, spooled_at: float = 0.0) -> SendOutcome:
         return await self.send_encoded(batch_id, document, n_events)
 
     async def send_encoded(self, batch_id: str, body: bytes, n_events: int) -> SendOutcome:
-        js = await self._jetstream()
-        if isinstance(js, SendOutcome):
-            return js
+        nc = await self._connection()
+        if isinstance(nc, SendOutcome):
+            return nc
         events = orjson.loads(body)["events"]
-        tasks: list[asyncio.Future[None]] = []
-        try:
-            for event in events:  # tasks start in order, so the publishes go out in order
-                await self._pending.acquire()
-                tasks.append(asyncio.ensure_future(self._publish(js, event)))
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-        except asyncio.CancelledError:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise
-        failures = [(e, r) for e, r in zip(events, results, strict=True) if isinstance(r, BaseException)]
+        results = await self._publish_all(nc, events)
+        failures = [(e, r) for e, r in zip(events, results, strict=True) if r is not None]
         if not failures:
             return SendOutcome.stored()
-        retryable = [r for _, r in failures if not _is_refusal(r)]
+        retryable = [r for _, r in failures if not r.refused]
         if retryable:
-            return _no_answer(f"{len(retryable)} of {len(events)} publishes unacknowledged", retryable[0])
-        first = failures[0][1]
-        assert isinstance(first, nats.js.errors.APIError)
-        reason = f"{len(failures)} of {len(events)} events refused by stream {self.cfg.nats.stream!r}: {_said(first)}"
+            return SendOutcome.no_answer(f"{len(retryable)} of {len(events)} publishes unacknowledged: "
+                                         f"{retryable[0].why}")
+        reason = (f"{len(failures)} of {len(events)} events refused by stream {self.cfg.nats.stream!r}: "
+                  f"{failures[0][1].why}")
         if len(failures) == len(events):
             return SendOutcome(REFUSED, reason, retryable=False)
         return SendOutcome(200, reason, rejected=len(failures), rejected_ids=tuple(str(e["id"]) for e, _ in failures))
 
     async def close(self) -> None:
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc = self._nc, None
         if nc is not None and not nc.is_closed:
             try:
                 await asyncio.wait_for(nc.drain(), 5)
@@ -216,20 +278,21 @@ def _said(exc: nats.js.errors.APIError) -> str:
 
 #: JetStream's "the store refused it" error; with "... exceeded" it is a stream limit (discard: new)
 _STORE_FAILED = 10077
+NO_RESPONDERS = "503"
 
 
-def _is_refusal(exc: BaseException) -> bool:
+def is_refusal(code: int | None, err_code: int | None, description: str) -> bool:
     """A JetStream answer refusing the message itself: a 4xx (too large for the stream, a subject
     it does not take) or a stream limit reached; any other 503 means "not now"."""
-    if not isinstance(exc, nats.js.errors.APIError) or exc.code is None:
+    if code is None:
         return False
-    if exc.err_code == _STORE_FAILED and "exceeded" in (exc.description or ""):
+    if err_code == _STORE_FAILED and "exceeded" in description:
         return True
-    return 400 <= exc.code < 500
+    return 400 <= code < 500
 
 
 def _no_answer(doing: str, exc: BaseException) -> SendOutcome:
     what = type(exc).__name__ + (f": {exc}" if str(exc) else "")
     if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
-        return SendOutcome(TRY_LATER, f"{doing}: no responders (is JetStream up and the stream's leader elected?)")
+        return SendOutcome(TRY_LATER, f"{doing}: no responders (is JetStream up?)")
     return SendOutcome.no_answer(f"{doing}: {what}")
