@@ -256,3 +256,20 @@ class TestSinkBounds:
         outcome, seen = _run(main())
         assert outcome.status == 200 and len(seen) == 500
         assert max(seen) <= 8 and max(seen) >= 2
+
+    def test_credentials_over_plain_nats_to_another_host_are_warned(self, tmp_path):
+        """A token sent over plain nats:// to another host is warned at start; tls://, loopback or no token are not."""
+        from structlog.testing import capture_logs
+
+        from agent.config import SinkConfig
+        from agent.shipping.sinks.nats import NatsSink
+
+        token = tmp_path / "token"
+        token.write_text("t0ken-0123456789")
+        cases = {("nats://10.0.0.5:4222", True): True, ("tls://10.0.0.5:4222", True): False,
+                 ("nats://127.0.0.1:4222", True): False, ("nats://10.0.0.5:4222", False): False}
+        for (url, with_token), warned in cases.items():
+            cfg = SinkConfig(type="nats", token_file=str(token) if with_token else None, nats={"servers": [url]})
+            with capture_logs() as logs:
+                NatsSink(cfg, "s")
+            assert any("unencrypted" in e["event"] for e in logs) == warned, (url, with_token)

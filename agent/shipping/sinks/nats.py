@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import ssl
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -158,6 +159,11 @@ class NatsSink:
         self._inbox = ""
         self._waiting: dict[str, asyncio.Future[Msg]] = {}
         self._next = itertools.count()
+        if (cfg.token_file or cfg.nats.creds_file) and tls_context(cfg) is None and any(
+                (urllib.parse.urlsplit(u).hostname or "") not in ("127.0.0.1", "localhost", "::1")
+                for u in cfg.nats.servers):
+            log.warning("sink.nats.servers are plain nats:// to another host: the credentials and the audit "
+                        "data cross the network unencrypted; use tls:// servers", servers=cfg.nats.servers)
 
     def encode(self, document: bytes, spooled_at: float = 0.0) -> bytes:
         return document
