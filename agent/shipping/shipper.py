@@ -1,8 +1,10 @@
 """The shipper: reads spooled batches in order, sends them through the sink, deletes them on ack.
 
-Retryable failures are retried forever with exponential backoff and jitter (tenacity),
-honouring Retry-After; 401/403 pause shipping (the data stays, retried slowly); 413 splits
-the batch; other refusals move it to the dead-letter table with the reason (invariant 4).
+Every send's :class:`~agent.shipping.retry.SendOutcome` goes through ``retry.decide()``, and
+the resulting ``RetryAction`` is acted on in one place (``Shipper._act``): retryable failures
+are retried forever with exponential backoff and jitter (tenacity's schedule), honouring
+Retry-After; 401/403 pause shipping (the data stays, retried slowly); 413 splits the batch;
+other refusals move it to the dead-letter table with the reason (invariant 4).
 """
 
 from __future__ import annotations
