@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 import stat
 import urllib.parse
@@ -53,9 +54,70 @@ class TLSConfig(Section):
     key_file: str | None = None
 
 
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")
+_NATS_NAME = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
+
+
+class OtlpConfig(Section):
+    """``sink.type: otlp`` — OTLP/HTTP logs: ``POST {sink.url}/v1/logs``."""
+
+    encoding: Literal["protobuf", "json"] = "protobuf"
+
+
+class NatsConfig(Section):
+    """``sink.type: nats`` — one JetStream message per event, ``Nats-Msg-Id`` its id."""
+
+    servers: list[str] = Field(default=["nats://127.0.0.1:4222"], min_length=1)
+    stream: str = "ALPACON"
+    subject: str = Field(default="alpacon.{server}.{kind}", description="may use {server} and {kind}")
+    creds_file: str | None = None
+    max_pending: int = Field(default=256, ge=1, le=65_536, description="publishes awaiting their ack at once")
+    auto_create_stream: bool = True
+    replicas: int = Field(default=1, ge=1, le=5, description="of a stream the agent creates")
+    duplicate_window_s: float = Field(default=3600.0, gt=0, description="of a stream the agent creates")
+    max_age_s: float = Field(default=0.0, ge=0, description="retention of a stream the agent creates; 0: no limit")
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("nats://", "tls://")) or not urllib.parse.urlsplit(url).hostname:
+                raise ValueError(f"{url!r} must be nats://HOST:PORT or tls://HOST:PORT")
+        return v
+
+    @field_validator("stream")
+    @classmethod
+    def _stream(cls, v: str) -> str:
+        if not _NATS_NAME.match(v):
+            raise ValueError("a stream name is letters, digits, '_' and '-'")
+        return v
+
+    @field_validator("subject")
+    @classmethod
+    def _subject(cls, v: str) -> str:
+        try:
+            probe = v.format(server="s", kind="k")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"only {{server}} and {{kind}} may be used: {exc}") from None
+        tokens = probe.split(".")
+        if any(not t or any(c in t for c in " \t*>") for t in tokens):
+            raise ValueError("must be dot-separated tokens without spaces or wildcards")
+        return v
+
+    @field_validator("creds_file")
+    @classmethod
+    def _creds(cls, v: str | None) -> str | None:
+        if v is not None and not os.access(v, os.R_OK):
+            raise ValueError(f"{v!r} does not exist or is not readable")
+        return v
+
+
 class SinkConfig(Section):
-    type: Literal["http", "file", "stdout"] = "http"
+    type: Literal["http", "otlp", "nats", "file", "stdout"] = "http"
     url: str = "http://127.0.0.1:8765/api/v1/agent/events"
+    headers: dict[str, str] = Field(default={}, description="http and otlp: extra request headers")
+    otlp: OtlpConfig = OtlpConfig()
+    nats: NatsConfig = NatsConfig()
     token_file: str | None = None
     path: str | None = Field(default=None, description="file sink: JSON lines output path")
     timeout_s: float = Field(default=30.0, gt=0)
@@ -105,6 +167,15 @@ class SinkConfig(Section):
             raise ValueError(f"{shown} cannot be read: {exc.strerror}") from None
         except TokenError as exc:
             raise ValueError(f"{shown}: {exc}") from None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(c in value for c in "\r\n\0") or len(value) > 8192:
+                raise ValueError(f"the value of {name!r} holds a line break or NUL, or is over 8192 characters")
         return v
 
     @model_validator(mode="after")
@@ -132,7 +203,7 @@ class SinkConfig(Section):
 
     def token_in_clear(self) -> bool:
         """Whether a bearer token would cross the network unencrypted (plain http to another host)."""
-        return self.type == "http" and bool(self.token_file) and self.url.startswith("http://") and not self.is_local()
+        return self.type in ("http", "otlp") and bool(self.token_file) and self.url.startswith("http://") and not self.is_local()
 
 
 class BatchConfig(Section):

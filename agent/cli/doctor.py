@@ -233,9 +233,18 @@ async def _probe(cfg: AgentConfig) -> SendOutcome | None:
     return None if outcome.status is not None and 200 <= outcome.status < 300 else outcome
 
 
+def check_fleet_sink(cfg: AgentConfig) -> list[CheckResult]:
+    """An OTLP endpoint or NATS servers: reachable, credentials taken, the stream there."""
+    from agent.shipping.probe import probe_sink
+
+    return [CheckResult(name, status, detail, fix) for name, status, detail, fix in probe_sink(cfg.sink, __version__)]
+
+
 def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     """POST a probe that is not a batch: 400/422 means reachable, TLS fine, token accepted."""
     sink = cfg.sink
+    if sink.type in ("otlp", "nats"):
+        return check_fleet_sink(cfg)
     if sink.type != "http":
         return [ok("backend", f"sink type {sink.type!r}: no backend to reach")]
     url = sink.url
