@@ -45,9 +45,10 @@ FACILITIES: tuple[str, ...] = (
 UNKNOWN_PROGRAM = "unknown"
 
 _PRI = re.compile(r"<(\d{1,3})>")
-#: RFC 3164 TAG, optional as a whole: [spaces and "-- " after the host,] program, [a version
-#: after a blank,] [[pid]], [a macOS " (subsystem)"], then ':'
-_TAG = (r"(?:(?: *-- )?([^\s\[\]:]{1,256})(?: (\d[\w.+~-]{0,63}))?(?:\[([^\]\s]{0,32})\])?"
+#: RFC 3164 TAG, optional as a whole: [spaces and "-- " after the host,] program [and a stray ']',
+#: as gdm writes "gdm-password][607]:"], [a version after a blank,] [[pid]], [a macOS " (subsystem)"],
+#: then ':'
+_TAG = (r"(?:(?: *-- )?([^\s\[\]:]{1,256})\]?(?: (\d[\w.+~-]{0,63}))?(?:\[([^\]\s]{0,32})\])?"
         r"(?: \(([^()\s]{1,256})\))?: ?)?")
 _TRAD = re.compile(r"([A-Z][a-z]{2}) ( ?\d|\d\d) (\d\d):(\d\d):(\d\d) (\S{1,256}) " + _TAG)
 _RFC3339 = re.compile(
