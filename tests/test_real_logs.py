@@ -287,3 +287,25 @@ class TestTransfersFromFtpLogs:
             ("mallory", "/tmp/x_b___o_r_root_ftp_0_*_c", 7),
             ("mallory", '/tmp/a", 999 bytes, 1.00Kbyte/sec', 5),
         ]
+
+
+class TestReadmeFormats:
+    def test_each_example_line_reads_as_the_table_says(self):
+        """The README's table of formats: every example line is read by its format (a known
+        program, not the raw fallback), except the last row's, which is the fallback."""
+        from pathlib import Path
+
+        readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+        section = readme.split("## Log formats it reads", 1)[1].split("\n## ", 1)[0]
+        rows = [r for r in section.splitlines() if r.startswith("| ") and "`" in r.split("|")[3]]
+        examples = [r.split("|")[3].strip().strip("`") for r in rows]
+        assert len(examples) >= 12
+        for row, line in zip(rows[:-1], examples[:-1], strict=True):
+            t, d = parse(line)
+            assert d["program"] != "unknown" and t is not None, line
+            said = row.split("|")[4]
+            if "`user_activity`" in said:
+                assert derive_file([line], AuthDeriver()), line
+            if "`webftp_transfer`" in said and "sftp-server" not in line:
+                assert derive_file([line], FtpTransferDeriver()), line
+        assert parse(examples[-1])[1]["program"] == "unknown"
