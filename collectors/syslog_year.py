@@ -3,8 +3,11 @@
 RFC 3164 timestamps carry no year. A :class:`YearResolver` follows one file's lines in order
 and decides each line's year from what the file says:
 
-- the first line read takes the most recent year in which its date is not after the file's
-  *anchor* (its mtime: when its last line was written) by more than :data:`SKEW_S`;
+- the file's *anchor* is its mtime, when its last line was written: the last line takes the most
+  recent year in which its date is not after the anchor by more than :data:`SKEW_S`, and a
+  reader that scans the lines ahead first (:func:`first_year`) gives the first line that year
+  less the New Years in between; without that scan the first line read is the one dated from
+  the anchor;
 - after that, time runs forward: each line keeps the year of the line before it, and a
   backwards jump of more than :data:`BACKWARDS_S` (a month) is a year boundary (``Dec 31`` ->
   ``Jan 1``); smaller backwards steps (lines a relay delivered late, a clock set back) keep
@@ -22,7 +25,7 @@ from __future__ import annotations
 
 import calendar
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from agent.events import format_ts
 
@@ -44,6 +47,43 @@ def _local(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> float:
     return time.mktime((year, month, day, hh, mm, min(ss, 59), 0, 0, -1)) + (ss > 59)
 
 
+def latest_year(ref: float, month: int, day: int, hh: int = 0, mm: int = 0, ss: int = 0) -> int:
+    """The most recent year in which ``month/day hh:mm:ss`` is not after ``ref`` by more than
+    :data:`SKEW_S` (Feb 29 by that ordering, not a hunt for a leap year: in a non-leap context it
+    is impossible)."""
+    year = time.localtime(ref).tm_year
+    if _local(year, month, min(day, 28) if month == 2 else min(day, 30), hh, mm, ss) > ref + SKEW_S:
+        year -= 1
+    return year
+
+
+def first_year(stamps: Iterable[tuple[int, int, int, int, int]], anchor: float, now: float | None = None) -> int | None:
+    """The year of the first of a file's year-less ``(month, day, hh, mm, ss)`` stamps, read to
+    the file's end: the last stamp is dated from the anchor (mtime), and each backwards jump of
+    more than :data:`BACKWARDS_S` on the way is one New Year before it. None without stamps."""
+    first = last = None
+    wraps = 0
+    for st in stamps:
+        if first is None:
+            first = st
+        elif last is not None and _ordinal(st) < _ordinal(last) - BACKWARDS_S:
+            wraps += 1
+        last = st
+    if first is None or last is None:
+        return None
+    ref = min(anchor, now if now is not None else time.time())
+    return latest_year(ref, *last) - wraps
+
+
+def _ordinal(st: tuple[int, int, int, int, int]) -> float:
+    """Seconds since Jan 1 of a leap year: enough to order dates of one year and measure jumps."""
+    month, day, hh, mm, ss = st
+    return ((_CUMDAYS[month - 1] + day - 1) * 24 + hh) * 3600.0 + mm * 60 + ss
+
+
+_CUMDAYS = (0, 31, 60, 91, 121, 152, 182, 213, 244, 274, 305, 335)
+
+
 class YearResolver:
     """Years for one file's year-less timestamps, read in file order (see the module docstring)."""
 
@@ -56,10 +96,14 @@ class YearResolver:
         self._last_ts = ""
         #: impossible dates met (each dated from its context)
         self.impossible = 0
+        self._first_year: int | None = None
 
-    def set_anchor(self, mtime: float | None) -> None:
-        """The file's mtime: when its last line was written (used until a first line is dated)."""
+    def set_anchor(self, mtime: float | None, first_year: int | None = None) -> None:
+        """The file's mtime: when its last line was written (used until a first line is dated),
+        and, when the lines ahead were scanned, the year of the next line (:func:`first_year`)."""
         self.anchor = mtime
+        if first_year is not None and self._last is None:
+            self._first_year = first_year
 
     def context_ts(self) -> str:
         """The time a line without a usable date is given: the last line's, else the anchor's."""
@@ -80,13 +124,11 @@ class YearResolver:
             return None
         now = self._now()
         limit = now + SKEW_S
-        if self._last is None:
+        if self._last is None and self._first_year is not None:
+            year = self._first_year
+        elif self._last is None:
             ref = min(self.anchor, now) if self.anchor is not None else now
-            year = time.localtime(ref).tm_year
-            # the most recent year in which this date is not after the anchor (Feb 29: that
-            # ordering, not a leap year hunt: "Feb 29" in a non-leap context is impossible)
-            if _local(year, month, min(d, 28) if month == 2 else min(d, 30), h, mi, s) > ref + SKEW_S:
-                year -= 1
+            year = latest_year(ref, month, d, h, mi, s)
         else:
             year, last = self._last
             if valid_date(year, month, d) and _local(year, month, d, h, mi, s) < last - BACKWARDS_S:

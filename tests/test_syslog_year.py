@@ -118,3 +118,25 @@ class TestYearFromTheFile:
                             f"{rng.randint(0, 59):02d}", f"{rng.randint(0, 60):02d}")
             if out is not None:
                 assert parse_ts(out) <= now + SKEW_S + 1
+
+
+class TestScanAhead:
+    def test_a_file_spanning_two_new_years_is_dated_back_from_its_mtime(self):
+        """Read from its start, a file spanning two New Years gives its first line the year of its
+        last (from the mtime) less two, once the lines ahead were scanned."""
+        from collectors.syslog_year import first_year
+
+        now = local(2026, 12, 1, 12)
+        lines = ["Mar  1 10:00:00 h a: 1", "Dec 31 10:00:00 h a: 2", "Jun  1 10:00:00 h a: 3",
+                 "Dec 31 11:00:00 h a: 4", "Feb  1 10:00:00 h a: 5"]
+        months = {m: i for i, m in enumerate(["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
+                                              "Nov", "Dec"], 1)}
+        stamps = [(months[x[:3]], int(x[4:6]), int(x[7:9]), int(x[10:12]), int(x[13:15])) for x in lines]
+        mtime = local(2026, 2, 1, 10, 0, 5)
+        assert first_year(stamps, mtime, now) == 2024
+        parser = SyslogLineParser(now=lambda: now)
+        parser.set_anchor(mtime, first_year(stamps, mtime, now))
+        got = [parser.parse(line)[0] for line in lines]
+        assert got == [ts(2024, 3, 1, 10), ts(2024, 12, 31, 10), ts(2025, 6, 1, 10), ts(2025, 12, 31, 11),
+                       ts(2026, 2, 1, 10)]
+        assert first_year([], mtime, now) is None
