@@ -24,8 +24,9 @@ Times are local time (as syslog daemons write them), converted with ``time.mktim
 from __future__ import annotations
 
 import calendar
+import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from agent.events import format_ts
 
@@ -73,6 +74,20 @@ def first_year(stamps: Iterable[tuple[int, int, int, int, int]], anchor: float, 
         return None
     ref = min(anchor, now if now is not None else time.time())
     return latest_year(ref, *last) - wraps
+
+
+_STAMP_B = re.compile(rb"^(?:<[0-9]{1,3}>)?([A-Z][a-z]{2}) ( ?[0-9]|[0-9]{2}) ([0-9]{2}):([0-9]{2}):([0-9]{2}) ", re.M)
+
+
+def stamps_in(blocks: Iterable[bytes]) -> Iterator[tuple[int, int, int, int, int]]:
+    """The year-less stamps at the starts of the lines of ``blocks`` (a file's bytes, cut at line
+    ends), as :func:`first_year` takes them; lines of other formats are passed over."""
+    months = {m.encode(): i for m, i in MONTHS.items()}
+    for block in blocks:
+        for mon, day, hh, mm, ss in _STAMP_B.findall(block):
+            month = months.get(mon)
+            if month is not None:
+                yield month, int(day), int(hh), int(mm), int(ss)
 
 
 def _ordinal(st: tuple[int, int, int, int, int]) -> float:
