@@ -164,3 +164,27 @@ class YearResolver:
         self._last_key = key
         self._last_ts = format_ts(stamp)
         return self._last_ts
+
+    def seconds(self, stamps: Iterable[bytes]) -> list[bytes | None]:
+        """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of each ``Mon DD HH:MM:SS`` stamp of a block, in file order,
+        as :meth:`resolve` dates them (None: an impossible date). A stamp repeated within the block
+        is looked up, not dated again, until the year changes."""
+        out: list[bytes | None] = []
+        append = out.append
+        cache: dict[bytes, bytes | None] = {}
+        year = self._last[0] if self._last is not None else None
+        for stamp in stamps:
+            sec = cache.get(stamp, False)
+            if sec is False:
+                text = stamp.decode("ascii")
+                ts = self.resolve(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
+                sec = ts[:-4].encode() if ts is not None else None
+                now_year = self._last[0] if self._last is not None else None
+                if now_year != year:
+                    cache.clear()
+                    year = now_year
+                if sec is not None:
+                    cache[stamp] = sec
+            append(sec)  # type: ignore[arg-type]  # the False of a miss was replaced
+        return out
+

@@ -148,3 +148,21 @@ class TestScanAhead:
         blocks = [b"Dec 31 23:59:59 h a: x\r\n<13>Jan  1 00:00:00 h a: y\n", b"garbage Dec 31 10:00:00\nFoo  1 10:00:00 h\n"
                   b"Feb 2 01:02:03 h a: z\n"]
         assert list(stamps_in(blocks)) == [(12, 31, 23, 59, 59), (1, 1, 0, 0, 0), (2, 2, 1, 2, 3)]
+
+
+class TestBlockSeconds:
+    def test_seconds_of_a_block_agree_with_line_by_line(self):
+        """The block form (the file collector's fast path) dates each stamp as resolve() does,
+        New Year and impossible dates included."""
+        now = local(2026, 12, 1, 12)
+        stamps = [b"Dec 31 23:59:59", b"Dec 31 23:59:59", b"Jan  1 00:00:00", b"Dec 31 23:59:59", b"Feb 29 10:00:00",
+                  b"Jan  1 00:00:00", b"Mar  1 10:00:00"]
+        block = YearResolver(anchor=local(2026, 3, 2), now=lambda: now).seconds(stamps)
+        one = YearResolver(anchor=local(2026, 3, 2), now=lambda: now)
+        each = []
+        for s in stamps:
+            t = s.decode()
+            r = one.resolve(t[:3], t[4:6], t[7:9], t[10:12], t[13:15])
+            each.append(r[:-4].encode() if r else None)
+        assert block == each
+        assert block[0] == ts(2025, 12, 31, 23, 59, 59)[:-4].encode() and block[4] is None
