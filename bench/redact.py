@@ -1,6 +1,6 @@
 """Cost per line of redaction: this tree's built-in patterns against a baseline revision's, same run.
 
-The baseline is ``agent/redact.py`` as it was at ``--baseline`` (a git revision), loaded from git
+The baseline is ``agent/pipeline/redact.py`` as it was at ``--baseline`` (a git revision), loaded from git
 into its own module, so both run on the same lines, machine and moment; the figure that matters
 is the ratio. Three line mixes: system log lines (few triggers), shell commands (more), and lines
 that all hold a secret. With detect-secrets installed, its ``scan_line`` (every plugin) is timed on
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent.redact import Redactor  # noqa: E402
+from agent.pipeline.redact import Redactor  # noqa: E402
 
 LOGS = [
     "Accepted publickey for deploy from 192.0.2.10 port 52144 ssh2: ED25519 SHA256:Zm9vYmFy",
@@ -62,9 +62,14 @@ SECRETS = [
 
 
 def baseline_redactor(rev: str) -> Callable[[str], str]:
-    """``redact_text`` of the Redactor in ``agent/redact.py`` at git revision ``rev``."""
-    src = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:agent/redact.py"], check=True,
-                         capture_output=True, text=True).stdout
+    """``redact_text`` of the Redactor in ``agent/pipeline/redact.py`` at git revision ``rev``."""
+    for path in ("agent/pipeline/redact.py", "agent/redact.py"):  # where it is, where it was
+        got = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True)
+        if got.returncode == 0:
+            src = got.stdout
+            break
+    else:
+        raise SystemExit(f"no redact.py at {rev}")
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
         f.write(src)
     spec = importlib.util.spec_from_file_location("baseline_redact", f.name)

@@ -11,9 +11,9 @@ import pytest
 
 from agent.events import format_ts
 from agent.schema import validate_data
-from collectors.auth import AuthDeriver
-from collectors.ftp import FtpTransferDeriver
-from collectors.syslog_parse import SyslogLineParser
+from collectors.derivers.auth import AuthDeriver
+from collectors.derivers.ftp import FtpTransferDeriver
+from collectors.syslog.parse import SyslogLineParser
 
 NOW = time.mktime((2026, 12, 1, 12, 0, 0, 0, 0, -1))
 

@@ -6,7 +6,7 @@ import time
 
 from agent.events import parse_ts
 from agent.schema import validate_data
-from collectors.syslog_parse import SyslogLineParser, parse_line, parse_structured_data
+from collectors.syslog.parse import SyslogLineParser, parse_line, parse_structured_data
 
 
 def _valid(data: dict) -> dict:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from agent.events import format_ts, parse_ts
-from collectors.syslog_parse import SyslogLineParser
-from collectors.syslog_year import SKEW_S, YearResolver
+from collectors.syslog.parse import SyslogLineParser
+from collectors.syslog.year import SKEW_S, YearResolver
 
 
 def local(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
@@ -124,7 +124,7 @@ class TestScanAhead:
     def test_a_file_spanning_two_new_years_is_dated_back_from_its_mtime(self):
         """Read from its start, a file spanning two New Years gives its first line the year of its
         last (from the mtime) less two, once the lines ahead were scanned."""
-        from collectors.syslog_year import first_year
+        from collectors.syslog.year import first_year
 
         now = local(2026, 12, 1, 12)
         lines = ["Mar  1 10:00:00 h a: 1", "Dec 31 10:00:00 h a: 2", "Jun  1 10:00:00 h a: 3",
@@ -143,7 +143,7 @@ class TestScanAhead:
 
     def test_stamps_in_blocks(self):
         """The scan finds the stamps at line starts (after a PRI too), skipping other lines."""
-        from collectors.syslog_year import stamps_in
+        from collectors.syslog.year import stamps_in
 
         blocks = [b"Dec 31 23:59:59 h a: x\r\n<13>Jan  1 00:00:00 h a: y\n", b"garbage Dec 31 10:00:00\nFoo  1 10:00:00 h\n"
                   b"Feb 2 01:02:03 h a: z\n"]

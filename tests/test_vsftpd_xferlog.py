@@ -20,8 +20,8 @@ import pytest
 
 from agent.events import parse_ts
 from agent.schema import validate_data
-from collectors.ftp import FtpTransferDeriver
-from collectors.syslog_parse import SyslogLineParser
+from collectors.derivers.ftp import FtpTransferDeriver
+from collectors.syslog.parse import SyslogLineParser
 from tests.support import free_port, need_binary, need_root, wait_until
 
 CONF = """listen=YES

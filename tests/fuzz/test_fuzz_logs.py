@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from agent.events import format_ts
 from agent.schema import validate_data, validate_event
-from collectors.auth import AuthDeriver
-from collectors.ftp import FtpTransferDeriver, parse_vsftpd, parse_xferlog
-from collectors.sftp import SftpDeriver
-from collectors.syslog_parse import SyslogLineParser
+from collectors.derivers.auth import AuthDeriver
+from collectors.derivers.ftp import FtpTransferDeriver, parse_vsftpd, parse_xferlog
+from collectors.derivers.sftp import SftpDeriver
+from collectors.syslog.parse import SyslogLineParser
 
 FUZZ = settings(max_examples=200, deadline=None)
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "Foo"]
