@@ -22,6 +22,7 @@ from agent.events import parse_ts
 from agent.schema import validate_data
 from collectors.derivers.ftp import FtpTransferDeriver
 from collectors.syslog.parse import SyslogLineParser
+from tests.harness import ReceiverProcess
 from tests.support import free_port, need_binary, need_root, wait_until
 
 CONF = """listen=YES
@@ -120,7 +121,8 @@ def transfers(path: Path) -> list[dict[str, Any]]:
 
 
 class TestVsftpdXferlog:
-    def test_upload_download_and_aborted_download(self, vsftpd: VsftpdLab):
+    def test_upload_download_and_aborted_download(self, vsftpd: VsftpdLab, agent_factory: Any,
+                                                  receiver: ReceiverProcess):
         """One row per transfer: the upload, the download and the aborted download (failed, partial size)."""
         started = time.time() - 1
         big = vsftpd.home / "big.bin"
@@ -153,6 +155,15 @@ class TestVsftpdXferlog:
         for r in rows:
             assert started - 1 <= parse_ts(r["ts"]) <= time.time() + 1
             assert r["source"] == "xferlog" and r["extra"]["access_mode"] == "real"
+        # the agent itself: ftp.paths names the xferlog, read from its start; one row per transfer
+        agent = agent_factory(receiver, collectors={"ftp": {"enabled": True, "paths": [str(xferlog)],
+                                                            "start_at": "beginning"}})
+        r = agent.cli("run", "--once", "--timeout", "60")
+        assert r.returncode == 0, r.stderr[-3000:]
+        shipped = receiver.view("webftp-transfers", limit=100)
+        assert sorted((x["type"], x["username"], x["path"], x["size"], x["remote_ip"], x["status"]) for x in shipped) \
+            == sorted((x["type"], x["username"], x["path"], x["size"], x["remote_ip"], x["status"]) for x in rows)
+        assert len(receiver.view("system-logs", limit=100)) == 3
         # vsftpd's own log of the same session (dual_log_enable) gives the same three transfers
         own = transfers(vsftpd.root / "vsftpd.log")
         assert [(r["type"], r["path"], r["size"] if r["status"] == "success" else "partial", r["status"])
