@@ -24,6 +24,7 @@ Times are local time (as syslog daemons write them), converted with ``time.mktim
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -40,13 +41,24 @@ MONTHS: dict[str, int] = {m: i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
 
+_DAYS = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
 def valid_date(year: int, month: int, day: int) -> bool:
     """Whether the day exists in that month of that year (Feb 29 only in leap years)."""
-    return 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+    if not 1 <= month <= 12 or day < 1:
+        return False
+    return day <= _DAYS[month - 1] or (month == 2 and day == 29 and calendar.isleap(year))
+
+
+@functools.lru_cache(maxsize=8192)
+def _hour(year: int, month: int, day: int, hh: int) -> float:
+    """Epoch seconds of a local hour (zones change their offset on the hour)."""
+    return time.mktime((year, month, day, hh, 0, 0, 0, 0, -1))
 
 
 def _local(year: int, month: int, day: int, hh: int, mm: int, ss: int) -> float:
-    return time.mktime((year, month, day, hh, mm, min(ss, 59), 0, 0, -1)) + (ss > 59)
+    return _hour(year, month, day, hh) + mm * 60 + min(ss, 59) + (ss > 59)
 
 
 def latest_year(ref: float, month: int, day: int, hh: int = 0, mm: int = 0, ss: int = 0) -> int:
@@ -186,21 +198,29 @@ class YearResolver:
         append = out.append
         #: stamp -> (year, epoch, second, key, ts)
         cache: dict[bytes, tuple[int, float, bytes, str, str]] = {}
+        prev: bytes | None = None
+        prev_sec: bytes | None = None
         for stamp in stamps:
+            if stamp == prev:  # the line before's second (most lines of a busy log)
+                append(prev_sec)
+                continue
+            prev = stamp
             hit = cache.get(stamp)
             last = self._last
             if hit is not None and last is not None and hit[0] == last[0] and hit[1] >= last[1] - BACKWARDS_S:
                 self._last = (hit[0], hit[1])
                 self._last_key, self._last_ts = hit[3], hit[4]
-                append(hit[2])
+                prev_sec = hit[2]
+                append(prev_sec)
                 continue
             text = stamp.decode("ascii")
             ts = self.resolve(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
             if ts is None:
+                prev_sec = None
                 append(None)
                 continue
-            sec = ts[:-4].encode()
+            prev_sec = ts[:-4].encode()
             if self._last is not None:
-                cache[stamp] = (self._last[0], self._last[1], sec, self._last_key, ts)
-            append(sec)
+                cache[stamp] = (self._last[0], self._last[1], prev_sec, self._last_key, ts)
+            append(prev_sec)
         return out
