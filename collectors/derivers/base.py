@@ -63,7 +63,9 @@ def event_origin(event: Event) -> tuple[Origin | None, str | None]:
 
 
 def _matches(path: str | None, patterns: Sequence[str]) -> bool:
-    return bool(path) and any(path == p or fnmatch.fnmatchcase(path, p) for p in patterns)  # type: ignore[arg-type]
+    if not path:
+        return False
+    return any(path == p or fnmatch.fnmatchcase(path, p) for p in patterns)
 
 
 class OriginFilter:
