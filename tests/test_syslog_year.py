@@ -166,3 +166,26 @@ class TestBlockSeconds:
             each.append(r[:-4].encode() if r else None)
         assert block == each
         assert block[0] == ts(2025, 12, 31, 23, 59, 59)[:-4].encode() and block[4] is None
+
+
+class TestStrayStamps:
+    def test_a_forged_late_stamp_does_not_move_the_year_of_the_lines_after_it(self):
+        """A line a sender stamped 'Dec 31' in a live log of Dec 1 (a forged or wrong clock) is dated
+        last year, and the genuine lines after it keep this year; so does one stamped 'Jan 1'."""
+        now = local(2026, 12, 1, 12)
+        lines = ["Dec  1 10:00:00 web-01 sshd[1]: a", "Dec 31 23:59:59 web-01 evil: forged",
+                 "Dec  1 10:00:01 web-01 sshd[1]: b", "Jan  1 00:00:00 web-01 evil: forged",
+                 "Dec  1 10:00:02 web-01 sshd[1]: c"]
+        stamps, _, _ = read(lines, now, now)
+        assert stamps == [ts(2026, 12, 1, 10), ts(2025, 12, 31, 23, 59, 59), ts(2026, 12, 1, 10, 0, 1),
+                          ts(2026, 1, 1), ts(2026, 12, 1, 10, 0, 2)]
+        block = [line[:15].encode() for line in lines]
+        got = YearResolver(anchor=now, now=lambda: now).seconds(block)
+        assert got == [t[:-4].encode() for t in stamps]
+
+    def test_a_late_line_in_an_old_file_keeps_its_year(self):
+        """In a file last written in January, a Dec 25 line after Dec 31 is a late line, not a New Year."""
+        now = local(2026, 12, 1, 12)
+        lines = ["Dec 20 10:00:00 h a: 1", "Dec 31 10:00:00 h a: 2", "Dec 25 10:00:00 h a: 3", "Jan  2 10:00:00 h a: 4"]
+        stamps, _, _ = read(lines, now, local(2026, 1, 2, 10, 0, 5))
+        assert stamps == [ts(2025, 12, 20, 10), ts(2025, 12, 31, 10), ts(2025, 12, 25, 10), ts(2026, 1, 2, 10)]

@@ -16,7 +16,8 @@ read from the logs vsftpd and ProFTPD write (the syslog parser names their progr
   "198.51.100.7", "/home/alice/a.bin", 1024 bytes, 512.00Kbyte/sec`` (and ``FAIL``, ``DOWNLOAD``,
   ``DELETE``, ``MKDIR``, ``RMDIR``, ``RENAME``).
 
-vsftpd with ``dual_log_enable=YES`` writes each transfer to both logs: the second line of the
+A syslog line tagged ``xferlog`` (which any local user can send) is not a transfer: only a line
+of a file that starts with the transfer log's own time is. vsftpd with ``dual_log_enable=YES`` writes each transfer to both logs: the second line of the
 same transfer (same user, file, size and second) is skipped. A row's id is
 ``stable_id("xfer", <line id>)``. Times are read as local time; vsftpd writes GMT unless
 ``use_localtime=YES``.
@@ -151,7 +152,12 @@ class FtpTransferDeriver:
     def __call__(self, event: Event) -> list[Event]:
         try:
             data = accepted_data(event, self.accept)
-            if data is None or event_origin(event)[0] == "journald" and data.get("program") == "xferlog":
+            if data is None:
+                return []
+            if data.get("program") == "xferlog" and (event_origin(event)[0] == "journald"
+                                                     or data.get("hostname") is not None):
+                # only a line that starts with the transfer log's own time (no syslog header)
+                # is one: "xferlog" as a syslog tag is anyone's (logger -t xferlog)
                 return []
             message = data.get("message")
             program = data.get("program")

@@ -9,11 +9,12 @@ and decides each line's year from what the file says:
   less the New Years in between; without that scan the first line read is the one dated from
   the anchor;
 - after that, time runs forward: each line keeps the year of the line before it, and a
-  backwards jump of more than :data:`BACKWARDS_S` (a month) is a year boundary (``Dec 31`` ->
-  ``Jan 1``); smaller backwards steps (lines a relay delivered late, a clock set back) keep
-  the year;
-- no timestamp is ever more than :data:`SKEW_S` after the present: a year that would put a line
-  there is one too many, the year before is taken;
+  backwards jump (of months: ``Dec 31`` -> ``Jan 1``; of more than :data:`SKEW_S` in any case)
+  is a year boundary when the date in the next year is not after the file's last write; smaller
+  backwards steps (lines a relay delivered late, a clock set back) keep the year, and so does a
+  jump back whose next-year date would lie after the mtime (a late or forged line);
+- no timestamp is ever more than :data:`SKEW_S` after the file's mtime or the present: a year
+  that would put a line there is one too many, the year before is taken;
 - an impossible date (``Feb 29`` in a year that is not a leap year, ``Feb 31``, ``Apr 31``)
   stays impossible: the resolver answers None, counts it, and the caller keeps the raw text
   and dates the line from its context (:attr:`YearResolver.context_ts`).
@@ -162,7 +163,8 @@ class YearResolver:
             self.impossible += 1
             return None
         now = self._now()
-        limit = now + SKEW_S
+        # no line after the file's last write (its mtime) nor after now, by more than the skew
+        limit = (min(self.anchor, now) if self.anchor is not None else now) + SKEW_S
         if self._last is None and self._first_year is not None:
             year = self._first_year
         elif self._last is None:
@@ -170,9 +172,14 @@ class YearResolver:
             year = latest_year(ref, month, d, h, mi, s)
         else:
             year, last = self._last
-            if valid_date(year, month, d) and _local(year, month, d, h, mi, s) < last - BACKWARDS_S:
-                year += 1  # time runs forward: a jump back of months is New Year
-            elif not valid_date(year, month, d) and month < time.localtime(last).tm_mon:
+            if valid_date(year, month, d):
+                back = _local(year, month, d, h, mi, s) < last - SKEW_S
+            else:
+                back = month < time.localtime(last).tm_mon
+            # time runs forward: a jump back is New Year, when the next year's date is not after
+            # the file's last write (so a line with a forged or stray stamp cannot move the year
+            # of the lines after it)
+            if back and valid_date(year + 1, month, d) and _local(year + 1, month, d, h, mi, s) <= limit:
                 year += 1
         if not valid_date(year, month, d):
             self.impossible += 1
@@ -193,7 +200,7 @@ class YearResolver:
         """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of each ``Mon DD HH:MM:SS`` stamp of a block, in file order,
         exactly as :meth:`resolve` dates them (None: an impossible date). A stamp met before in the
         block is looked up instead of dated again when :meth:`resolve` would give it the same year:
-        same year as the line before, and no backwards jump of a month from it."""
+        same year as the line before, and no backwards jump of more than the skew from it."""
         out: list[bytes | None] = []
         append = out.append
         #: stamp -> (year, epoch, second, key, ts)
@@ -207,7 +214,7 @@ class YearResolver:
             prev = stamp
             hit = cache.get(stamp)
             last = self._last
-            if hit is not None and last is not None and hit[0] == last[0] and hit[1] >= last[1] - BACKWARDS_S:
+            if hit is not None and last is not None and hit[0] == last[0] and hit[1] >= last[1] - SKEW_S:
                 self._last = (hit[0], hit[1])
                 self._last_key, self._last_ts = hit[3], hit[4]
                 prev_sec = hit[2]
