@@ -296,3 +296,31 @@ class TestSegments:
         assert ids == [f"e{i:03d}" for i in range(18)]
         small = segmented(items[:10], Prepared("s", r.redact_text, Filter(), r.changed_lines, 100, 70))
         assert all(len(blob) <= 70 for _, blob, n in small if n > 1) and sum(n for _, _, n in small) == 10
+
+
+class TestYearsInTheCollector:
+    async def test_each_file_dated_from_its_own_mtime_and_bad_dates_counted(self, tmp_path: Path) -> None:
+        """Two files read by one collector: each is dated from its own mtime (one last written in
+        January, one now); impossible dates keep their text, take the line before's time and are
+        counted; a CRLF file loses its CRs."""
+        import time as _time
+
+        year = _time.localtime().tm_year
+        old = tmp_path / "old.log"
+        old.write_bytes(b"Dec 20 10:00:00 h a[1]: one\r\nFeb 31 10:00:00 h a[1]: impossible\r\n"
+                        b"Dec 31 23:00:00 h a[1]: two\r\n")
+        jan = _time.mktime((year, 1, 4, 9, 0, 0, 0, 0, -1))
+        os.utime(old, (jan, jan))
+        new = tmp_path / "new.log"
+        stamp = _time.strftime("%b %e %H:%M:%S", _time.localtime(_time.time() - 60)).encode()
+        new.write_bytes(stamp + b" h b[2]: fresh\n")
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(old), str(new)], start_at="beginning")
+        await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
+        by_msg = {e["data"]["message"]: e for e in rec.events}
+        assert set(by_msg) == {"one", "impossible", "two", "fresh"}
+        assert by_msg["one"]["ts"].startswith(f"{year - 1}-12-20") and by_msg["two"]["ts"].startswith(f"{year - 1}-12-31")
+        assert by_msg["impossible"]["ts"] == by_msg["one"]["ts"]
+        assert by_msg["impossible"]["data"]["extra"] == {"raw_timestamp": "Feb 31 10:00:00"}
+        assert by_msg["fresh"]["ts"].startswith(str(year)) or _time.localtime().tm_yday == 1
+        assert rec.counts.get("syslog_bad_timestamp") == 1

@@ -79,6 +79,8 @@ def first_year(stamps: Iterable[tuple[int, int, int, int, int]], anchor: float, 
     first = last = None
     wraps = 0
     for st in stamps:
+        if not (valid_date(2000, st[0], st[1]) and st[2] < 24 and st[3] < 60 and st[4] < 61):
+            continue  # an impossible date (2000: a leap year, Feb 29 may be real) moves no year
         if first is None:
             first = st
         elif last is not None and _ordinal(st) < _ordinal(last) - BACKWARDS_S:
