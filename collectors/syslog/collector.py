@@ -9,7 +9,10 @@ Reading is built for volume: a block read from a file is cut into 32 KiB pieces;
 lines are all of one common timestamped format (and valid UTF-8) is parsed with one regex call
 (``_bulk``) and its events assembled by the pipeline's fast path as a block
 (``agent.pipeline.encode.system_log_block``), other pieces line by line through
-``collectors.syslog.parse``; both give the same events. The next chunk is read while the last
+``collectors.syslog.parse``; both give the same events. Each file has its own parser, anchored
+at the file's mtime, so that year-less timestamps are dated from that file's context
+(``collectors.syslog.year``; lines ahead of a back-fill are scanned once for their New Years);
+CRLF line ends are read as LF ones, the ids keeping the file's own offsets. The next chunk is read while the last
 one is handed to the pipeline, as segments of many events.
 """
 
