@@ -188,6 +188,9 @@ class SyslogConfig(Section):
     partial_line_timeout_s: float = Field(default=5.0, gt=0)
     poll_interval_s: float = Field(default=0.25, gt=0)
     glob_interval_s: float = Field(default=5.0, gt=0)
+    #: the time zone of FTP servers' transfer-log stamps (``Mon Dec  1 10:00:00 2026``): vsftpd
+    #: writes UTC unless ``use_localtime=YES``, ProFTPD local time
+    ftp_times: Literal["local", "utc"] = "local"
 
 
 class AuthConfig(Section):
@@ -214,6 +217,8 @@ class FtpConfig(Section):
     #: the files read (only those that exist); lines of these formats in any other file read are used too
     paths: list[str] = ["/var/log/xferlog", "/var/log/vsftpd.log", "/var/log/proftpd/xferlog"]
     start_at: Literal["beginning", "end"] = "end"
+    #: their stamps' time zone: vsftpd writes UTC unless ``use_localtime=YES``, ProFTPD local time
+    times: Literal["local", "utc"] = "local"
 
 
 class CommandsConfig(Section):

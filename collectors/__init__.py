@@ -29,12 +29,14 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
     taken = set(c.syslog.paths) if c.syslog.enabled else set()
     auth_paths = [p for p in auth_file_paths(cfg) if p not in taken]
     ftp_paths = [p for p in ftp_file_paths(cfg) if p not in taken and p not in auth_paths]
-    for name, paths, start_at in (("authlog", auth_paths, c.auth.start_at), ("ftplog", ftp_paths, c.ftp.start_at)):
+    sources = (("authlog", auth_paths, c.auth.start_at, c.syslog.ftp_times), ("ftplog", ftp_paths, c.ftp.start_at,
+                                                                                 c.ftp.times))
+    for name, paths, start_at, ftp_times in sources:
         if paths:
             from collectors.syslog.collector import SyslogFileCollector
 
-            files = SyslogFileCollector(
-                c.syslog.model_copy(update={"paths": paths, "enabled": True, "start_at": start_at}), ctx)
+            files = SyslogFileCollector(c.syslog.model_copy(
+                update={"paths": paths, "enabled": True, "start_at": start_at, "ftp_times": ftp_times}), ctx)
             files.name = name  # type: ignore[misc]
             files.source = name
             out.append(files)

@@ -309,3 +309,33 @@ class TestReadmeFormats:
             if "`webftp_transfer`" in said and "sftp-server" not in line:
                 assert derive_file([line], FtpTransferDeriver()), line
         assert parse(examples[-1])[1]["program"] == "unknown"
+
+
+class TestFtpLogTimeZone:
+    def test_vsftpd_utc_stamps(self, monkeypatch, tmp_path):
+        """vsftpd writes xferlog times in UTC unless use_localtime=YES: ftp.times: utc reads them so,
+        the default reads them as local time (ProFTPD's); the setting reaches the ftp file source."""
+        from agent.config import parse_config
+        from collectors import build_collectors
+        from collectors.syslog import year
+        from tests.parts import EmitRecorder
+
+        line = "Tue Dec  1 10:00:00 2026 1 198.51.100.7 5 /srv/a b _ o r alice ftp 0 * c"
+        monkeypatch.setenv("TZ", "Asia/Seoul")
+        time.tzset()
+        year._hour.cache_clear()
+        try:
+            assert SyslogLineParser().parse(line)[0] == "2026-12-01T01:00:00.000Z"
+            assert SyslogLineParser(ftp_times="utc").parse(line)[0] == "2026-12-01T10:00:00.000Z"
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()
+            year._hour.cache_clear()
+        xferlog = tmp_path / "xferlog"
+        xferlog.write_text(line + "\n")
+        cfg = parse_config({"collectors": {"journald": {"enabled": False}, "metrics": {"enabled": False},
+                                           "commands": {"enabled": False},
+                                           "ftp": {"paths": [str(xferlog)], "times": "utc"}}})
+        sources = {c.name: c for c in build_collectors(cfg, EmitRecorder().context(once=True))}
+        assert sources["ftplog"].config.ftp_times == "utc"  # type: ignore[attr-defined]
+        assert sources["ftplog"].config.paths == [str(xferlog)]  # type: ignore[attr-defined]

@@ -19,8 +19,8 @@ read from the logs vsftpd and ProFTPD write (the syslog parser names their progr
 A syslog line tagged ``xferlog`` (which any local user can send) is not a transfer: only a line
 of a file that starts with the transfer log's own time is. vsftpd with ``dual_log_enable=YES`` writes each transfer to both logs: the second line of the
 same transfer (same user, file, size and second) is skipped. A row's id is
-``stable_id("xfer", <line id>)``. Times are read as local time; vsftpd writes GMT unless
-``use_localtime=YES``.
+``stable_id("xfer", <line id>)``. Times are read as local time, or as UTC with ``collectors.ftp.times: utc``
+(vsftpd writes UTC unless ``use_localtime=YES``; ProFTPD local time).
 """
 
 from __future__ import annotations

@@ -82,7 +82,7 @@ class SyslogFileCollector(Collector):
         :func:`collectors.syslog.year.first_year`)."""
         p = self._parsers.get(t)
         if p is None:
-            p = self._parsers[t] = SyslogLineParser()
+            p = self._parsers[t] = SyslogLineParser(ftp_times=self.config.ftp_times)
             if st is not None and st.st_size > t.state.off:
                 p.set_anchor(st.st_mtime, first_year(stamps_in(iter_blocks(t.fd, t.state.off, st.st_size)),
                                                      st.st_mtime))

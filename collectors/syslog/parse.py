@@ -26,6 +26,7 @@ and macOS's ``launchd[1] (com.example.job[42]):`` (``extra.subsystem``).
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
 from collections.abc import Callable
@@ -107,11 +108,13 @@ class _Clock:
         return f"{self._iso[1]}.{ms}Z"
 
     @staticmethod
-    def local(year: int, month: int, day: int, hh: int, mm: int, ss: int, ms: str | None) -> str | None:
-        """A local date and time with a year; None when the date is impossible."""
+    def local(year: int, month: int, day: int, hh: int, mm: int, ss: int, ms: str | None,
+              utc: bool = False) -> str | None:
+        """A local (``utc``: UTC) date and time with a year; None when the date is impossible."""
         if not (valid_date(year, month, day) and hh < 24 and mm < 60 and ss < 61):
             return None
-        stamp = time.mktime((year, month, day, hh, mm, min(ss, 59), 0, 0, -1)) + (ss > 59)
+        fields = (year, month, day, hh, mm, min(ss, 59), 0, 0, -1)
+        stamp = (calendar.timegm(fields) if utc else time.mktime(fields)) + (ss > 59)
         return format_ts(stamp)[:-4] + (ms or "")[:3].ljust(3, "0") + "Z"
 
 
@@ -119,7 +122,10 @@ class SyslogLineParser:
     """Parses syslog lines. It dates year-less lines from the lines before them, so use one per
     file, in file order, with the file's mtime as :meth:`set_anchor`."""
 
-    def __init__(self, anchor: float | None = None, now: Callable[[], float] = time.time) -> None:
+    def __init__(self, anchor: float | None = None, now: Callable[[], float] = time.time,
+                 ftp_times: str = "local") -> None:
+        #: the FTP servers' ctime stamps (xferlog, vsftpd.log) are UTC: vsftpd without use_localtime=YES
+        self.ftp_utc = ftp_times == "utc"
         self.years = YearResolver(anchor, now)
         self._clock = _Clock(self.years)
 
@@ -203,7 +209,8 @@ class SyslogLineParser:
         elif _XFERLOG.match(rest):
             program = "xferlog"
         data = _data(program, pid, level, rest, facility, None)
-        ts = self._clock.local(int(year), _MONTHS.get(mon, 0), int(day), int(hh), int(mi), int(ss), None)
+        ts = self._clock.local(int(year), _MONTHS.get(mon, 0), int(day), int(hh), int(mi), int(ss), None,
+                               self.ftp_utc)
         if ts is None:
             self.years.impossible += 1
             ts = self._impossible(data, line[pos:m.end() - 1])
