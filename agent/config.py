@@ -293,12 +293,18 @@ class SyslogConfig(Section):
     partial_line_timeout_s: float = Field(default=5.0, gt=0)
     poll_interval_s: float = Field(default=0.25, gt=0)
     glob_interval_s: float = Field(default=5.0, gt=0)
+    #: the time zone of FTP servers' transfer-log stamps (``Mon Dec  1 10:00:00 2026``): vsftpd
+    #: writes UTC unless ``use_localtime=YES``, ProFTPD local time
+    ftp_times: Literal["local", "utc"] = "local"
 
 
 class AuthConfig(Section):
     enabled: bool = True
     paths: list[str] = ["/var/log/auth.log", "/var/log/secure"]
     source: Literal["auto", "journald", "file"] = "auto"
+    #: where the auth files are first read from (their own, whatever collectors.syslog says):
+    #: ``beginning`` back-fills a copied auth.log or secure
+    start_at: Literal["beginning", "end"] = "end"
     #: PAM services whose session opened/closed lines are noise, not user activity
     ignore_pam_services: list[str] = ["cron", "CRON", "crond", "systemd-user", "atd"]
 
@@ -307,6 +313,17 @@ class SftpConfig(Section):
     enabled: bool = True
     #: sftp-server processes tracked at once (the oldest is forgotten beyond this)
     max_sessions: int = Field(default=4096, ge=16)
+
+
+class FtpConfig(Section):
+    """FTP servers' transfer logs (standard xferlog, vsftpd.log) -> ``webftp_transfer``."""
+
+    enabled: bool = True
+    #: the files read (only those that exist); lines of these formats in any other file read are used too
+    paths: list[str] = ["/var/log/xferlog", "/var/log/vsftpd.log", "/var/log/proftpd/xferlog"]
+    start_at: Literal["beginning", "end"] = "end"
+    #: their stamps' time zone: vsftpd writes UTC unless ``use_localtime=YES``, ProFTPD local time
+    times: Literal["local", "utc"] = "local"
 
 
 class CommandsConfig(Section):
@@ -326,6 +343,7 @@ class CollectorsConfig(Section):
     syslog: SyslogConfig = SyslogConfig()
     auth: AuthConfig = AuthConfig()
     sftp: SftpConfig = SftpConfig()
+    ftp: FtpConfig = FtpConfig()
     commands: CommandsConfig = CommandsConfig()
     metrics: MetricsConfig = MetricsConfig()
 

@@ -42,9 +42,9 @@ log = structlog.get_logger("service")
 def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
     """What the collectors are built from (see ``_context`` and ``build_collectors``): their
     settings, the server name, the hook server they register with and the auth files present."""
-    from collectors.derivers.base import auth_file_paths
+    from collectors.derivers.base import auth_file_paths, ftp_file_paths
 
-    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)))
+    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)), tuple(ftp_file_paths(cfg)))
 
 
 class Agent:

@@ -156,6 +156,7 @@ def agent_config(tmp: Path, receiver: ReceiverProcess | None = None, **overrides
             "syslog": {"enabled": False},
             "auth": {"enabled": False},
             "sftp": {"enabled": False},
+            "ftp": {"enabled": False},
             "commands": {"enabled": False},
             "metrics": {"enabled": False},
         },
