@@ -12,6 +12,7 @@ the input (with the reason) and carry on with the rest.
      ├── PermanentError                  the same thing fails again until someone fixes the cause
      │    ├── ConfigError                bad configuration: never starts, reload keeps the old one
      │    ├── SetupError                 setup cannot proceed; nothing was changed
+     │    ├── TokenError                 the token file cannot be used (also a ValueError)
      │    ├── RecorderError              a Websh session cannot start (unknown user, no permission …)
      │    ├── CredentialsRefused         a sink's servers refuse the token or credentials (NATS connect)
      │    └── PermanentShipError         the sink refuses the batch as it is
@@ -64,6 +65,10 @@ class DeliveryRefused(RetryableError):
 
 
 # -- permanent -----------------------------------------------------------------------------------
+class TokenError(PermanentError, ValueError):
+    """The token file cannot be used; the message says why and how to fix it."""
+
+
 class ConfigError(PermanentError):
     """A configuration that does not validate; ``problems`` holds one ``path: why`` line each."""
 

@@ -18,12 +18,10 @@ from __future__ import annotations
 import os
 import stat
 
+from agent.errors import TokenError
+
 #: a token file larger than this is not a token
 MAX_TOKEN_BYTES = 8192
-
-
-class TokenError(ValueError):
-    """The token file cannot be used; the message says why and how to fix it."""
 
 
 def check_token_bytes(raw: bytes) -> str:

@@ -71,6 +71,10 @@ for f in "$VENV"/bin/* "$VENV/pyvenv.cfg"; do
     fi
 done
 find "$VENV" -name direct_url.json -delete
+# library files are not programs: a wheel that ships its modules and metadata executable
+# (protobuf does) loses the bit, except on compiled modules and real scripts ("#!")
+find "$VENV/lib" -type f -perm /111 ! -name '*.so' ! -name '*.so.*' -exec sh -c \
+    'for f; do [ "$(head -c 2 "$f")" = "#!" ] || chmod a-x "$f"; done' _ {} +
 # library modules are not scripts: drop the "#!" line of non-executable .py files
 find "$VENV/lib" -name '*.py' -type f ! -perm -u+x -exec grep -l -m1 '^#!' {} + 2>/dev/null \
     | while read -r f; do sed -i '1{/^#!/d}' "$f"; done

@@ -64,9 +64,9 @@ def collector():
     c.stop()
 
 
-def _otlp_agent(agent_factory, collector, **sink):
+def _otlp_agent(agent_factory, collector, batch_events=50, **sink):
     return agent_factory(None, sink={"type": "otlp", "url": collector.url, **sink},
-                         batch={"max_events": 50, "max_wait_ms": 50})
+                         batch={"max_events": batch_events, "max_wait_ms": 50})
 
 
 class TestOtlpRecords:
@@ -118,7 +118,7 @@ class TestOtlpDelivery:
         collector = OtlpCollector(error_rate=0.3, throttle_rate=0.05, retry_after=1, partial_at={5},
                                   seed=11).start()
         try:
-            agent = _otlp_agent(agent_factory, collector)
+            agent = _otlp_agent(agent_factory, collector, batch_events=10)
             agent.start()
             n = 2000
             pushed = [f"otlp-deliv-{i:06d}" for i in range(n)]
