@@ -52,6 +52,7 @@ GROUP_KEYS: dict[str, str] = {
     "websh_session": "session_id",
     "websh_command": "session_id",
     "command": "command_id",
+    "websh_recording": "session_id",
 }
 
 _COLUMNS = "seq, id, kind, server, ts, received_at, batch_id, data"
@@ -74,6 +75,10 @@ class Query:
     since: str | None = None
     until: str | None = None
     after: int | None = None
+    #: only events received before this sequence number (paging newest first)
+    before: int | None = None
+    #: newest first
+    descending: bool = False
     limit: int | None = None
     keys: Sequence[str] | None = None
     data_eq: Sequence[tuple[str, Any]] = ()
@@ -210,6 +215,9 @@ class EventStore:
         if q.after is not None:
             where.append("seq > ?")
             args.append(q.after)
+        if q.before is not None:
+            where.append("seq < ?")
+            args.append(q.before)
         if q.keys is not None:
             where.append(f"key IN ({', '.join('?' * len(q.keys))})" if q.keys else "0")
             args.extend(q.keys)
@@ -222,7 +230,7 @@ class EventStore:
         sql = f"SELECT {_COLUMNS} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order}"
+        sql += f" ORDER BY {order}" + (" DESC" if q.descending else "")
         if q.limit is not None:
             sql += " LIMIT ?"
             args.append(q.limit)
@@ -231,6 +239,42 @@ class EventStore:
     async def select(self, q: Query) -> list[dict[str, Any]]:
         """Events matching ``q`` in arrival order (receive sequence)."""
         return await self._run(self._select, q)
+
+    def _activity_summary(self, q: Query, top: int) -> dict[str, Any]:
+        where = ["kind = 'user_activity'"]
+        args: list[Any] = []
+        for col, op, value in (("server", "=", q.server), ("ts", ">=", q.since), ("ts", "<", q.until)):
+            if value is not None:
+                where.append(f"{col} {op} ?")
+                args.append(value)
+        for field, value in q.data_eq:
+            where.append("json_extract(data, ?) = ?")
+            args.extend((f"$.{field}", value))
+        cond = " AND ".join(where)
+        db = self._db()
+        hours = db.execute(
+            "SELECT substr(ts, 1, 13) || ':00:00.000Z' AS hour, json_extract(data, '$.action'),"
+            f" json_extract(data, '$.result'), count(*) FROM events WHERE {cond}"
+            " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            args,
+        ).fetchall()
+
+        def top_of(field: str) -> list[tuple[Any, int]]:
+            return db.execute(
+                f"SELECT json_extract(data, '$.{field}'), count(*) FROM events WHERE {cond}"
+                " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+                [*args, top],
+            ).fetchall()
+
+        return {
+            "hours": [{"hour": h, "action": a, "result": r, "count": n} for h, a, r, n in hours],
+            "users": [{"user": u, "count": n} for u, n in top_of("user")],
+            "ips": [{"ip": ip, "count": n} for ip, n in top_of("ip")],
+        }
+
+    async def activity_summary(self, q: Query, top: int = 10) -> dict[str, Any]:
+        """User activity counted per hour by action and result, and the top users and IPs."""
+        return await self._run(self._activity_summary, q, top)
 
     def _ids(self, kinds: Iterable[str]) -> list[str]:
         kinds = list(kinds)

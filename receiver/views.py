@@ -18,7 +18,7 @@ from receiver.store import EventStore, Query
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 100_000
-COMMON_PARAMS = ("server", "since", "until", "limit", "after")
+COMMON_PARAMS = ("server", "since", "until", "limit", "after", "before", "order")
 
 #: order of command statuses when two changes share a timestamp
 STATUS_RANK = {"scheduled": 0, "running": 1, "stuck": 2, "success": 3, "failed": 3}
@@ -65,10 +65,12 @@ VIEWS: dict[str, ViewSpec] = {
             "object_name": str,
             "path": str,
         },
+        {"q": "path"},
     ),
     "commands": ViewSpec(
         "command",
         {"command_id": str, "shell": str, "status": str, "operator": str, "user": str},
+        {"q": "line"},
         merged=True,
     ),
     "user-activity": ViewSpec(
@@ -127,6 +129,12 @@ def parse_common(params: Mapping[str, str], allowed: tuple[str, ...], what: str)
         else DEFAULT_LIMIT,
         "after": parse_int("after", params["after"], 0, 2**62) if "after" in params else None,
     }
+    if "before" in params:
+        out["before"] = parse_int("before", params["before"], 0, 2**62)
+    if "order" in params:
+        if params["order"] not in ("asc", "desc"):
+            raise ParamError(f"order: {params['order'][:64]!r} is not 'asc' or 'desc'")
+        out["descending"] = params["order"] == "desc"
     return out
 
 
@@ -245,6 +253,8 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
                 since=common["since"],
                 until=common["until"],
                 after=common["after"],
+                before=common.get("before"),
+                descending=common.get("descending", False),
                 limit=common["limit"],
                 data_eq=tuple(filters.items()),
                 data_like=tuple(contains),
@@ -261,10 +271,17 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
         for ev in rows:
             groups.setdefault(ev["data"][key_field], []).append(ev)
         items = []
-        after = common["after"]
-        for group in groups.values():  # dicts keep first-arrival order
+        after, before = common["after"], common.get("before")
+        ordered = list(groups.values())  # dicts keep first-arrival order
+        if common.get("descending"):
+            ordered.reverse()
+        for group in ordered:
             item = merge(group)
             if after is not None and item["received_seq"] <= after:
+                continue
+            if before is not None and item["received_seq"] >= before:
+                continue
+            if any(needle not in str(item.get(field) or "") for field, needle in contains):
                 continue
             if not _in_window(item["ts"], common["since"], common["until"]):
                 continue
@@ -280,6 +297,7 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
         "items": items,
         "count": len(items),
         "next_after": items[-1]["received_seq"] if items else common["after"],
+        "next_before": items[-1]["received_seq"] if items and common.get("descending") else None,
     }
 
 

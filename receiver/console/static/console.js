@@ -89,7 +89,7 @@ const VIEWS = {
   },
   logs: {
     title: "System logs", api: "system-logs",
-    filters: [["program", "Program"], ["level", "Level", ["", "emerg", "alert", "crit", "err", "warning",
+    filters: [["program", "Program"], ["level", "Level", ["", "emerg", "alert", "crit", "error", "warning",
               "notice", "info", "debug"]], ["pid", "PID"], ["q", "Message contains"]],
     cols: [["server", "Server"], ["program", "Program"], ["level", "Level", null, (r) => `lvl-${r.level}`],
            ["pid", "PID"], ["message", "Message", (v) => short(v, 200), () => "msg"], ["ts", "Date", fmtTime]],
@@ -298,14 +298,14 @@ async function drawActivityCharts(params) {
   const colour = (s) => PALETTE[series.indexOf(s) % PALETTE.length];
   const totals = hours.map((h) => sum.hours.filter((x) => x.hour === h).reduce((a, x) => a + x.count, 0));
   const max = Math.max(1, ...totals);
-  const W = Math.max(320, hours.length * 34 + 40), H = 180;
+  const STEP = 48, W = Math.max(320, hours.length * STEP + 40), H = 180;
   const graph = svg("svg", { width: W, height: H + 30, id: "activity-hours", role: "img" });
   hours.forEach((hour, i) => {
     let y = H;
     for (const x of sum.hours.filter((v) => v.hour === hour).sort((a, b) => (`${a.action} ${a.result}` < `${b.action} ${b.result}` ? -1 : 1))) {
       const h = (x.count / max) * (H - 10);
       y -= h;
-      const bar = svg("rect", { class: "bar", x: 30 + i * 34, y, width: 26, height: Math.max(h, 1),
+      const bar = svg("rect", { class: "bar", x: 30 + i * STEP, y, width: 36, height: Math.max(h, 1),
                                 fill: colour(`${x.action} ${x.result}`), "data-hour": hour, "data-action": x.action,
                                 "data-result": x.result, "data-count": x.count });
       const title = svg("title", {});
@@ -321,9 +321,11 @@ async function drawActivityCharts(params) {
       });
       graph.append(bar);
     }
-    const label = svg("text", { x: 30 + i * 34, y: H + 14 });
-    label.textContent = new Date(hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
-    graph.append(label);
+    const label = svg("text", { x: 30 + i * STEP, y: H + 14 });
+    label.textContent = new Date(hour).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
+    const total = svg("text", { x: 30 + i * STEP, y: y - 3, class: "total" });
+    total.textContent = String(totals[i]);
+    graph.append(label, total);
   });
   const legend = el("div", { class: "legend" }, series.map((s) => el("span", { style: null, "data-series": s }, s)));
   legend.querySelectorAll("span").forEach((sp) => sp.style.setProperty("--c", colour(sp.dataset.series)));
