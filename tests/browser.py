@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.support import need, wait_until
 
@@ -64,9 +63,10 @@ class Browser:
         return path
 
 
-@pytest.fixture
-def browser() -> Iterator[Browser]:
-    """A fresh headless Chromium (no shared profile, no background networking)."""
+@contextlib.contextmanager
+def open_browser() -> Iterator[Browser]:
+    """A fresh headless Chromium (no shared profile, no background networking); the ``browser``
+    fixture of conftest.py."""
     need(os.access(CHROMIUM, os.X_OK), "chromium (Debian package chromium)")
     need(os.access(CHROMEDRIVER, os.X_OK), "chromedriver (Debian package chromium-driver)")
     try:

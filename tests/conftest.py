@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser import Browser, open_browser
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
 from tests.support import need, need_binary, need_root
@@ -58,3 +59,10 @@ def agent(agent_factory: object, receiver: ReceiverProcess) -> Iterator[AgentPro
     yield a
     if a.proc is not None:
         a.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A real headless Chromium (Selenium); fails under CI=true when Chromium is missing."""
+    with open_browser() as b:
+        yield b

@@ -5,18 +5,12 @@ and the five views after a real agent run (journald lines, a Websh session with 
 from __future__ import annotations
 
 import secrets
-import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.browser import Browser, browser  # noqa: F401 - the fixture
+from tests.browser import Browser
 from tests.harness import TOKEN, ReceiverProcess, _http
 from tests.support import wait_until
 
