@@ -23,7 +23,7 @@ import orjson
 import structlog
 
 from agent.config import LEVELS, AgentConfig
-from agent.errors import SpoolFull
+from agent.errors import DropEvent, InvalidEvent, SpoolFull
 from agent.events import KINDS, PRIORITY_AUDIT, PRIORITY_BULK, new_id, priority_of
 from agent.redact import Redactor, changed_each
 from agent.schema import SchemaError, validate_data, validate_event
@@ -37,18 +37,6 @@ log = structlog.get_logger("pipeline")
 WRITE_AHEAD = 4
 #: bodies smaller than this are deflated on the event loop, larger ones in a thread
 _PACK_INLINE_BYTES = 16 * 1024
-
-
-class DropEvent(Exception):  # noqa: N818 - named like structlog's
-    """Raised by a processor to drop an event on purpose; ``reason`` becomes a metric label."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-        super().__init__(reason)
-
-
-class InvalidEvent(Exception):  # noqa: N818
-    """An event that does not match the schema."""
 
 
 class Enrich:

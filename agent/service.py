@@ -29,8 +29,8 @@ from agent.events import make_event, new_id, stable_id
 from agent.hook import HookServer
 from agent.metrics import AgentMetrics, make_http_app
 from agent.pipeline import Batcher, build_chain
-from agent.shipper import Shipper
-from agent.sinks import build_sink
+from agent.shipping.shipper import Shipper
+from agent.shipping.sinks import build_sink
 from agent.spool import Spool
 from agent.typing import Checkpoint, Event, Item
 

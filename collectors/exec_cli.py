@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from agent.cli import add_config_arg
+from agent.cli.args import add_config_arg
 from agent.config import load_config
 from agent.errors import ConfigError
 from agent.hookclient import HookClient, HookClientError

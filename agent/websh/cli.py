@@ -8,7 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from agent.cli import add_config_arg
+from agent.cli.args import add_config_arg
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.redact import Redactor

@@ -21,7 +21,8 @@ from typing import Any
 import orjson
 from tenacity import RetryCallState, wait_random_exponential
 
-from agent.hookclient import HookClient, HookClientError
+from agent.errors import DeliveryRefused, HookClientError
+from agent.hookclient import HookClient
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 SEND_BATCH = 200
@@ -146,10 +147,6 @@ class _Tx:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
-class DeliveryRefused(Exception):
-    """The agent is unreachable or answered busy/error: try again later."""
 
 
 class Deliverer(threading.Thread):

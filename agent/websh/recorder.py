@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.errors import RecorderError
 from agent.events import format_ts, stable_id
 from agent.websh.asciicast import AsciicastWriter
 from agent.websh.inputline import EchoCheck, LineEditor
@@ -39,10 +40,6 @@ LOGIN_PATH_ROOT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LOGIN_PATH_USER = "/usr/local/bin:/usr/bin:/bin:/usr/local/games:/usr/games"
 #: variables a login keeps from the caller's environment when switching user
 KEEP_ENV = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "LC_ALL")
-
-
-class RecorderError(Exception):
-    """The session cannot start (unknown user, no permission …)."""
 
 
 @dataclass

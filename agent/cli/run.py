@@ -8,26 +8,18 @@ import gc
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agent.cli import add_config_arg
-from agent.config import AgentConfig, load_config
-from agent.errors import ConfigError
+from agent.cli.args import add_config_arg, load_or_report
+
+if TYPE_CHECKING:
+    from agent.cli.args import Subparsers
 
 
-def _load(args: argparse.Namespace) -> AgentConfig | None:
-    try:
-        return load_config(args.config)
-    except ConfigError as exc:
-        print(f"alpacon-agent: invalid configuration {exc.source}:", file=sys.stderr)
-        for p in exc.problems:
-            print(f"  {p}", file=sys.stderr)
-        return None
-
-
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: Subparsers) -> None:
+    """Add ``run``, ``check-config``, ``emit`` and ``spool``."""
     p = sub.add_parser("run", help="run the agent (the service's main job)")
     add_config_arg(p)
     p.add_argument("--once", action="store_true", help="read what the sources have now, ship it, exit")
@@ -60,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_check_config(args: argparse.Namespace) -> int:
     if args.file:
         args.config = args.file
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     print(f"configuration OK: server={cfg.server} sink={cfg.sink.type} state_dir={cfg.state_dir}")
@@ -71,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.service import Agent
 
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     configure_logging(cfg.log_level)
@@ -98,7 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_emit(args: argparse.Namespace) -> int:
     from agent.hookclient import HookClient, HookClientError
 
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     try:
@@ -130,7 +122,7 @@ def cmd_emit(args: argparse.Namespace) -> int:
 def cmd_spool(args: argparse.Namespace) -> int:
     from agent.spool import Spool
 
-    cfg = _load(args)
+    cfg = load_or_report(args)
     if cfg is None:
         return 2
     spool = Spool(cfg.state_dir, cfg.spool.max_bytes)

@@ -14,14 +14,18 @@ import secrets
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from agent.config import parse_config
 
+if TYPE_CHECKING:
+    from agent.cli.args import Subparsers
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+
+def register(sub: Subparsers) -> None:
+    """Add ``demo``."""
     p = sub.add_parser("demo", help="run a local receiver and the agent on an embedded default config")
     p.add_argument("--dir", default="var/demo", help="where the demo keeps its config, state and databases")
     p.add_argument("--port", type=int, default=8765, help="receiver port on 127.0.0.1")
