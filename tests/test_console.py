@@ -4,15 +4,21 @@ and the five views after a real agent run (journald lines, a Websh session with 
 
 from __future__ import annotations
 
+import os
 import secrets
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from tests.browser import Browser
 from tests.harness import TOKEN, ReceiverProcess, _http
-from tests.support import wait_until
+from tests.support import need, need_binary, need_root, wait_until
 
 LOGIN_TIMEOUT = 20
 
@@ -151,3 +157,159 @@ class TestConsoleAccess:
             assert payload in browser.one("#content").text or payload[:60] in browser.one("#main").text
         rows = browser.table()
         assert any(r.get("user") == payload for r in rows)
+
+
+# -- the views after a real agent run -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def console_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A journald with an sshd logging to it, and its throwaway users (tests/test_openssh.py)."""
+    from tests.test_openssh import SFTP_SERVER, SSHD, SshLab
+
+    need_root()
+    need(os.access(SSHD, os.X_OK), "OpenSSH server (openssh-server)")
+    need(os.access(SFTP_SERVER, os.X_OK), "sftp-server (openssh-sftp-server)")
+    for b in ("sshpass", "ssh", "sftp", "nsenter", "unshare", "bash"):
+        need_binary(b)
+    lab = SshLab(tmp_path_factory.mktemp("consolelab"))
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.stop()
+
+
+def run_everything(lab: Any, agent: Any, receiver: ReceiverProcess, tmp: Path) -> dict[str, Any]:
+    """One of each: journald lines, a login and an sftp upload through sshd, an ``exec`` and a
+    recorded Websh session; returns what was done, once all of it is in the receiver."""
+    from tests.test_websh_e2e import agent_session
+
+    tag = secrets.token_hex(3)
+    lines = [f"console-line-{tag}-{i}" for i in range(3)]
+    lab.journald.logger(*lines, tag="console-test", priority="user.warning")
+    u = lab.ssh_user
+    assert lab.ssh_password(u.name, u.password) == 0
+    (tmp / "upload.bin").write_bytes(b"x" * 4321)
+    lab.sftp(u.name, f"put {tmp / 'upload.bin'} console-{tag}.bin\n")
+    r = agent.cli("exec", "--operator", "auditor@example.com", "--", "echo", f"exec-{tag}")
+    assert r.returncode == 0, r.stderr
+    sid = f"console-{tag}"
+    cast = tmp / "session.cast"
+    s = agent_session(tmp, agent, sid, ["bash", "--noprofile", "--norc", "-i"], "--record-io", str(cast))
+    s.child.expect_exact("$ ")
+    s.child.sendline(f"echo websh-{tag}")
+    s.child.expect_exact(f"websh-{tag}")
+    s.child.sendline("exit")
+    s.finish()
+    want = {
+        "system-logs": lambda: receiver.view("system-logs", program="console-test"),
+        "webftp-transfers": lambda: [x for x in receiver.view("webftp-transfers", username=u.name)
+                                     if x["object_name"] == f"console-{tag}.bin"],
+        "commands": lambda: [x for x in receiver.view("commands") if x.get("line", "").endswith(f"exec-{tag}")
+                             and x.get("status") == "success"],
+        "websh-sessions": lambda: [x for x in receiver.view("websh-sessions", session_id=sid)
+                                   if x.get("state") == "closed" and x.get("commands")],
+        "user-activity": lambda: [x for x in receiver.view("user-activity", user=u.name) if x["action"] == "login"],
+    }
+    for name, rows in want.items():
+        wait_until(rows, 90, what=f"{name} rows at the receiver")
+    wait_until(lambda: len(want["system-logs"]()) == 3, 30, what="the three journald lines")
+    wait_until(lambda: raw("GET", f"{receiver.url}/api/v1/websh-recordings/{sid}",
+                           headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200, 60,
+               what="the session's recording at the receiver")
+    return {"tag": tag, "sid": sid, "user": u.name, "lines": lines}
+
+
+class TestConsoleViews:
+    """Each view lists what a real agent run collected, with the view's columns."""
+
+    def test_views_after_a_real_run(self, console_lab: Any, agent_factory: Any, receiver: ReceiverProcess,
+                                    browser: Browser, tmp_path: Path) -> None:
+        """Logs, a Websh session (Record and playback), an exec, an sftp upload and a login, in the browser."""
+        lab = console_lab
+        agent = agent_factory(receiver, collectors={
+            "journald": {"enabled": True, "directory": str(lab.journald.journal_dir), "start_at": "beginning"},
+            "auth": {"enabled": True}, "sftp": {"enabled": True}, "commands": {"enabled": True},
+            "metrics": {"enabled": True, "interval_s": 1}})
+        agent.start()
+        done = run_everything(lab, agent, receiver, tmp_path)
+        tag, sid = done["tag"], done["sid"]
+        login(browser, receiver)
+        browser.ready()
+
+        # System logs: the columns, level colour, and the metadata behind a row
+        browser.route("#/logs?program=console-test")
+        assert browser.headers() == ["Server", "Program", "Level", "PID", "Message", "Date"]
+        rows = browser.table()
+        assert sorted(r["message"] for r in rows) == sorted(done["lines"])
+        assert all(r["server"] == "test-server" and r["level"] == "warning" and r["pid"].isdigit() for r in rows)
+        assert all("lvl-warning" in td.get_attribute("class") for td in browser.css('td[data-col="level"]'))
+        browser.one("table.rows tbody tr.row").click()
+        detail = browser.one("tr.detail").text
+        assert "Facility" in detail and "Extra" in detail
+        browser.shot("system-logs")
+
+        # Websh history and a session's detail: metadata, Record, playback
+        browser.route("#/websh")
+        assert browser.headers() == ["Server", "Username", "Groupname", "Duration", "Operator", "Browser",
+                                     "Remote IP", "Date"]
+        api_session = receiver.view("websh-sessions", session_id=sid)[0]
+        row = next(r for r in browser.table() if r["operator"] == api_session["operator"])
+        assert row["remote_ip"] == api_session["remote_ip"] and row["browser"] == api_session["browser"]
+        browser.shot("websh-history")
+        browser.route(f"#/websh/{sid}")
+        record = browser.table("#record")
+        assert any(r["command"] == f"echo websh-{tag}" and r["exit_code"] == "0" for r in record), record
+        wait_until(lambda: browser.css("#player .ap-player, #player .ap-wrapper"), 20, what="the asciinema player")
+        browser.shot("websh-session")
+
+        # Command history: the columns, and the output behind a row
+        browser.route("#/commands?shell=system")
+        assert browser.headers() == ["Server", "Shell", "Line", "Result", "Operator", "Status", "Date"]
+        rows = [r for r in browser.table() if r["line"].endswith(f"exec-{tag}")]
+        assert rows and rows[0]["status"] == "success" and rows[0]["operator"] == "auditor@example.com"
+        next(tr for tr in browser.css("table.rows tbody tr.row") if f"exec-{tag}" in tr.text).click()
+        assert f"exec-{tag}" in browser.one("tr.detail pre.output").text
+        browser.shot("command-history")
+
+        # WebFTP history
+        browser.route(f"#/webftp?username={done['user']}")
+        assert browser.headers() == ["Server", "Username", "Groupname", "Type", "Object name", "Size", "Remote IP",
+                                     "Date"]
+        rows = [r for r in browser.table() if r["object_name"] == f"console-{tag}.bin"]
+        assert rows and rows[0]["type"] == "upload" and rows[0]["size"] == "4.2 KiB"
+        next(tr for tr in browser.css("table.rows tbody tr.row") if f"console-{tag}.bin" in tr.text).click()
+        assert f"/console-{tag}.bin" in browser.one("tr.detail").text and "success" in browser.one("tr.detail").text
+        browser.shot("webftp-history")
+
+        # User activity: bars whose counts match the API, and a click that filters the table
+        browser.route("#/activity")
+        summary = receiver.get("/api/v1/user-activity/summary")
+        bars: Counter[tuple[Any, ...]] = Counter()
+        for bar in browser.css("#activity-hours .bar"):
+            bars[(bar.get_attribute("data-hour"), bar.get_attribute("data-action"),
+                  int(bar.get_attribute("data-result")))] += int(bar.get_attribute("data-count"))
+        assert bars == Counter({(h["hour"], h["action"], h["result"]): h["count"] for h in summary["hours"]})
+        api_counts: Counter[tuple[Any, ...]] = Counter()
+        for r in receiver.view("user-activity"):
+            api_counts[(r["ts"][:13] + ":00:00.000Z", r["action"], r["result"])] += 1
+        assert bars == api_counts
+        users = {e.get_attribute("data-key"): int(e.get_attribute("data-count")) for e in browser.css("#top-users .hbar")}
+        assert users[done["user"]] == sum(1 for r in receiver.view("user-activity") if r["user"] == done["user"])
+        browser.shot("user-activity")
+        login_bar = next(b for b in browser.css("#activity-hours .bar") if b.get_attribute("data-action") == "login")
+        expected = int(login_bar.get_attribute("data-count"))
+        browser.driver.execute_script("document.body.dataset.ready = ''")
+        login_bar.click()
+        browser.ready()
+        rows = browser.table()
+        assert len(rows) == expected and all(r["action"] == "login" for r in rows)
+
+        # System signs
+        browser.route("#/signs")
+        wait_until(lambda: browser.css(".chart.signs"), 20, what="a server's system signs")
+        assert browser.one(".chart.signs").get_attribute("data-server") == "test-server"
+        assert browser.css(".chart.signs canvas")  # uPlot drew its charts
+        browser.shot("system-signs")
+        agent.stop()
