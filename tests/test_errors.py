@@ -61,12 +61,14 @@ class TestTree:
 
     def test_old_names_are_the_same_classes(self):
         """Modules that used to define an exception still hand out the same class under its name."""
-        from agent import doctor, hookclient, pipeline, schema
-        from agent.websh import queue, recorder
+        from agent import hookclient, schema
+        from agent.cli import setup
+        from agent.pipeline import processors
+        from collectors.websh import queue, recorder
 
-        assert pipeline.DropEvent is errors.DropEvent and pipeline.InvalidEvent is errors.InvalidEvent
+        assert processors.DropEvent is errors.DropEvent and processors.InvalidEvent is errors.InvalidEvent
         assert schema.SchemaError is errors.SchemaError
         assert hookclient.HookClientError is errors.HookClientError
         assert recorder.RecorderError is errors.RecorderError
         assert queue.DeliveryRefused is errors.DeliveryRefused
-        assert doctor.SetupError is errors.SetupError
+        assert setup.SetupError is errors.SetupError

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from agent.websh.inputline import EchoCheck, LineEditor, TypedLine, visible_text
-from agent.websh.marks import Mark, MarkParser, alt_screen_change
-from agent.websh.tracker import CommandRecord, CommandTracker, cap_command
+from collectors.websh.inputline import EchoCheck, LineEditor, TypedLine, visible_text
+from collectors.websh.marks import Mark, MarkParser, alt_screen_change
+from collectors.websh.tracker import CommandRecord, CommandTracker, cap_command
 
 NONCE = b"abc123"
 

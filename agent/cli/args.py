@@ -1,7 +1,7 @@
 """What every subcommand shares: the ``--config`` option and loading the config it names.
 
-Imports nothing of the CLI's own, so a subcommand module anywhere (``agent.websh.cli``,
-``collectors.exec_cli``) can use it without pulling in the others.
+Imports nothing of the CLI's own, so a subcommand module anywhere (``collectors.websh.cli``,
+``collectors.commands.client``) can use it without pulling in the others.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli import demo, doctor, run, setup
-from agent.websh import cli as websh_cli
-from collectors import exec_cli
+from collectors.commands import client as exec_cli
+from collectors.websh import cli as websh_cli
 
 if TYPE_CHECKING:
     from agent.cli.args import Subparsers

@@ -18,9 +18,9 @@ replay never doubles it. Scheduled and running commands are kept in ``commands.d
 under the state dir: scheduled ones survive a restart, and one that was running when the agent
 died is reported ``failed`` with that reason on the next start.
 
-The agent's own jobs are recorded with ``shell: internal`` by :func:`record_internal` (or run
-and recorded by :func:`run_internal`). External runners report their own lifecycle events over
-the plain ``emit`` op with their own ``command_id``.
+The records are ``collectors.commands.store``; the agent's own jobs are recorded by
+``collectors.commands.internal``. The service registers :meth:`CommandsCollector.hook_ops` on
+its hook server; without a hook server ``exec`` is unavailable.
 """
 
 from __future__ import annotations
@@ -30,15 +30,16 @@ import contextlib
 import os
 import pwd
 import signal
-import sqlite3
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.collector import Collector, CollectorContext
 from agent.errors import InputError
 from agent.events import format_ts, make_event, new_id, parse_ts, stable_id
+from agent.typing import HookOp
+from collectors.commands.store import CommandRecord, CommandStore, command_data
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_LINE = 65_536
@@ -47,40 +48,6 @@ MAX_AHEAD_S = 366 * 86_400.0
 REQUEST_FIELDS = frozenset(
     {"op", "ref", "line", "argv", "user", "operator", "timeout_s", "at", "in_s", "kill_on_timeout"}
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS commands (
-    command_id   TEXT PRIMARY KEY,
-    state        TEXT NOT NULL,           -- scheduled | running
-    line         TEXT NOT NULL,
-    user         TEXT NOT NULL,
-    operator     TEXT,
-    timeout_s    REAL NOT NULL,
-    kill         INTEGER NOT NULL,
-    due          REAL,                    -- epoch seconds a scheduled command runs at
-    scheduled_at TEXT,
-    started_at   TEXT,
-    pid          INTEGER
-)
-"""
-
-
-@dataclass
-class CommandRecord:
-    """One command the daemon runs; also one row of ``commands.db`` while not finished."""
-
-    command_id: str
-    line: str
-    user: str
-    operator: str | None
-    timeout_s: float
-    kill: bool
-    due: float | None = None
-    scheduled_at: str | None = None
-    started_at: str | None = None
-    pid: int | None = None
-    state: str = "scheduled"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OutputCap:
@@ -117,53 +84,6 @@ class OutputCap:
             + f"\n…[{omitted} bytes omitted]…\n"
             + bytes(self.tail).decode("utf-8", "replace")
         )
-
-
-class CommandStore:
-    """Scheduled and running commands in SQLite (``<state_dir>/commands.db``)."""
-
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.execute(SCHEMA)
-
-    def put(self, r: CommandRecord) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO commands VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (r.command_id, r.state, r.line, r.user, r.operator, r.timeout_s, int(r.kill), r.due,
-             r.scheduled_at, r.started_at, r.pid),
-        )
-
-    def delete(self, command_id: str) -> None:
-        self.db.execute("DELETE FROM commands WHERE command_id = ?", (command_id,))
-
-    def all(self) -> list[CommandRecord]:
-        rows = self.db.execute(
-            "SELECT command_id, line, user, operator, timeout_s, kill, due, scheduled_at, started_at,"
-            " pid, state FROM commands ORDER BY due, command_id"
-        ).fetchall()
-        return [CommandRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8], r[9], r[10]) for r in rows]
-
-    def close(self) -> None:
-        self.db.close()
-
-
-def command_data(r: CommandRecord, status: str, shell: str = "system", **fields: Any) -> dict[str, Any]:
-    """The ``command`` event data of one status change."""
-    data: dict[str, Any] = {
-        "command_id": r.command_id,
-        "shell": shell,
-        "line": r.line,
-        "status": status,
-        "operator": r.operator,
-        "user": r.user,
-        "scheduled_at": r.scheduled_at,
-        "started_at": r.started_at,
-    }
-    data.update(fields)
-    return {k: v for k, v in data.items() if v is not None}
 
 
 def _parse_when(value: Any) -> float:
@@ -283,19 +203,20 @@ class CommandsCollector(Collector):
 
     def __init__(self, config: Any, ctx: CollectorContext) -> None:
         super().__init__(config, ctx)
-        state_dir = ctx.services.get("state_dir") or "."
-        self.store = CommandStore(Path(state_dir) / "commands.db")
+        self.store = CommandStore(Path(ctx.state_dir) / "commands.db")
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running: dict[str, asyncio.subprocess.Process] = {}
+        #: set once the commands of the last run are recovered: ``exec`` waits for it, so that a
+        #: new command is never taken for one the agent lost
+        self._recovered = asyncio.Event()
+
+    def hook_ops(self) -> dict[str, HookOp]:
+        return {"exec": self.handle_exec}
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         await self.recover()
-        hook = self.ctx.services.get("hook")
-        if hook is not None:
-            hook.register_op("exec", self.handle_exec)
-        else:
-            self.log.warning("commands_no_hook", reason="hook API disabled: exec is unavailable")
+        self._recovered.set()
         if self.ctx.once:
             return
         await self.ctx.stopping.wait()
@@ -338,6 +259,7 @@ class CommandsCollector(Collector):
     # -- the hook op -----------------------------------------------------------------------
     async def handle_exec(self, msg: dict[str, Any], peer: Any) -> dict[str, Any]:
         """``exec``: run now and answer when done, or schedule and answer at once."""
+        await self._recovered.wait()
         try:
             r = parse_request(msg, peer, self.config.default_timeout_s, self.config.kill_on_timeout)
         except InputError as exc:
@@ -457,64 +379,3 @@ class CommandsCollector(Collector):
         elif rc and reason is None:
             reason = f"exit code {rc}"
         return RunResult(exit_code, cap.text(), cap.truncated, cap.total, timed_out, killed, reason)
-
-
-# -- the agent's own jobs --------------------------------------------------------------------
-async def record_internal(
-    ctx: CollectorContext,
-    line: str,
-    *,
-    status: str = "success",
-    exit_code: int | None = None,
-    result: str | None = None,
-    reason: str | None = None,
-    started_at: str | None = None,
-    finished_at: str | None = None,
-    command_id: str | None = None,
-    user: str | None = None,
-) -> str:
-    """Record one of the agent's own jobs as a ``shell: internal`` command; returns its id."""
-    cid = command_id or new_id("int")
-    r = CommandRecord(cid, line, user or pwd.getpwuid(os.geteuid()).pw_name, "alpacon-agent", 0.0, False,
-                      started_at=started_at)
-    ts = finished_at or format_ts()
-    if status in ("success", "failed") and finished_at is None:
-        finished_at = ts
-    data = command_data(r, status, shell="internal", exit_code=exit_code, result=result, reason=reason,
-                        finished_at=finished_at)
-    await ctx.emit([make_event("command", data, ts=ts, id=stable_id("cmd", cid, status))])
-    return cid
-
-
-async def run_internal(ctx: CollectorContext, argv: list[str], timeout_s: float = 300.0,
-                       max_output_bytes: int = 65_536) -> int | None:
-    """Run one of the agent's own programs and record it (``shell: internal``); returns its exit code."""
-    import shlex
-
-    started = format_ts()
-    cap = OutputCap(max_output_bytes)
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, start_new_session=True)
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(timeout_s):
-                while chunk := await proc.stdout.read(65536):
-                    cap.feed(chunk)
-                rc = await proc.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
-            await record_internal(ctx, shlex.join(argv), status="failed", result=cap.text(),
-                                  reason=f"killed after its timeout of {timeout_s:g}s", started_at=started)
-            return None
-    except OSError as exc:
-        await record_internal(ctx, shlex.join(argv), status="failed", reason=f"could not start: {exc}",
-                              started_at=started)
-        return None
-    await record_internal(ctx, shlex.join(argv), status="success" if rc == 0 else "failed", exit_code=rc,
-                          result=cap.text(), started_at=started,
-                          reason=None if rc == 0 else f"exit code {rc}")
-    return rc

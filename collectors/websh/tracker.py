@@ -1,6 +1,6 @@
 """Turns shell marks and typed lines into command records: one record per command, in order.
 
-Marks (from the shell hooks, see ``agent/shell``):
+Marks (from the shell hooks, see ``collectors/websh/shell``):
 
 - ``S;<base64 of TEXT NUL CWD>`` (bash: TEXT is ``history 1``) / ``T;…`` (zsh: TEXT as typed):
   a command starts;
@@ -20,7 +20,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.websh.marks import Mark
+from collectors.websh.marks import Mark
 
 MAX_COMMAND_BYTES = 65_536
 #: with no mark at all this long after a line typed at the integrated shell, the hooks are gone

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable
 from itertools import accumulate
 from typing import Any
 
+from agent.typing import Event
+
 #: Built-in patterns: credentials that show up in command lines and log lines.
 #: Each is paired in BUILTIN_TRIGGERS with lower-case words one of which any match contains,
 #: so that the common line (no secret) costs a few substring checks, not nine regex scans.
@@ -121,9 +123,10 @@ class Redactor:
 
     def redact_text(self, text: str) -> str:
         """``text`` with every secret replaced."""
-        lower: str | None = text.lower()
-        if not self._custom and self._any_trigger.search(lower) is None:
+        lowered = text.lower()
+        if not self._custom and self._any_trigger.search(lowered) is None:
             return text
+        lower: str | None = lowered
         for triggers, rx in self._rules:
             if triggers is not None:
                 if lower is None:
@@ -157,22 +160,33 @@ class Redactor:
 
     def redact_value(self, value: Any) -> Any:
         """Strings redacted inside lists and dicts; other values returned as they are."""
-        if isinstance(value, str):
-            return self.redact_text(value)
-        if isinstance(value, dict):
-            return {k: self.redact_value(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.redact_value(v) for v in value]
-        return value
+        return redact_value(self.redact_text, value)
 
-    def __call__(self, event: dict[str, Any]) -> dict[str, Any]:
-        fields = TEXT_FIELDS.get(event["kind"])
-        data = event["data"]
-        if fields is None:
-            event["data"] = self.redact_value(data)
-            return event
-        for f in fields:
-            v = data.get(f)
-            if v is not None:
-                data[f] = self.redact_value(v)
+    def __call__(self, event: Event) -> Event:
+        return redact_event(self.redact_text, event)
+
+
+def redact_value(redact: Callable[[str], str], value: Any) -> Any:
+    """``value`` with ``redact`` applied to every string inside it (lists and dicts walked)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_value(redact, v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_value(redact, v) for v in value]
+    return value
+
+
+def redact_event(redact: Callable[[str], str], event: Event) -> Event:
+    """``event`` with ``redact`` applied to the free text of its data (:data:`TEXT_FIELDS`; a
+    kind not listed there is walked whole), changed in place."""
+    fields = TEXT_FIELDS.get(event.get("kind"))
+    data = event["data"]
+    if fields is None:
+        event["data"] = redact_value(redact, data)
         return event
+    for f in fields:
+        v = data.get(f)
+        if v is not None:
+            data[f] = redact_value(redact, v)
+    return event

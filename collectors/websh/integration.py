@@ -1,6 +1,6 @@
 """Builds the command line and environment that start a shell with the recorder's hooks.
 
-bash gets ``--rcfile agent/shell/bashrc`` (which reads the user's usual files first); zsh gets
+bash gets ``--rcfile collectors/websh/shell/bashrc`` (which reads the user's usual files first); zsh gets
 a private ``ZDOTDIR`` whose files source the user's own and then add the hooks. Any other
 shell (sh, dash, ksh …) and any explicit command runs as it is: the recorder falls back to the
 lines typed at the PTY. Nothing in the user's home is touched.
@@ -30,8 +30,8 @@ def new_nonce() -> str:
 
 
 def shell_file(name: str) -> Path:
-    """The path of a packaged shell integration file (``agent/shell/NAME``)."""
-    return Path(str(resources.files("agent").joinpath("shell", name)))
+    """The path of a packaged shell integration file (``collectors/websh/shell/NAME``)."""
+    return Path(str(resources.files("collectors.websh").joinpath("shell", name)))
 
 
 @dataclass

@@ -1,8 +1,7 @@
-"""The pipeline: enrich -> filter -> redact -> validate -> batch -> spool.
+"""The batcher: processed events, in lanes, written to the spool as batches.
 
-Processors are small callables ``(event) -> event``; a filter raises :class:`DropEvent`,
-which only the chain's loop catches (and counts). The :class:`Batcher` collects processed
-events in two lanes, ``pull`` (collectors: their emits wait while the spool is full, so the
+The :class:`Batcher` runs the chain (``agent.pipeline.processors``) on each event and collects
+the results in two lanes, ``pull`` (collectors: their emits wait while the spool is full, so the
 source's data stays where it is) and ``push`` (the hook API: a full spool answers *busy*).
 A flush writes a lane's oldest events as one batch per eviction class, together with the
 checkpoints they lead up to, to the spool in one transaction.
@@ -12,21 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import structlog
 
-from agent.config import LEVELS, AgentConfig
-from agent.errors import DropEvent, InvalidEvent, SpoolFull
-from agent.events import KINDS, PRIORITY_AUDIT, PRIORITY_BULK, new_id, priority_of
-from agent.redact import Redactor, changed_each
-from agent.schema import SchemaError, validate_data, validate_event
+from agent.errors import SpoolFull
+from agent.events import KINDS, PRIORITY_BULK, new_id, priority_of
+from agent.pipeline.encode import Prepared
+from agent.pipeline.lanes import Lane, to_batches
+from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
+from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
 from agent.typing import Checkpoint, Event, Item, Processor
 
@@ -39,183 +37,6 @@ WRITE_AHEAD = 4
 _PACK_INLINE_BYTES = 16 * 1024
 
 
-class Enrich:
-    """Adds ``server`` and, where the source gave none, a fresh ``id``."""
-
-    def __init__(self, server: str) -> None:
-        self.server = server
-
-    def __call__(self, event: Event) -> Event:
-        event["server"] = self.server
-        if "id" not in event:
-            event["id"] = new_id()
-        return event
-
-
-class Filter:
-    """Drops configured kinds and system logs below the minimum level."""
-
-    def __init__(self, drop_kinds: Iterable[str] = (), min_level: str = "debug") -> None:
-        self.drop_kinds = frozenset(drop_kinds)
-        self.max_rank = LEVELS.index(min_level)
-        self._rank = {lvl: i for i, lvl in enumerate(LEVELS)}
-
-    def __call__(self, event: Event) -> Event:
-        kind = event["kind"]
-        if kind in self.drop_kinds:
-            raise DropEvent("kind")
-        if kind == "system_log" and self._rank.get(event["data"].get("level"), 0) > self.max_rank:
-            raise DropEvent("level")
-        return event
-
-
-class Validate:
-    """Checks an event against the wire schema, so that a batch is never refused for one bad event."""
-
-    _TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z")
-    _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
-
-    def __call__(self, event: Event) -> Event:
-        # the envelope by hand (the same rules as the schema's, several times cheaper), then
-        # the kind's data by the schema; anything unusual goes through the full check
-        ts, ev_id, kind = event.get("ts"), event.get("id"), event.get("kind")
-        simple = (
-            len(event) == 5
-            and type(ts) is str
-            and type(ev_id) is str
-            and kind in KINDS
-            and self._TS.fullmatch(ts) is not None
-            and self._ID.fullmatch(ev_id) is not None
-            and type(event.get("server")) is str
-            and 0 < len(event["server"]) <= 256
-        )
-        try:
-            if simple:
-                validate_data(kind, event["data"])  # type: ignore[arg-type]
-            else:
-                validate_event(event)
-        except SchemaError as exc:
-            raise InvalidEvent(str(exc)) from None
-        return event
-
-
-def build_chain(cfg: AgentConfig) -> list[Processor]:
-    """The processor chain for a config."""
-    r = cfg.redact
-    return [
-        Enrich(cfg.server),
-        Filter(cfg.filter.drop_kinds, cfg.filter.min_level),
-        Redactor(r.patterns, builtin=r.builtin, replacement=r.replacement),
-        Validate(),
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class Prepared:
-    """The pipeline's settings for collectors that build finished events (``emit_prepared``)."""
-
-    server: str
-    redact: Callable[[str], str]
-    filter: Filter
-    #: redaction of many texts at once: ``(texts joined by newlines) -> {index: redacted}`` for
-    #: the texts it changes (None: ``redact`` on each)
-    redact_lines: Callable[[str], dict[int, str]] | None = None
-    #: the most events and bytes a segment item should hold, so that batches fill well
-    segment_events: int = 250
-    segment_bytes: int = 256 * 1024
-
-    def changed_lines(self, joined: str) -> dict[int, str]:
-        """``{index: redacted text}`` for the lines of ``joined`` (no line holds a newline) that
-        redaction changes."""
-        if self.redact_lines is not None:
-            return self.redact_lines(joined)
-        return changed_each(self.redact, joined)
-
-    def accepts(self, kind: str, level: str | None = None) -> bool:
-        """Whether the configured filter keeps an event of this kind (and system_log level)."""
-        f = self.filter
-        if kind in f.drop_kinds:
-            return False
-        return not (kind == "system_log" and level is not None and f._rank.get(level, 0) > f.max_rank)
-
-
-@dataclass
-class _Lane:
-    """Events waiting to be spooled, in arrival order, with the checkpoints they lead up to.
-
-    An item is ``(priority, kind, JSON, n)``: one event, or a segment of ``n`` events of one kind
-    joined by commas (from :meth:`Batcher.emit_prepared`); segments are never split."""
-
-    name: str
-    fail_fast: bool
-    items: list[tuple[int, str, bytes, int]] = field(default_factory=list)
-    nbytes: int = 0
-    nevents: int = 0
-    checkpoints: dict[str, str] = field(default_factory=dict)
-    flushed: asyncio.Future[None] | None = None
-    first_at: float | None = None
-    flush_scheduled: bool = False
-
-    def add(self, prio: int, kind: str, blob: bytes, n: int = 1) -> None:
-        self.items.append((prio, kind, blob, n))
-        self.nbytes += len(blob)
-        self.nevents += n
-        if self.first_at is None:
-            self.first_at = time.monotonic()
-
-    def take(
-        self, max_events: int | None = None, max_bytes: int | None = None
-    ) -> tuple[list[tuple[int, str, bytes, int]], list[Checkpoint], asyncio.Future[None] | None]:
-        """The oldest items up to the limits (at least one); the checkpoints only when the lane
-        is emptied, since a checkpoint covers every event emitted before it."""
-        k = len(self.items)
-        if max_events is not None or max_bytes is not None:
-            size = events = k = 0
-            for _, _, blob, n in self.items:
-                if k and ((max_events is not None and events + n > max_events)
-                          or (max_bytes is not None and size + len(blob) > max_bytes)):
-                    break
-                k += 1
-                events += n
-                size += len(blob)
-        taken, self.items = self.items[:k], self.items[k:]
-        self.nbytes -= sum(len(it[2]) for it in taken)
-        self.nevents -= sum(it[3] for it in taken)
-        cps: list[Checkpoint] = []
-        if not self.items:
-            cps = [Checkpoint(s, p) for s, p in self.checkpoints.items()]
-            self.checkpoints = {}
-            self.first_at = None
-        fut, self.flushed = self.flushed, None
-        return taken, cps, fut
-
-    def restore(self, taken: list[tuple[int, str, bytes, int]], cps: list[Checkpoint]) -> None:
-        """Put events that could not be written back at the head of the lane."""
-        self.items[:0] = taken
-        self.nbytes += sum(len(it[2]) for it in taken)
-        self.nevents += sum(it[3] for it in taken)
-        newer = self.checkpoints
-        self.checkpoints = {c.source: c.position for c in cps}
-        self.checkpoints.update(newer)
-        if self.first_at is None and (self.items or self.checkpoints):
-            self.first_at = time.monotonic()
-
-
-def _to_batches(taken: list[tuple[int, str, bytes, int]]) -> list[NewBatch]:
-    """One spool batch per eviction class, events in their order."""
-    out = []
-    for prio in (PRIORITY_AUDIT, PRIORITY_BULK):
-        blobs = []
-        kinds: dict[str, int] = {}
-        for p, k, blob, n in taken:
-            if p == prio:
-                blobs.append(blob)
-                kinds[k] = kinds.get(k, 0) + n
-        if blobs:
-            out.append(NewBatch(new_id("b"), prio, sum(kinds.values()), kinds, b"[" + b",".join(blobs) + b"]"))
-    return out
-
-
 class Batcher:
     """Buffers processed events and writes them to the spool as batches."""
 
@@ -223,7 +44,7 @@ class Batcher:
         self,
         spool: Spool,
         executor: Executor,
-        chain: list[Processor],
+        chain: Chain | Sequence[Processor],
         *,
         max_events: int,
         max_bytes: int,
@@ -245,8 +66,8 @@ class Batcher:
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
         self.on_event = on_event or (lambda kind, what, detail, n: None)
         self.on_flush = on_flush or (lambda batches, evictions: None)
-        self.pull = _Lane("pull", fail_fast=False)
-        self.push = _Lane("push", fail_fast=True)
+        self.pull = Lane("pull", fail_fast=False)
+        self.push = Lane("push", fail_fast=True)
         self._locks = {"pull": asyncio.Lock(), "push": asyncio.Lock()}
         self._space = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -254,15 +75,16 @@ class Batcher:
         self._closed = False
 
     @property
-    def chain(self) -> list[Processor]:
-        return self._chain
+    def chain(self) -> Chain:
+        return self._named
 
     @chain.setter
-    def chain(self, chain: list[Processor]) -> None:
-        self._chain = chain
+    def chain(self, chain: Chain | Sequence[Processor]) -> None:
+        self._named = chain if isinstance(chain, Chain) else Chain.of(chain)
+        self._chain = self._named.processors
         # the hook API validates what it accepts before submitting; only collectors' events
         # need the schema check here
-        self._push_chain = [p for p in chain if not isinstance(p, Validate)]
+        self._push_chain = self._named.push
 
     # -- processing ------------------------------------------------------------------------
     def process(self, event: Event, collector: str) -> bytes | None:
@@ -293,13 +115,13 @@ class Batcher:
             self.spool.add_dead_letter, NewBatch(new_id("b"), PRIORITY_BULK, 1, {str(kind): 1}, body), reason, None
         )
 
-    def _add(self, lane: _Lane, blob: bytes, kind: str, n: int = 1) -> None:
+    def _add(self, lane: Lane, blob: bytes, kind: str, n: int = 1) -> None:
         first = lane.first_at is None
         lane.add(priority_of(kind), kind, blob, n)
         if first:
             self._arm_timer()
 
-    def _full(self, lane: _Lane) -> bool:
+    def _full(self, lane: Lane) -> bool:
         return lane.nevents >= self.max_events or lane.nbytes >= self.max_bytes
 
     # -- the two entry points ----------------------------------------------------------------
@@ -333,19 +155,7 @@ class Batcher:
     # -- the fast path of hot sources ---------------------------------------------------------
     def prepared(self) -> Prepared:
         """What a collector needs to build finished events itself (see :meth:`emit_prepared`)."""
-        server, redactor, filt = "", None, None
-        for proc in self._chain:
-            if isinstance(proc, Enrich):
-                server = proc.server
-            elif isinstance(proc, Redactor):
-                redactor = proc
-            elif isinstance(proc, Filter):
-                filt = proc
-        return Prepared(server,
-                        redactor.redact_text if redactor else lambda text: text,
-                        filt or Filter(),
-                        redactor.changed_lines if redactor else lambda joined: {},
-                        max(1, self.max_events // 4), max(1, self.max_bytes // 4))
+        return Prepared.of_chain(self._named, max(1, self.max_events // 4), max(1, self.max_bytes // 4))
 
     async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
         """Pull lane for hot sources that serialize their events themselves.
@@ -385,7 +195,7 @@ class Batcher:
                 good.append((kind, orjson.dumps(ev), 1) if n > 1 else (kind, blob, 1))
         return good
 
-    async def _flush_behind(self, lane: _Lane) -> None:
+    async def _flush_behind(self, lane: Lane) -> None:
         """Write a full pull lane while the collector goes on reading into a fresh buffer.
 
         At most one such write is outstanding: the lane goes on filling meanwhile, up to
@@ -461,7 +271,7 @@ class Batcher:
                         log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
                         await asyncio.sleep(1.0)
 
-    async def flush_lane(self, lane: _Lane, wait_for_space: bool = True, drain: bool = False) -> None:
+    async def flush_lane(self, lane: Lane, wait_for_space: bool = True, drain: bool = False) -> None:
         """Write the lane's buffers (and checkpoints) to the spool.
 
         Pull lane: one batch, or up to WRITE_AHEAD full ones in one transaction (``drain``: all
@@ -477,16 +287,16 @@ class Batcher:
             while lane.nevents or lane.checkpoints:
                 if lane.fail_fast:
                     taken, cps, fut = lane.take()
-                    batches = _to_batches(taken)
+                    batches = to_batches(taken)
                 else:
                     # a pull lane may have grown past one batch while a write was waiting: up
                     # to WRITE_AHEAD full batches go in one transaction
                     taken, cps, fut = lane.take(self.max_events, self.max_bytes)
-                    batches = _to_batches(taken)
+                    batches = to_batches(taken)
                     while not one_batch and not cps and len(batches) < WRITE_AHEAD and self._full(lane):
                         more, cps, _ = lane.take(self.max_events, self.max_bytes)
                         taken += more
-                        batches += _to_batches(more)
+                        batches += to_batches(more)
                 if self.pack_level is not None:
                     batches = await self._packed(batches)
                 try:

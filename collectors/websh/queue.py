@@ -227,7 +227,7 @@ class Deliverer(threading.Thread):
             q.close()
 
     def _backoff(self, attempt: int) -> float:
-        state = RetryCallState(None, None, (), {})
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # the wait reads attempt_number only
         state.attempt_number = attempt
         delay = float(self._wait(state))
         if self._stop_at is not None:

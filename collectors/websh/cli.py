@@ -11,9 +11,9 @@ from pathlib import Path
 from agent.cli.args import add_config_arg
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
-from agent.redact import Redactor
-from agent.websh.queue import Deliverer, flush_queue
-from agent.websh.recorder import Recorder, RecorderError, RecorderOptions, SessionInfo
+from agent.pipeline.redact import Redactor
+from collectors.websh.queue import Deliverer, flush_queue
+from collectors.websh.recorder import Recorder, RecorderError, RecorderOptions, SessionInfo
 
 DEFAULT_FLUSH_TIMEOUT_S = 1.5
 

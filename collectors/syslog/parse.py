@@ -19,6 +19,8 @@ import time
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from agent.config import LEVELS
 from agent.events import format_ts
 
@@ -222,3 +224,132 @@ _default = SyslogLineParser()
 def parse_line(line: str) -> tuple[str | None, dict[str, Any]]:
     """Parse one line with a shared parser (see :meth:`SyslogLineParser.parse`)."""
     return _default.parse(line)
+
+
+# The bulk parsers: the two common timestamped formats of :class:`SyslogLineParser` (no ``<PRI>``), as
+# bytes regexes over a whole block of lines. They only match all-ASCII lines, on which these
+# classes are exactly those of the str regexes there (``\S`` there is "not whitespace" in the
+# Unicode sense, which for ASCII is not [\t\n\v\f\r\x1c-\x1f ]); any other line is left
+# for the line parser, so both ways give the same events.
+_WS = rb"\t\n\x0b\x0c\r\x1c-\x1f \x80-\xff"
+_HOST = rb"([^" + _WS + rb"]{1,256}) "
+_TAG_B = (rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?"
+        rb"([\x00-\x09\x0b-\x7f]*)\n")
+#: rsyslog's RFC 3339 form: (second, ms digits, zone, host, program, pid, message)
+_BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
+                       rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG_B, re.M)
+#: the traditional form: (stamp, -, -, host, program, pid, message)
+_BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG_B, re.M)
+# The block parsers: the same formats for a block known to be UTF-8, with four groups —
+# (second, ms digits, header, message) — the header being zone, host and tag (parsed once per
+# distinct header by _HEADER), and ``.*`` for the message, which the regex engine scans several
+# times faster than a class.
+_HEADER_NC = (rb"[^" + _WS + rb"]{1,256} (?:[^" + _WS + rb"\[\]:]{1,256}(?:\[[^" + _WS + rb"\]]{0,32}\])?: ?)?")
+_BLOCK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
+                        rb"((?:Z|[+-][0-9]{2}:[0-9]{2}) " + _HEADER_NC + rb")(.*)\n", re.M)
+_BLOCK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()( " + _HEADER_NC + rb")(.*)\n",
+                         re.M)
+#: a block parser's header: (zone, host, program, pid)
+_HEADER = re.compile(rb"(Z|[+-][0-9]{2}:[0-9]{2})? " + _HOST
+                     + rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?")
+_CACHE_MAX = 4096
+_UNKNOWN_B = UNKNOWN_PROGRAM.encode()
+
+class StampCache:
+    """The parts of a block parser's lines that repeat, converted once: each timestamp's second
+    (``YYYY-MM-DDTHH:MM:SS.`` UTC, as :class:`SyslogLineParser` sees it) and each header's JSON
+    fragment of program, pid and hostname. Clear it each hour: the year of ``Dec 31 …`` lines
+    depends on the clock."""
+
+    def __init__(self) -> None:
+        self._clock = _Clock()
+        #: ``YYYY-MM-DDTHH:MM:SS.`` of timestamps, by zone and stamp (None: impossible date)
+        self._seconds: dict[bytes, dict[bytes, bytes | None]] = {}
+        self._headers: dict[tuple[bytes, bytes, bytes], tuple[bytes, str]] = {}
+        #: by block-parser header: its JSON fragment, and its (zone, program)
+        self._frags: dict[bytes, bytes] = {}
+        self._head_info: dict[bytes, tuple[bytes, bytes]] = {}
+
+    def clear_seconds(self) -> None:
+        self._seconds.clear()
+
+    def zone_of(self, head: bytes) -> bytes:
+        """The zone of a header seen by :meth:`headers_of`."""
+        return self._head_info[head][0]
+
+    def second(self, stamp: bytes, zone: bytes) -> bytes | None:
+        """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of a line's timestamp as the line parser sees it; None
+        for an impossible date."""
+        cache = self._seconds.get(zone)
+        if cache is None:
+            cache = self._seconds[zone] = {}
+        out = cache.get(stamp, False)
+        if out is False:
+            if len(cache) >= _CACHE_MAX:
+                cache.clear()
+            out = cache[stamp] = self._convert(stamp, zone)
+        return out  # type: ignore[return-value]  # the False of a miss was replaced
+
+    def _convert(self, stamp: bytes, zone: bytes) -> bytes | None:
+        clock = self._clock
+        if zone:
+            ts = clock.iso(stamp.decode(), None, zone.decode())
+        else:
+            text = stamp.decode()
+            ts = clock.traditional(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
+        return ts[:-4].encode() if ts else None
+
+    def seconds_of(self, stamps: tuple[bytes, ...], zone: bytes) -> list[bytes] | None:
+        """:meth:`_second` of each line, all in one zone (one dict lookup per line, in C); None
+        if any date is impossible."""
+        cache = self._seconds.get(zone)
+        if cache is None:
+            cache = self._seconds[zone] = {}
+        out = list(map(cache.get, stamps))
+        if None in out:
+            missing = set(stamps).difference(cache)
+            if len(cache) + len(missing) > _CACHE_MAX:
+                cache.clear()
+                missing = set(stamps)
+            for stamp in missing:
+                cache[stamp] = self._convert(stamp, zone)
+            out = list(map(cache.get, stamps))
+            if None in out:
+                return None
+        return out  # type: ignore[return-value]  # no None left in it
+
+    def header(self, host: bytes, program: bytes | None, pid: bytes | None) -> tuple[bytes, str]:
+        """The JSON fragment of program, pid and hostname, and the program name."""
+        key = (host, program or b"", pid or b"")
+        out = self._headers.get(key)
+        if out is None:
+            prog = program.decode() if program else UNKNOWN_PROGRAM
+            p = pid.decode() if pid else None
+            fields = {"program": prog, "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
+                      "hostname": host.decode()}
+            out = (orjson.dumps(fields)[1:-1], prog)
+            if len(self._headers) >= _CACHE_MAX:
+                self._headers.clear()
+            self._headers[key] = out
+        return out
+
+    def headers_of(self, heads: tuple[bytes, ...]) -> tuple[list[bytes], set[bytes], set[bytes]]:
+        """For a block parser's headers: each line's JSON fragment of program, pid and hostname
+        (one dict lookup per line, in C), and the zones and programs among them."""
+        frags, info = self._frags, self._head_info
+        distinct = set(heads)
+        missing = distinct.difference(frags)
+        if missing:
+            if len(frags) + len(missing) > _CACHE_MAX:
+                frags.clear()
+                info.clear()
+                missing = distinct
+            for head in missing:
+                m = _HEADER.fullmatch(head)
+                assert m is not None  # the block parser matched the same pattern
+                zone, host, program, pid = m.groups()
+                frags[head] = self.header(host, program, pid)[0]
+                info[head] = (zone or b"", program or _UNKNOWN_B)
+        zones = {info[h][0] for h in distinct}
+        programs = {info[h][1] for h in distinct}
+        return list(map(frags.__getitem__, heads)), zones, programs

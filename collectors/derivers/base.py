@@ -1,7 +1,8 @@
-"""Derivers: turn ``system_log`` events into audit events (user_activity, webftp_transfer).
+"""What every deriver shares: the origin filter, the line gate and line ids.
 
-The journald and syslog-file collectors call every callable in ``ctx.services["derivers"]``
-on each ``system_log`` event they produce (``deriver(event) -> list[Event]``) and emit the
+Derivers turn ``system_log`` events into audit events (user_activity, webftp_transfer). The
+journald and syslog-file collectors call every callable in ``ctx.derivers`` on each
+``system_log`` event they produce (lines the ``ctx.line_gate`` lets through) (``deriver(event) -> list[Event]``) and emit the
 derived events in the same emit call, so they share the source line's checkpoint. A derived
 event's id is ``stable_id(<ns>, <line id>)``: re-reading a line re-derives the same ids.
 
@@ -22,13 +23,12 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.typing import Event
+from agent.typing import Deriver, Event
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
 
 Origin = Literal["journald", "file"]
-Deriver = Callable[[Event], list[Event]]
 
 
 def event_origin(event: Event) -> tuple[Origin | None, str | None]:
@@ -97,22 +97,6 @@ def auth_file_paths(cfg: AgentConfig) -> list[str]:
     if auth_origin(cfg) != "file":
         return []
     return [p for p in cfg.collectors.auth.paths if os.path.exists(p)]
-
-
-def build_derivers(cfg: AgentConfig) -> list[Deriver]:
-    """The enabled derivers, each limited to the auth origin chosen by the config."""
-    origin = auth_origin(cfg)
-    accept = OriginFilter(origin, cfg.collectors.auth.paths)
-    out: list[Deriver] = []
-    if cfg.collectors.auth.enabled:
-        from collectors.auth import AuthDeriver
-
-        out.append(AuthDeriver(accept=accept, ignore_services=cfg.collectors.auth.ignore_pam_services))
-    if cfg.collectors.sftp.enabled:
-        from collectors.sftp import SftpDeriver
-
-        out.append(SftpDeriver(accept=accept, max_sessions=cfg.collectors.sftp.max_sessions))
-    return out
 
 
 def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:

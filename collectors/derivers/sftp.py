@@ -1,6 +1,6 @@
 """WebFTP transfers from OpenSSH's sftp-server log lines (``-l INFO``) → ``webftp_transfer``.
 
-:class:`SftpDeriver` is a stateful deriver (see :mod:`collectors.derive`). It follows each
+:class:`SftpDeriver` is a stateful deriver (see :mod:`collectors.derivers.base`). It follows each
 sftp-server process (``sftp-server``, ``internal-sftp``, or sshd when the subsystem logs
 through it) by host and pid:
 
@@ -38,7 +38,7 @@ from typing import Any
 
 from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
-from collectors.derive import accepted_data, line_id
+from collectors.derivers.base import accepted_data, line_id
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384

@@ -1,6 +1,6 @@
 """User activity from auth log lines: sshd, sudo, su, login and pam_unix → ``user_activity``.
 
-:class:`AuthDeriver` is a deriver (see :mod:`collectors.derive`): called with each
+:class:`AuthDeriver` is a deriver (see :mod:`collectors.derivers.base`): called with each
 ``system_log`` event, it returns zero or one ``user_activity`` event whose id is
 ``stable_id("ua", <line id>)``. Lines it does not know yield nothing, never a guessed row.
 
@@ -41,7 +41,7 @@ from typing import Any
 
 from agent.events import make_event, stable_id
 from agent.typing import Event
-from collectors.derive import accepted_data, line_id
+from collectors.derivers.base import accepted_data, line_id
 
 #: longest message worth parsing; auth lines are short (a sudo COMMAND= line can be long)
 MAX_MESSAGE = 16_384
@@ -244,7 +244,7 @@ class AuthDeriver:
             return self._row(m["user"], "invalid_user", 401, ip, details)
         if m := RE_NOT_ALLOWED.match(message):
             ip = _ip(m["ip"], details)
-            details["reason"] = "not allowed because " + _clip(m["why"], 512)
+            details["reason"] = "not allowed because " + (_clip(m["why"], 512) or "")
             return self._row(m["user"], "login_failed", 403, ip, details)
         if not preauth and (m := RE_DISCONNECTED.match(message)):
             ip = _ip(m["ip"], details)
