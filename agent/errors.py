@@ -13,6 +13,7 @@ the input (with the reason) and carry on with the rest.
      │    ├── ConfigError                bad configuration: never starts, reload keeps the old one
      │    ├── SetupError                 setup cannot proceed; nothing was changed
      │    ├── RecorderError              a Websh session cannot start (unknown user, no permission …)
+     │    ├── CredentialsRefused         a sink's servers refuse the token or credentials (NATS connect)
      │    └── PermanentShipError         the sink refuses the batch as it is
      │         ├── AuthError             401/403: pause shipping, keep data, retry slowly
      │         ├── TooLarge              413: split the batch
@@ -78,6 +79,10 @@ class SetupError(PermanentError):
 
 class RecorderError(PermanentError):
     """The session cannot start (unknown user, no permission …)."""
+
+
+class CredentialsRefused(PermanentError):
+    """A sink's servers refuse the token or credentials; the shipper pauses as for a 401."""
 
 
 # -- shipping ------------------------------------------------------------------------------------

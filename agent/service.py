@@ -42,9 +42,9 @@ log = structlog.get_logger("service")
 def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
     """What the collectors are built from (see ``_context`` and ``build_collectors``): their
     settings, the server name, the hook server they register with and the auth files present."""
-    from collectors.derivers.base import auth_file_paths
+    from collectors.derivers.base import auth_file_paths, ftp_file_paths
 
-    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)))
+    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)), tuple(ftp_file_paths(cfg)))
 
 
 class Agent:
@@ -302,7 +302,8 @@ class Agent:
         """Apply a changed config file; keep the running one when the new one is invalid."""
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
-            new = load_config(self.config_path)
+            # parsing a large or hostile file takes time: off the event loop (hook answers, shipping)
+            new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
         except ConfigError as exc:
             log.error("reload refused: the new configuration is invalid; keeping the running one",
                       problems=exc.problems)
@@ -381,7 +382,8 @@ class Agent:
                 if self.shipper.paused_reason:
                     return False, f"backend refuses the credentials: {self.shipper.paused_reason}"
                 if time.monotonic() > deadline:
-                    return False, f"{st.batches} batches not acknowledged after {timeout:.0f}s: {self.shipper.last_error}"
+                    return False, (f"{st.batches} batches not acknowledged after {timeout:.0f}s: "
+                                   f"{self.shipper.last_error}")
                 self.shipper.wake()
                 await asyncio.sleep(0.05)
             if self.shipper.permanent_failures:

@@ -109,7 +109,8 @@ class JournaldCollector(Collector):
         self._exclude_units = {u.encode() for u in config.exclude_units}
         self._exclude_idents = {i.encode() for i in config.exclude_identifiers}
         self._names: dict[bytes, str] = {}
-        self._frags: dict[tuple[bytes | None, ...], tuple[bytes, str, dict[str, Any]]] = {}
+        self._frags: dict[tuple[bytes | None, ...], tuple[bytes, bytes, str, dict[str, Any]]] = {}
+        self._pids: dict[bytes | None, tuple[bytes, int | None]] = {}
         self._src_name = config.directory or "journald"
         self.entries_read = 0
 
@@ -173,7 +174,8 @@ class JournaldCollector(Collector):
         This is the hot loop. Each entry becomes its final JSON directly: everything but the
         message, level and id (program, pid, facility, hostname, source, ``extra``) is one
         serialized fragment cached per distinct tuple of those raw field values; the message
-        is decoded, redacted and serialized; the id is ``stable_id("jd", cursor)`` from a
+        is decoded, and all messages of the chunk are redacted at once (one scan of them all for
+        the trigger words of the built-in rules) and serialized; the id is ``stable_id("jd", cursor)`` from a
         pre-seeded hash. Event dicts are only built for lines a deriver may use (``gate``).
         """
         r = self._reader
@@ -185,16 +187,21 @@ class JournaldCollector(Collector):
         max_pri = self._max_priority
         ex_units, ex_idents = self._exclude_units, self._exclude_idents
         fmt_ts, pri_of, ms_of = _second_prefix, _PRIORITY_BY_BYTES, _MS
-        frags = self._frags
+        frags, pids = self._frags, self._pids
         if len(frags) > _FRAG_CACHE_MAX:
             frags.clear()
-        fragment = self._fragment
-        text, hexlify = prepared.text, binascii.b2a_hex
+        if len(pids) > _FRAG_CACHE_MAX:
+            pids.clear()
+        fragment, pid_of = self._fragment, self._pid
+        hexlify = binascii.b2a_hex
+        #: per accepted entry: its template and the values for it; the message apart, for redaction
+        rows: list[tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]] = []
+        messages: list[str] = []
         # one template per level the filter keeps (None: it drops that level)
         heads = [prepared.envelope(lvl) for lvl in LEVELS]
         templates = [
             None if head is None else
-            head + b'jd-%b","ts":"%b","data":{"level":"' + lvl.encode() + b'","message":%b%b%b}}'
+            head + b'jd-%b","ts":"%b","data":{"level":"' + lvl.encode() + b'","message":%b%b%b%b%b}}'
             for head, lvl in zip(heads, LEVELS, strict=True)
         ]
         id_seed = _ID_SEED
@@ -226,9 +233,11 @@ class JournaldCollector(Collector):
                     raw = g("MESSAGE") or b""
                     truncated = len(raw) > max_bytes
                     message = (raw[:max_bytes] if truncated else raw).decode("utf-8", "replace")
-                    key = (ident or g("_COMM"), g("_PID") or g("SYSLOG_PID"), g("SYSLOG_FACILITY"),
-                           unit, g("_HOSTNAME"), g("_TRANSPORT"), g("_BOOT_ID"), g("_UID"))
+                    key = (ident or g("_COMM"), g("SYSLOG_FACILITY"), unit, g("_HOSTNAME"), g("_TRANSPORT"),
+                           g("_BOOT_ID"), g("_UID"))
                     frag = frags.get(key)
+                    pid_b = g("_PID") or g("SYSLOG_PID")
+                    pid = pids.get(pid_b)
                 except (TypeError, AttributeError):
                     if list not in map(type, d.values()):
                         raise
@@ -239,6 +248,8 @@ class JournaldCollector(Collector):
                 continue
             if frag is None:
                 frag = frags[key] = fragment(key)
+            if pid is None:
+                pid = pids[pid_b] = pid_of(pid_b)
             if truncated:
                 message += TRUNCATION_MARKER
                 chunk.truncated += 1
@@ -254,25 +265,29 @@ class JournaldCollector(Collector):
             ts = ts_prefix + ms_of[usec // 1000]
             tpl = templates[pri]
             if tpl is not None:
-                items.append(("system_log", tpl % (
-                    eid, ts, text(message), frag[0], _TRUNCATED if truncated else b""), 1))
-            if gate is not None and gate(frag[1], message):
-                data = dict(frag[2], level=LEVELS[pri], message=message)
+                rows.append((tpl, eid, ts, frag[0], pid[0], frag[1], _TRUNCATED if truncated else b""))
+                messages.append(message)
+            if gate is not None and gate(frag[2], message):
+                data = dict(frag[3], pid=pid[1], level=LEVELS[pri], message=message)
                 if truncated:
                     data["truncated"] = True
-                derive.append((len(items), {"id": "jd-" + eid.decode(), "kind": "system_log",
-                                            "ts": ts.decode(), "data": data}))
+                derive.append((len(rows), {"id": "jd-" + eid.decode(), "kind": "system_log",
+                                           "ts": ts.decode(), "data": data}))
+        changed = prepared.changed_texts(messages)
+        dumps = orjson.dumps
+        if changed:
+            messages = [changed.get(i, m) for i, m in enumerate(messages)]
+        items.extend([("system_log", tpl % (eid, ts, dumps(m), head, pid, tail, trunc), 1)
+                      for (tpl, eid, ts, head, pid, tail, trunc), m in zip(rows, messages, strict=True)])
         chunk.cursor = cursor
         self.entries_read += n
         if not derive:  # joined here, in the reader thread, rather than on the event loop
             chunk.items = segmented(items, prepared)
         return chunk
 
-    def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, str, dict[str, Any]]:
-        """``(JSON fragment, program, data fields)`` for one tuple of raw field values: program,
-        pid, facility, unit, hostname, transport, boot id and uid (see ``_read_chunk``)."""
-        program, pid_b, fac, *extra_values = key
-        names = self._names
+    @staticmethod
+    def _pid(pid_b: bytes | None) -> tuple[bytes, int | None]:
+        """A pid field's value as JSON and as a number (None: absent, not a number or out of range)."""
         pid: int | None = None
         if pid_b is not None:
             try:
@@ -282,6 +297,14 @@ class JournaldCollector(Collector):
             else:
                 if not 0 <= pid < 1 << 31:
                     pid = None
+        return (b"null" if pid is None else b"%d" % pid), pid
+
+    def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, bytes, str, dict[str, Any]]:
+        """``(JSON up to the pid's value, JSON after it, program, data fields but the pid)`` for one
+        tuple of raw field values: program, facility, unit, hostname, transport, boot id and uid
+        (see ``_read_chunk``)."""
+        program, fac, *extra_values = key
+        names = self._names
         facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]
         extra: dict[str, Any] = {}
         for (_, name), value in zip(_EXTRA_FIELDS, extra_values, strict=True):
@@ -291,9 +314,12 @@ class JournaldCollector(Collector):
         if facility:
             extra["facility"] = facility
         prog = "unknown" if program is None else (names.get(program) or _decode_name(names, program))
-        fields = {"program": prog, "pid": pid, "facility": facility, "hostname": extra.get("hostname"),
+        fields = {"program": prog, "pid": None, "facility": facility, "hostname": extra.get("hostname"),
                   "source": self._src_name, "extra": extra}
-        return b"," + orjson.dumps(fields)[1:-1], prog, fields
+        # the program's JSON string escapes its quotes: the first "pid":null is the field's
+        head, _, tail = orjson.dumps(fields)[1:-1].partition(b'"pid":null')
+        del fields["pid"]
+        return b"," + head + b'"pid":', tail, prog, fields
 
     def _wait(self) -> int:
         """Block (in the reader thread) until the journal changes or WAIT_USEC pass."""

@@ -7,6 +7,8 @@ incrementally and capped). The command line is :mod:`receiver.cli`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -20,8 +22,10 @@ from agent.events import KINDS
 from receiver.auth import api_middleware
 from receiver.console import add_console
 from receiver.console.api import add_console_api
+from receiver.backends import open_store
+from receiver.consumer import ConsumeSettings, JetStreamConsumer
 from receiver.count_sink import CountSink
-from receiver.errors import FaultSettingsError, IngestError, ParamError
+from receiver.errors import FaultSettingsError, IngestError, ParamError, StoreError
 from receiver.faults import FaultInjector, FaultSettings
 from receiver.ingest import ingest, read_body
 from receiver.state import API, INGEST_PATH, STATE, ReceiverState, error_response, json_response
@@ -65,6 +69,9 @@ def _store_query(
             return await fn(request, store, dict(request.query))
         except ParamError as exc:
             return error_response(400, str(exc))
+        except StoreError as exc:
+            log.error("store failed", error=str(exc))
+            return error_response(500, f"store: {exc}")
 
     return handler
 
@@ -86,11 +93,13 @@ async def events(request: web.Request, store: EventStore, params: dict[str, str]
 
 @_store_query
 async def ids(request: web.Request, store: EventStore, params: dict[str, str]) -> web.StreamResponse:
-    """``GET /api/v1/ids?kind=``: every stored event id in arrival order (for exact-set checks)."""
+    """``GET /api/v1/ids?kind=&after=&limit=``: stored event ids in arrival order, a page at a time."""
     kinds = _kinds(params.pop("kind", None))
-    reject_unknown(params, ("kind",), "ids")
-    all_ids = await store.ids(kinds)
-    return json_response({"ids": all_ids, "count": len(all_ids)})
+    common = parse_common(params, ("limit", "after"), "ids")
+    rows = await store.ids(kinds, common["after"], common["limit"])
+    return json_response(
+        {"ids": [r[1] for r in rows], "count": len(rows), "next_after": rows[-1][0] if rows else common["after"]}
+    )
 
 
 @_store_query
@@ -106,6 +115,8 @@ async def stats(request: web.Request) -> web.StreamResponse:
     """``GET /api/v1/stats``: stored per kind, duplicates, batches, requests by status, faults."""
     state = request.app[STATE]
     body: dict[str, Any] = {"mode": state.mode}
+    if state.consumer is not None:
+        body["consumer"] = state.consumer.stats.as_dict()
     if state.store is not None:
         body.update(await state.store.counts())
     else:
@@ -179,11 +190,14 @@ def make_app(
     db_path: str = ":memory:",
     mode: str = "store",
     faults: FaultSettings | None = None,
+    retention_days: int | None = None,
+    consume: ConsumeSettings | None = None,
 ) -> web.Application:
-    """The receiver application; the store opens on startup and closes on cleanup."""
+    """The receiver application; the store (SQLite path or ``postgresql://`` URL) opens on startup
+    and closes on cleanup; with ``consume`` a JetStream consumer feeds the store as well."""
     if mode not in ("store", "count"):
         raise ValueError(f"mode must be 'store' or 'count', not {mode!r}")
-    store = EventStore(db_path) if mode == "store" else None
+    store = open_store(db_path, retention_days=retention_days) if mode == "store" else None
     state = ReceiverState(
         token=token,
         mode=mode,
@@ -194,15 +208,33 @@ def make_app(
     app = web.Application(middlewares=[api_middleware], client_max_size=1024 * 1024)
     app[STATE] = state
 
-    async def open_store(_: web.Application) -> None:
+    if consume is not None and store is None:
+        raise ValueError("consuming a stream needs mode 'store'")
+    consumer_task: list[asyncio.Task[None]] = []
+
+    async def open_db(_: web.Application) -> None:
         if store is not None:
             await store.open()
+        if consume is not None and store is not None:
+            state.consumer = JetStreamConsumer(consume, store)
+            try:
+                await state.consumer.connect()
+            except BaseException:
+                await store.close()
+                raise
+            consumer_task.append(asyncio.get_running_loop().create_task(state.consumer.run()))
 
     async def close_store(_: web.Application) -> None:
+        for task in consumer_task:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if state.consumer is not None:
+            await state.consumer.close()
         if store is not None:
             await store.close()
 
-    app.on_startup.append(open_store)
+    app.on_startup.append(open_db)
     app.on_cleanup.append(close_store)
     app.router.add_get("/healthz", healthz)
     app.router.add_post(INGEST_PATH, ingest)

@@ -11,7 +11,6 @@ import contextlib
 import os
 import shutil
 import signal
-import sqlite3
 import sys
 import tempfile
 
@@ -19,7 +18,10 @@ import orjson
 import structlog
 
 from receiver.app import make_app, start
+from receiver.consumer import DEFAULT_CONSUMER, DEFAULT_STREAM, DEFAULT_SUBJECTS, ConsumeError, ConsumeSettings
+from receiver.errors import StoreError
 from receiver.faults import FaultSettings
+from receiver.pg_sql import redact_url
 
 log = structlog.get_logger("receiver")
 
@@ -49,9 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--db",
         default=None,
-        metavar="PATH",
-        help="SQLite file (default: a temporary file removed at exit; ':memory:' works)",
+        metavar="PATH|URL",
+        help="SQLite file, or postgresql://USER@HOST/DB to share one PostgreSQL between receivers "
+        "(default: a temporary SQLite file removed at exit; ':memory:' works)",
     )
+    p.add_argument(
+        "--retention-days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="PostgreSQL only: drop the day partitions of events older than N days (hourly sweep)",
+    )
+    c = p.add_argument_group("stream consumer (PostgreSQL or SQLite store)")
+    c.add_argument("--consume", default=None, metavar="NATS_URL",
+                   help="also consume the agents' JetStream stream, e.g. nats://127.0.0.1:4222")
+    c.add_argument("--stream", default=DEFAULT_STREAM, help=f"stream name (default {DEFAULT_STREAM})")
+    c.add_argument("--subjects", default=DEFAULT_SUBJECTS, help=f"subjects consumed (default {DEFAULT_SUBJECTS})")
+    c.add_argument("--consumer-name", default=DEFAULT_CONSUMER,
+                   help="durable consumer; receivers with the same name share the stream's messages")
+    c.add_argument("--fetch-batch", type=int, default=500, help="messages per pull (default 500)")
+    c.add_argument("--ack-wait", type=float, default=30.0, metavar="SECONDS",
+                   help="redeliver a message not acked within this time (default 30)")
     tok = p.add_mutually_exclusive_group()
     tok.add_argument("--token", default=None, help="bearer token agents must send")
     tok.add_argument("--token-file", default=None, metavar="FILE", help="file holding the token")
@@ -121,7 +141,14 @@ def configure_logging(level: str) -> None:
 async def serve(
     args: argparse.Namespace, token: str | None, faults: FaultSettings, db: str
 ) -> None:
-    app = make_app(token=token, db_path=db, mode=args.mode, faults=faults)
+    consume = None
+    if args.consume is not None:
+        consume = ConsumeSettings(
+            url=args.consume, stream=args.stream, subjects=args.subjects, consumer=args.consumer_name,
+            batch=args.fetch_batch, ack_wait_s=args.ack_wait,
+        )
+    app = make_app(token=token, db_path=db, mode=args.mode, faults=faults, retention_days=args.retention_days,
+                   consume=consume)
     host, port = args.listen
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,7 +157,7 @@ async def serve(
     runner, real_port = await start(app, host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"listening on http://{shown}:{real_port}", flush=True)
-    log.info("listening", host=host, port=real_port, mode=args.mode, db=db)
+    log.info("listening", host=host, port=real_port, mode=args.mode, db=redact_url(db))
     try:
         await stop.wait()
     finally:
@@ -183,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
         msg = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
         print(f"alpacon-agent-receiver: {msg}", file=sys.stderr)
         return 2
+    if args.consume is not None and args.mode != "store":
+        print("alpacon-agent-receiver: --consume needs --mode store", file=sys.stderr)
+        return 2
+    if args.fetch_batch < 1 or args.ack_wait <= 0:
+        print("alpacon-agent-receiver: --fetch-batch and --ack-wait must be positive", file=sys.stderr)
+        return 2
     tmpdir = None
     db = args.db
     if db is None:
@@ -190,8 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         db = os.path.join(tmpdir, "receiver.db")
     try:
         asyncio.run(serve(args, token, faults, db))
-    except sqlite3.Error as exc:
-        print(f"alpacon-agent-receiver: --db {db}: {exc}", file=sys.stderr)
+    except ConsumeError as exc:
+        print(f"alpacon-agent-receiver: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"alpacon-agent-receiver: --db {redact_url(db)}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
         print(

@@ -22,3 +22,7 @@ class ParamError(ReceiverError, ValueError):
 
 class FaultSettingsError(ReceiverError, ValueError):
     """Fault settings that do not validate; the message names each bad field."""
+
+
+class StoreError(ReceiverError):
+    """The store failed (unreachable, broken schema, disk); answered 500 ``store: …``."""

@@ -5,7 +5,6 @@ checking against the wire schema, and storing or counting the batch.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 import zlib
 from typing import Any
@@ -15,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from agent.schema import SchemaError
-from receiver.errors import IngestError
+from receiver.errors import IngestError, StoreError
 from receiver.state import DROPPED, STATE, error_response, json_response
 from receiver.validation import check_batch as validate_batch
 
@@ -139,7 +138,7 @@ async def ingest(request: web.Request) -> web.StreamResponse:
     except IngestError as exc:
         log.info("rejected", status=exc.status, reason=exc.reason)
         return error_response(exc.status, exc.reason)
-    except sqlite3.Error as exc:
+    except StoreError as exc:
         log.error("store failed", error=str(exc))
         return error_response(500, f"store: {exc}")
     n = stored + duplicates

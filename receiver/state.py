@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from receiver.consumer import JetStreamConsumer
 from receiver.count_sink import CountSink
 from receiver.faults import FaultInjector
 from receiver.store import EventStore
@@ -40,6 +41,7 @@ class ReceiverState:
     store: EventStore | None
     counter: CountSink | None
     faults: FaultInjector
+    consumer: JetStreamConsumer | None = None
     requests_by_status: dict[str, int] = field(default_factory=dict)
     batches_accepted: int = 0
     events_received: int = 0

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.browser import Browser, open_browser
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
+from tests.services import NatsServer, PostgresServer, need_postgres
 from tests.support import need, need_binary, need_root
 
 
@@ -66,3 +70,32 @@ def browser() -> Iterator[Browser]:
     """A real headless Chromium (Selenium); fails under CI=true when Chromium is missing."""
     with open_browser() as b:
         yield b
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_kept() -> Iterator[None]:
+    """A command run in-process (doctor, run) configures logging for the process: put it back, so
+    that a later test's log capture is not filtered by an earlier test's level."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the whole session (initdb in a temp dir, run as the postgres user)."""
+    need_postgres()
+    root = Path(tempfile.mkdtemp(prefix="alpacon-pg-"))
+    root.chmod(0o755)  # the cluster's owner must reach its directory inside
+    try:
+        with PostgresServer(root / "pg") as pg:
+            yield pg
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream, its store in tmp_path."""
+    with NatsServer(tmp_path / "nats") as n:
+        yield n

@@ -49,7 +49,7 @@ class TestCheckConfig:
         """A token_file that does not exist is named."""
         r = check(tmp_path, "sink:\n  token_file: /nonexistent/token\n")
         assert r.returncode == 2
-        assert "sink:" in r.stderr and "/nonexistent/token" in r.stderr and "does not exist" in r.stderr
+        assert "sink.token_file:" in r.stderr and "/nonexistent/token" in r.stderr and "does not exist" in r.stderr
 
     def test_top_level_not_mapping(self, tmp_path):
         """A YAML list at the top is refused."""

@@ -116,7 +116,7 @@ def check_token(cfg: AgentConfig) -> list[CheckResult]:
                      f"chown root:root {path}")]
     try:
         token = sink.token()
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         return [fail("token", f"{path} cannot be read: {exc}", fix_setup)]
     if not token:
         return [fail("token", f"{path} is empty", fix_setup)]
@@ -233,9 +233,18 @@ async def _probe(cfg: AgentConfig) -> SendOutcome | None:
     return None if outcome.status is not None and 200 <= outcome.status < 300 else outcome
 
 
+def check_fleet_sink(cfg: AgentConfig) -> list[CheckResult]:
+    """An OTLP endpoint or NATS servers: reachable, credentials taken, the stream there."""
+    from agent.shipping.probe import probe_sink
+
+    return [CheckResult(name, status, detail, fix) for name, status, detail, fix in probe_sink(cfg.sink, __version__)]
+
+
 def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     """POST a probe that is not a batch: 400/422 means reachable, TLS fine, token accepted."""
     sink = cfg.sink
+    if sink.type in ("otlp", "nats"):
+        return check_fleet_sink(cfg)
     if sink.type != "http":
         return [ok("backend", f"sink type {sink.type!r}: no backend to reach")]
     url = sink.url
@@ -248,7 +257,7 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
         tls_note = " (certificate NOT verified: sink.tls.verify is false)"
     try:
         err = asyncio.run(_probe(cfg))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:  # token or TLS files unreadable
+    except (OSError, ValueError) as exc:  # token or TLS files unreadable or unusable
         return [fail("backend", f"cannot set up a client for {url}: {exc}"[:300],
                      "check sink.token_file and sink.tls")] + extra
     if err is None:
@@ -344,10 +353,6 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
 
 
 def doctor_main(args: argparse.Namespace) -> int:
-    from agent.logs import configure_logging
-
-    # the report is the output; the sink's own log lines (which the checks repeat) stay off stdout
-    configure_logging("error", json=False)
     path = args.config or DEFAULT_CONFIG_PATH
     results = list(run_checks(path))
     if args.json:

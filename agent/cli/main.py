@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli import demo, doctor, run, setup
+from agent.logs import configure_logging
 from collectors.commands import client as exec_cli
 from collectors.websh import cli as websh_cli
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's), run the subcommand, return its exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # log lines go to stderr, never into a command's output (doctor --json, spool --json); `run`
+    # and `demo` configure their own level and format
+    configure_logging("warning", json=False)
     try:
         rc = args.func(args)
     except KeyboardInterrupt:

@@ -11,8 +11,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
+import structlog
 
 from agent.cli.args import add_config_arg, load_or_report
+from agent.config import config_warnings
 
 if TYPE_CHECKING:
     from agent.cli.args import Subparsers
@@ -55,6 +57,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
         return 2
+    for w in config_warnings(cfg):
+        print(f"alpacon-agent: warning: {w}", file=sys.stderr)
     print(f"configuration OK: server={cfg.server} sink={cfg.sink.type} state_dir={cfg.state_dir}")
     return 0
 
@@ -67,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return 2
     configure_logging(cfg.log_level)
+    for w in config_warnings(cfg):
+        structlog.get_logger("config").warning(w)
     # collectors read in threads; a short switch interval keeps the event loop (hook answers,
     # shipping) from waiting 5 ms for the GIL after every system call
     sys.setswitchinterval(0.0005)

@@ -23,15 +23,15 @@ from agent.cli.args import add_config_arg
 from agent.cli.unit import UNIT, systemctl
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config, parse_config
 from agent.errors import ConfigError, SetupError
+from agent.tokenfile import MAX_TOKEN_BYTES, TokenError, check_token_bytes
 
 if TYPE_CHECKING:
     from agent.cli.args import Subparsers
 
-MAX_TOKEN_BYTES = 8192
 
 
 def read_token(source: str) -> str:
-    """The token from a file (``-`` is stdin): one line, printable, no spaces, capped."""
+    """The token from a file (``-`` is stdin): one line of printable ASCII, capped (agent.tokenfile)."""
     if source == "-":
         raw = sys.stdin.buffer.read(MAX_TOKEN_BYTES + 1)
     else:
@@ -41,19 +41,14 @@ def read_token(source: str) -> str:
             raise SetupError(f"token file {source}: {exc.strerror}") from None
         if not stat.S_ISREG(st.st_mode):
             raise SetupError(f"token file {source} is not a regular file")
-        if st.st_size > MAX_TOKEN_BYTES:
-            raise SetupError(f"token file {source} is larger than {MAX_TOKEN_BYTES} bytes")
-        raw = Path(source).read_bytes()
-    if len(raw) > MAX_TOKEN_BYTES:
-        raise SetupError(f"token is larger than {MAX_TOKEN_BYTES} bytes")
+        with open(source, "rb") as f:
+            raw = f.read(MAX_TOKEN_BYTES + 1)
     try:
-        token = raw.decode("ascii").strip()
-    except UnicodeDecodeError:
-        raise SetupError("token contains non-ASCII bytes") from None
+        token = check_token_bytes(raw)
+    except TokenError as exc:
+        raise SetupError(f"token: {exc}") from None
     if not token:
         raise SetupError("token is empty")
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise SetupError("token must be one line without spaces or control characters")
     return token
 
 
@@ -171,7 +166,7 @@ def is_configured(cfg: AgentConfig) -> tuple[bool, str]:
         return False, "no sink.token_file"
     try:
         token = cfg.sink.token()
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:
         return False, f"token file unreadable: {exc}"
     if not token:
         return False, "token file is empty"

@@ -157,7 +157,8 @@ class Batcher:
         """What a collector needs to build finished events itself (see :meth:`emit_prepared`)."""
         return Prepared.of_chain(self._named, max(1, self.max_events // 4), max(1, self.max_bytes // 4))
 
-    async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None, collector: str = "collector") -> None:
+    async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None,
+                            collector: str = "collector") -> None:
         """Pull lane for hot sources that serialize their events themselves.
 
         ``items`` are ``(kind, JSON, n)``: ``n`` complete events — id, kind, ts, server, data —
@@ -184,7 +185,8 @@ class Batcher:
                 if len(events) != n:
                     raise orjson.JSONDecodeError(f"{len(events)} events in a segment of {n}", "", 0)
             except orjson.JSONDecodeError as exc:
-                self._dead_letter_event({"kind": kind, "raw": blob.decode("utf-8", "replace")}, str(exc), collector)  # type: ignore[typeddict-item]
+                raw = {"kind": kind, "raw": blob.decode("utf-8", "replace")}
+                self._dead_letter_event(raw, str(exc), collector)  # type: ignore[arg-type]  # undecodable: kept raw
                 continue
             for ev in events:
                 try:

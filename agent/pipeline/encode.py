@@ -51,6 +51,9 @@ class Prepared:
     #: the most events and bytes a segment item should hold, so that batches fill well
     segment_events: int = 250
     segment_bytes: int = 256 * 1024
+    #: redaction of many texts at once: ``texts -> {index: redacted}`` for the texts it changes
+    #: (None: ``redact`` on each)
+    redact_texts: Callable[[list[str]], dict[int, str]] | None = None
     _enrich: Enrich = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -64,12 +67,13 @@ class Prepared:
                    r.redact_text if r else _unchanged,
                    named.filter or Filter(),
                    r.changed_lines if r else _nothing_changed,
-                   segment_events, segment_bytes)
+                   segment_events, segment_bytes,
+                   r.changed_texts if r else _no_text_changed)
 
     @classmethod
     def plain(cls, server: str) -> Prepared:
         """Settings without a pipeline: nothing filtered or redacted."""
-        return cls(server, _unchanged, Filter(), _nothing_changed)
+        return cls(server, _unchanged, Filter(), _nothing_changed, redact_texts=_no_text_changed)
 
     def accepts(self, kind: str, level: str | None = None) -> bool:
         """Whether the configured filter keeps an event of this kind (and system_log level)."""
@@ -81,6 +85,13 @@ class Prepared:
         if self.redact_lines is not None:
             return self.redact_lines(joined)
         return changed_each(self.redact, joined)
+
+    def changed_texts(self, texts: list[str]) -> dict[int, str]:
+        """``{index: redacted text}`` for the ``texts`` that redaction changes."""
+        if self.redact_texts is not None:
+            return self.redact_texts(texts)
+        redact = self.redact
+        return {i: r for i, t in enumerate(texts) if (r := redact(t)) != t}
 
     def envelope(self, level: str) -> bytes | None:
         """The start of a ``system_log`` event of this level up to its id's first character
@@ -129,6 +140,10 @@ def _unchanged(text: str) -> str:
 
 
 def _nothing_changed(joined: str) -> dict[int, str]:
+    return {}
+
+
+def _no_text_changed(texts: list[str]) -> dict[int, str]:
     return {}
 
 

@@ -33,7 +33,8 @@ class SendOutcome:
     ``status`` is the answer's HTTP status; sinks that do not speak HTTP answer in the same terms
     (None: no answer — connection error, timeout; 503: try later; 400: refused as it is).
     ``retry_after`` is the Retry-After header as received. ``rejected`` counts the events a
-    backend refused out of a batch it otherwise stored (a partial success). ``retryable``
+    backend refused out of a batch it otherwise stored (a partial success), ``rejected_ids``
+    names them where the backend says which (OTLP does not, JetStream does). ``retryable``
     overrides the status's usual meaning where a sink's protocol says otherwise (OTLP retries
     only 429, 502, 503 and 504).
     """
@@ -43,6 +44,7 @@ class SendOutcome:
     retry_after: str | None = None
     rejected: int = 0
     retryable: bool | None = None
+    rejected_ids: tuple[str, ...] = ()
 
     @classmethod
     def stored(cls) -> SendOutcome:
@@ -61,6 +63,7 @@ class RetryAction:
     reason: str = ""
     retry_after: float | None = None
     status: int | None = None
+    rejected_ids: tuple[str, ...] = ()
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -91,7 +94,8 @@ def decide(outcome: SendOutcome) -> RetryAction:
         return RetryAction(Action.RETRY, reason or "no answer")
     if 200 <= status < 300:
         if outcome.rejected > 0:
-            return RetryAction(Action.PARTIAL, reason or f"{outcome.rejected} events rejected", None, status)
+            return RetryAction(Action.PARTIAL, reason or f"{outcome.rejected} events rejected", None, status,
+                               outcome.rejected_ids)
         return RetryAction(Action.SUCCESS, status=status)
     if status in (401, 403):
         return RetryAction(Action.PAUSE, reason or f"HTTP {status}", None, status)

@@ -1,8 +1,10 @@
 """The shipper: reads spooled batches in order, sends them through the sink, deletes them on ack.
 
-Retryable failures are retried forever with exponential backoff and jitter (tenacity),
-honouring Retry-After; 401/403 pause shipping (the data stays, retried slowly); 413 splits
-the batch; other refusals move it to the dead-letter table with the reason (invariant 4).
+Every send's :class:`~agent.shipping.retry.SendOutcome` goes through ``retry.decide()``, and
+the resulting ``RetryAction`` is acted on in one place (``Shipper._act``): retryable failures
+are retried forever with exponential backoff and jitter (tenacity's schedule), honouring
+Retry-After; 401/403 pause shipping (the data stays, retried slowly); 413 splits the batch;
+other refusals move it to the dead-letter table with the reason (invariant 4).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _Part:
     body: NewBatch | SpoolBatch
     n_events: int
     priority: int
+    spooled_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +164,12 @@ class Shipper:
             payload = self.payload(batch.batch_id, batch.json())
         except (zlib.error, ValueError):
             return None
-        return asyncio.get_running_loop().run_in_executor(None, self.sink.encode, payload)
+        return asyncio.get_running_loop().run_in_executor(None, self.sink.encode, payload, batch.created)
 
-    async def _attempt(
-        self, batch_id: str, body: NewBatch | SpoolBatch, n_events: int, encoded: asyncio.Future[bytes] | None
-    ) -> RetryAction:
+    async def _attempt(self, part: _Part, encoded: asyncio.Future[bytes] | None) -> RetryAction:
         """One send of a batch, and the decision on its outcome. A deflate-spooled body goes to a
         gzip sink without being inflated; ``encoded`` is a body made ahead of time."""
+        batch_id, body, n_events = part.batch_id, part.body, part.n_events
         if encoded is not None:
             return decide(await self.sink.send_encoded(batch_id, await encoded, n_events))
         level = self.sink.gzip_level
@@ -179,7 +181,7 @@ class Shipper:
         except (zlib.error, ValueError) as exc:
             # refused rather than retried for ever in front of every batch after it
             return RetryAction(Action.DEAD_LETTER, f"the spooled body cannot be read ({body.codec}): {exc}")
-        return decide(await self.sink.send(batch_id, self.payload(batch_id, events), n_events))
+        return decide(await self.sink.send(batch_id, self.payload(batch_id, events), n_events, part.spooled_at))
 
     async def _worker(
         self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]], in_progress: set[int]
@@ -231,7 +233,7 @@ class Shipper:
             if self.paused_reason is not None:
                 self.sink.reload_token()  # the token may have been put right during the pause
             with attempt:
-                action = await self._attempt(part.batch_id, part.body, part.n_events, encoded if n == 1 else None)
+                action = await self._attempt(part, encoded if n == 1 else None)
             if attempt.retry_state.outcome is not None and not attempt.retry_state.outcome.failed:
                 attempt.retry_state.set_result(action)
                 await self._act(action, part, dead, n)
@@ -244,10 +246,10 @@ class Shipper:
                 self._stored()
             case Action.PARTIAL:
                 self._stored()
-                log.error("backend stored the batch but refused part of it; a copy goes to the dead letters",
+                log.error("backend stored the batch but refused part of it: to the dead letters",
                           batch_id=part.batch_id, reason=action.reason)
                 self._note_permanent(part.batch_id, action.reason)
-                dead.append(_Refused(self._events_part(part), action.reason, action.status, copy=True))
+                dead.append(self._partial(part, action))
             case Action.RETRY:
                 log.warning("send failed, will retry", reason=action.reason, attempt=attempt)
                 self.last_error = action.reason
@@ -282,7 +284,7 @@ class Shipper:
         log.warning("backend says batch too large, splitting", batch_id=part.batch_id, events=len(events))
         for i, chunk in enumerate((events[:half], events[half:]), 1):
             body = self._part(f"{part.batch_id}.{i}", chunk, part.priority)
-            await self._deliver(_Part(body.batch_id, body, body.n_events, part.priority), dead)
+            await self._deliver(_Part(body.batch_id, body, body.n_events, part.priority, part.spooled_at), dead)
 
     def _stored(self) -> None:
         if self.paused_reason is not None:
@@ -310,7 +312,7 @@ class Shipper:
         """
         started = time.monotonic()
         dead: list[_Refused] = []
-        part = _Part(batch.batch_id, batch, batch.n_events, batch.priority)
+        part = _Part(batch.batch_id, batch, batch.n_events, batch.priority, batch.created)
         ok = await self._deliver(part, dead, batch.seq, encoded)
         task = asyncio.ensure_future(self._settle(batch, dead, ok, started))
         self._settling.add(task)
@@ -337,6 +339,17 @@ class Shipper:
             self._count_kinds(shipped, "shipped")
             self.metrics.ship_latency.observe(time.monotonic() - started)
         self.on_space()
+
+    def _partial(self, part: _Part, action: RetryAction) -> _Refused:
+        """The dead letter of a partial success: the refused events where the backend named them,
+        else a copy of the whole part (its stored events are harmless replays if requeued)."""
+        if action.rejected_ids:
+            ids = set(action.rejected_ids)
+            events = [e for e in orjson.loads(part.body.json()) if e.get("id") in ids]
+            if events:
+                return _Refused(self._part(f"{part.batch_id}.rejected", events, part.priority), action.reason,
+                                action.status)
+        return _Refused(self._events_part(part), action.reason, action.status, copy=True)
 
     def _events_part(self, part: _Part) -> NewBatch:
         """The part as a dead letter: its events re-encoded, or its body as stored when unreadable."""

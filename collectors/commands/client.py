@@ -98,7 +98,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         msg["timeout_s"] = args.timeout
     if args.kill_on_timeout:
         msg["kill_on_timeout"] = True
-    if args.at:
+    if args.at is not None:  # an empty --at (an unset shell variable) is an error, not "run now"
         msg["at"] = parse_at(args.at)
     elif args.in_s is not None:
         msg["in_s"] = args.in_s

@@ -375,7 +375,8 @@ class CommandsCollector(Collector):
         if rc is not None and rc < 0:
             exit_code = 128 - rc
             if reason is None:
-                reason = f"killed by signal {signal.Signals(-rc).name}" if -rc in signal.valid_signals() else f"killed by signal {-rc}"
+                name = signal.Signals(-rc).name if -rc in signal.valid_signals() else str(-rc)
+                reason = f"killed by signal {name}"
         elif rc and reason is None:
             reason = f"exit code {rc}"
         return RunResult(exit_code, cap.text(), cap.truncated, cap.total, timed_out, killed, reason)

@@ -1,4 +1,4 @@
-"""Derivers: audit events made from log lines (``auth``: user activity; ``sftp``: WebFTP transfers).
+"""Derivers: audit events made from log lines (``auth``: user activity; ``sftp``, ``ftp``: WebFTP transfers).
 
 They are not sources: the journald and syslog-file collectors run them on the lines they read
 (see ``collectors.derivers.base``). :func:`build_derivers` makes the enabled ones from the config.
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 def build_derivers(cfg: AgentConfig) -> list[Deriver]:
     """The enabled derivers, each limited to the auth origin chosen by the config."""
     origin = auth_origin(cfg)
-    accept = OriginFilter(origin, cfg.collectors.auth.paths)
+    auth = cfg.collectors.auth
+    accept = OriginFilter(origin, auth.paths, named="paths" in auth.model_fields_set,
+                          always=cfg.collectors.ftp.paths if cfg.collectors.ftp.enabled else ())
     out: list[Deriver] = []
     if cfg.collectors.auth.enabled:
         from collectors.derivers.auth import AuthDeriver
@@ -28,4 +30,8 @@ def build_derivers(cfg: AgentConfig) -> list[Deriver]:
         from collectors.derivers.sftp import SftpDeriver
 
         out.append(SftpDeriver(accept=accept, max_sessions=cfg.collectors.sftp.max_sessions))
+    if cfg.collectors.ftp.enabled:
+        from collectors.derivers.ftp import FtpTransferDeriver
+
+        out.append(FtpTransferDeriver(accept=accept))
     return out

@@ -26,14 +26,21 @@ login ``FAILED LOGIN …``                     login_failed    401
 pam_unix(login:session) opened / closed      login / logout  200
 pam_unix(<other>:session) opened / closed    session_open /  200     cron, systemd-user …
                                              session_close           ignored (config)
+
+sshd ``Disconnecting: Too many authentication  login_failed    401     also ``maximum
+failures for U`` …                                                      authentication attempts``
+sshd ``PAM N more authentication failures``   login_failed    401     ``attempts: N``
+sshd ``Received disconnect from IP: 11: …``   logout          200     of a connection seen
+``message repeated N times: [ line ]``         the line's row          ``attempts: N``
 ==========================================  ==============  ======  =========================
 
-pam_unix ``authentication failure`` lines are skipped: the program's own line counts the attempt.
+pam_unix ``authentication failure`` lines of sshd, sudo, su and login are skipped: the program's
+own line counts the attempt. Old PAM's ``prog(pam_unix)`` lines, display managers, FTP servers,
+login(1)'s ``ROOT LOGIN``, ftpd and klogind: :mod:`collectors.derivers.auth_forms`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -41,17 +48,35 @@ from typing import Any
 
 from agent.events import make_event, stable_id
 from agent.typing import Event
+from collectors.derivers.auth_forms import (
+    FTPD_PROGRAMS,
+    OWN_FAILURE_LINE,
+    RE_PAM_AUTH_FAILURE,
+    RE_PAM_MORE,
+    RE_PAM_OLD_SESSION,
+    ftpd_line,
+    klogind_line,
+    login_line,
+    make_row,
+    pam_failure,
+    pam_session_action,
+    su_line,
+    sudo_line,
+)
+from collectors.derivers.auth_forms import clip as _clip
+from collectors.derivers.auth_forms import to_int as _int
+from collectors.derivers.auth_forms import to_ip as _ip
 from collectors.derivers.base import accepted_data, line_id
 
 #: longest message worth parsing; auth lines are short (a sudo COMMAND= line can be long)
 MAX_MESSAGE = 16_384
-MAX_FIELD = 4096
-MAX_USER = 256
 
 SSHD_PROGRAMS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 SUDO_PROGRAMS = frozenset({"sudo"})
 SU_PROGRAMS = frozenset({"su"})
 LOGIN_PROGRAMS = frozenset({"login"})
+FTP_PROGRAMS = FTPD_PROGRAMS | {"vsftpd", "proftpd"}
+OTHER_PROGRAMS = frozenset({"klogind", "gdm", "kdm", "xdm"})
 
 # --- sshd -------------------------------------------------------------------------------
 # user names are matched greedily so that a hostile name containing " from X port N"
@@ -70,7 +95,20 @@ RE_NOT_ALLOWED = re.compile(
     r"^User (?P<user>.+) from (?P<ip>\S+) not allowed because (?P<why>.+)$"
 )
 RE_DISCONNECTED = re.compile(r"^Disconnected from user (?P<user>.+) (?P<ip>\S+) port (?P<port>\d{1,5})$")
+# old: "Received disconnect from IP: 11: Bye Bye"; new: "… from IP port P:11: disconnected by user"
+RE_RECEIVED_DISCONNECT = re.compile(
+    r"^Received disconnect from (?P<ip>\S+?)(?: port (?P<port>\d{1,5}))?: ?(?P<code>\d{1,3}): (?P<why>.*)$")
+RE_TOO_MANY = re.compile(
+    r"^(?:Disconnecting: Too many authentication failures for (?P<invalid1>invalid user )?(?P<user1>.+)"
+    r"|Disconnecting (?:authenticating|(?P<invalid2>invalid)) user (?P<user2>.+) (?P<ip2>\S+) port (?P<port2>\d{1,5}): "
+    r"Too many authentication failures"
+    r"|error: maximum authentication attempts exceeded for (?P<invalid3>invalid user )?(?P<user3>.+) from "
+    r"(?P<ip3>\S+) port (?P<port3>\d{1,5})(?: ssh2)?)$"
+)
 RE_PREAUTH = re.compile(r"\s*\[preauth\]$")
+
+# rsyslog's reduction of repeated lines: "message repeated 5 times: [ Failed password …]"
+RE_REPEATED = re.compile(r"^message repeated (?P<n>\d{1,9}) times: \[ ?(?P<inner>.*)\]$")
 
 # --- pam_unix ---------------------------------------------------------------------------
 RE_PAM_SESSION = re.compile(
@@ -78,43 +116,7 @@ RE_PAM_SESSION = re.compile(
     r"(?P<user>[^\s()]+)(?:\(uid=(?P<uid>\d+)\))?"
     r"(?: by (?P<by>[^\s()]*)(?:\(uid=(?P<by_uid>\d+)\))?)?\s*$"
 )
-
-# --- sudo -------------------------------------------------------------------------------
-RE_SUDO = re.compile(r"^\s*(?P<user>[^\s:;]+) : (?P<rest>.*)$")
-SUDO_KEYS = frozenset({"TTY", "PWD", "USER", "GROUP", "ENV", "COMMAND", "HOST", "TSID", "CHROOT", "CWD"})
-RE_SUDO_ATTEMPTS = re.compile(r"^(?P<n>\d+) incorrect password attempts?$")
-
-# --- su ---------------------------------------------------------------------------------
-RE_SU = re.compile(r"^(?P<failed>FAILED SU )?\(to (?P<target>[^\s)]+)\) (?P<user>\S+) on (?P<tty>\S+)$")
-RE_SU_SHADOW = re.compile(r"^(?P<how>Successful|FAILED) su for (?P<target>\S+) by (?P<user>\S+)$")
-
-# --- login ------------------------------------------------------------------------------
-# shadow:     FAILED LOGIN (1) on '/dev/tty1' FOR 'alice', Authentication failure
-# util-linux: FAILED LOGIN 1 FROM tty1 FOR alice, Authentication failure
-RE_LOGIN_FAILED = re.compile(
-    r"^FAILED LOGIN \(?(?P<n>\d+)\)? (?:on|FROM) '?(?P<tty>[^'\s]+)'? FOR '?(?P<user>[^',\s]+)'?,\s*(?P<why>.*)$"
-)
-
-_CTRL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _clip(text: str | None, n: int = MAX_FIELD) -> str | None:
-    if text is None:
-        return None
-    text = _CTRL.sub("?", text)
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
-def _ip(text: str | None, details: dict[str, Any]) -> str | None:
-    """An IP address, or None (a host name from ``UseDNS yes`` goes to details)."""
-    if not text:
-        return None
-    try:
-        return str(ipaddress.ip_address(text.strip("[]")))
-    except ValueError:
-        details["host"] = _clip(text, 256)
-        return None
-
+RE_PAM_AUTH = re.compile(r"^pam_unix\((?P<service>[\w.\-]+):auth\): (?P<rest>.*)$")
 
 class AuthDeriver:
     """``system_log`` → ``user_activity`` for sshd, sudo, su, login and pam_unix lines."""
@@ -122,8 +124,11 @@ class AuthDeriver:
     name = "auth"
     #: the lines this deriver can use: these programs, or a message starting with a prefix
     #: (collectors skip building event dicts for every other line; see derive.line_gate)
-    programs: frozenset[str] = SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS
-    message_prefixes: tuple[str, ...] = ("pam_unix(",)
+    programs: frozenset[str] = (SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS | FTP_PROGRAMS
+                                | OTHER_PROGRAMS)
+    #: modern PAM lines, old PAM's (any program, ``prog(pam_unix)`` tag), login's under a ``--`` tag
+    message_prefixes: tuple[str, ...] = ("pam_unix(", "authentication failure; ", "session opened for user ",
+                                         "session closed for user ", "ROOT LOGIN ", "message repeated ")
 
     def __init__(
         self,
@@ -138,6 +143,9 @@ class AuthDeriver:
         self._conn: OrderedDict[tuple[Any, int], tuple[str, str | None, int | None]] = OrderedDict()
         #: (host, user, ip, port) of connections whose logout was already reported
         self._out: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+        #: (host, login pid, user) of console logins reported: login(1) and its PAM session both
+        #: log one ("ROOT LOGIN ON tty2" and "session opened for user root by LOGIN(uid=0)")
+        self._logins: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 
     # -- entry point -----------------------------------------------------------------------
     def __call__(self, event: Event) -> list[Event]:
@@ -159,7 +167,9 @@ class AuthDeriver:
                 # invoking user's uid, so the same check cannot be made for them.
                 return []
             pid = data.get("pid") if isinstance(data.get("pid"), int) else None
-            row = self.parse(program, message, pid=pid, host=data.get("hostname"))
+            module = extra.get("pam_module") if isinstance(extra, dict) else None
+            row = self.parse(program, message, pid=pid, host=data.get("hostname"),
+                             pam_module=module if isinstance(module, str) else None)
         except Exception:  # a deriver must never break its collector
             return []
         if row is None:
@@ -170,35 +180,44 @@ class AuthDeriver:
         return [make_event("user_activity", row, ts=event.get("ts"), id=stable_id("ua", line_id(event)))]
 
     # -- dispatch --------------------------------------------------------------------------
-    def parse(self, program: str, message: str, pid: int | None = None, host: Any = None) -> dict[str, Any] | None:
-        """The ``user_activity`` data for one line, or None when the line is not one we know."""
+    def parse(self, program: str, message: str, pid: int | None = None, host: Any = None,
+              pam_module: str | None = None) -> dict[str, Any] | None:
+        """The ``user_activity`` data for one line, or None when the line is not one we know.
+        ``pam_module``: the line's tag was old PAM's ``program(module)``."""
         message = message.rstrip("\r\n")
+        if message.startswith("message repeated "):
+            return self._repeated(program, message, pid, host, pam_module)
+        if pam_module is not None:
+            return self._pam_old(program, pam_module, message, pid, host)
         if message.startswith("pam_unix("):
             return self._pam(program, message, pid, host)
         if program in SSHD_PROGRAMS:
             return self._sshd(message, pid, host)
         if program in SUDO_PROGRAMS:
-            return self._sudo(message)
+            return sudo_line(message)
         if program in SU_PROGRAMS:
-            return self._su(message)
-        if program in LOGIN_PROGRAMS:
-            return self._login(message)
+            return su_line(message)
+        if program in LOGIN_PROGRAMS or message.startswith("ROOT LOGIN "):  # login under a "-- root" tag
+            return self._console_login(login_line(message), pid, host)
+        if program in FTP_PROGRAMS:
+            return ftpd_line(program, message)
+        if program == "klogind":
+            return klogind_line(message)
         return None
 
-    @staticmethod
-    def _row(user: str, action: str, result: int, ip: str | None, details: dict[str, Any]) -> dict[str, Any] | None:
-        user = user.strip()
-        if not user:
+    _row = staticmethod(make_row)
+
+    def _repeated(self, program: str, message: str, pid: int | None, host: Any,
+                  pam_module: str | None) -> dict[str, Any] | None:
+        """rsyslog's ``message repeated N times: [ line]``: the line's row, standing for N attempts."""
+        m = RE_REPEATED.match(message)
+        if m is None or m["inner"].startswith("message repeated "):
             return None
-        if len(user) > MAX_USER:
-            details["user_truncated"] = True
-        return {
-            "user": _clip(user, MAX_USER),
-            "ip": ip,
-            "action": action,
-            "result": result,
-            "details": {k: v for k, v in details.items() if v is not None},
-        }
+        row = self.parse(program, m["inner"], pid, host, pam_module)
+        if row is not None:
+            row["details"]["attempts"] = int(m["n"])
+            row["details"]["repeated"] = True
+        return row
 
     # -- sshd ------------------------------------------------------------------------------
     # An ssh logout is logged twice: "Disconnected from user U IP port P" by the session's
@@ -253,19 +272,74 @@ class AuthDeriver:
             if not self._logout_once((host, m["user"], ip, port)):
                 return None
             return self._row(m["user"], "logout", 200, ip, details)
+        if m := RE_TOO_MANY.match(message):
+            user = m["user1"] or m["user2"] or m["user3"]
+            ip = _ip(m["ip2"] or m["ip3"], details)
+            details.update(port=_int(m["port2"] or m["port3"]), reason="too many authentication failures")
+            if m["invalid1"] or m["invalid2"] or m["invalid3"]:
+                details["invalid_user"] = True
+            return self._row(user, "login_failed", 401, ip, details)
+        if m := RE_PAM_MORE.match(message):  # sshd's own "PAM 4 more authentication failures; … user=root"
+            return pam_failure("sshd", m["kv"], int(m["n"]), None)
+        if not preauth and (m := RE_RECEIVED_DISCONNECT.match(message)):
+            return self._received_disconnect(m, pid, host, details)
         return None
 
-    # -- pam_unix --------------------------------------------------------------------------
+    def _received_disconnect(self, m: re.Match[str], pid: int | None, host: Any,
+                             details: dict[str, Any]) -> dict[str, Any] | None:
+        """``Received disconnect from IP[ port P]: 11: why``: the logout of the connection it
+        ends, when that connection's login was seen (by the monitor's pid, else the only open
+        connection from that address); nothing otherwise (a client leaving before logging in)."""
+        ip = _ip(m["ip"], {})
+        port = _int(m["port"])
+        conn = self._conn.get((host, pid)) if pid is not None else None
+        if conn is None:
+            same = [c for k, c in self._conn.items() if k[0] == host and c[1] == ip and (port is None or c[2] == port)]
+            if len(same) != 1:
+                return None
+            conn = same[0]
+        if not self._logout_once((host, *conn)):
+            return None
+        details.update(port=conn[2], reason=_clip(m["why"], 512), code=int(m["code"]))
+        return self._row(conn[0], "logout", 200, conn[1], details)
+
+    # -- pam_unix ----------------------------------------------------------------------------
     def _pam(self, program: str, message: str, pid: int | None, host: Any) -> dict[str, Any] | None:
         m = RE_PAM_SESSION.match(message)
         if m is None:
-            return None  # auth failures, account checks: the program's own line counts
-        service, what, user = m["service"], m["what"], m["user"]
+            if f := RE_PAM_AUTH.match(message):
+                return self._pam_failure(f["service"], f["rest"], pid, host, None)
+            return None  # account checks, "check pass; user unknown" …
+        return self._session(m["service"], m["what"], m["user"], m["uid"], m["by"], pid, host, None)
+
+    def _pam_old(self, program: str, module: str, message: str, pid: int | None, host: Any) -> dict[str, Any] | None:
+        """Old PAM's ``program(pam_unix)[pid]:`` lines: the service is the program."""
+        if m := RE_PAM_OLD_SESSION.match(message):
+            return self._session(program, m["what"], m["user"], m["uid"], m["by"], pid, host, module)
+        if RE_PAM_AUTH_FAILURE.match(message) or RE_PAM_MORE.match(message):
+            return self._pam_failure(program, message, pid, host, module)
+        return None
+
+    def _pam_failure(self, service: str, message: str, pid: int | None, host: Any,
+                     module: str | None) -> dict[str, Any] | None:
+        """``authentication failure; …`` and ``N more authentication failures; …``. A new-style
+        line of a service whose program logs each failure itself (sshd's ``Failed password``) is
+        skipped: that line is the row. Old PAM's tags come from systems where it is the only one."""
+        if module is None and service in OWN_FAILURE_LINE:
+            return None
+        if m := RE_PAM_MORE.match(message):
+            return pam_failure(service, m["kv"], int(m["n"]), module)
+        if m := RE_PAM_AUTH_FAILURE.match(message):
+            return pam_failure(service, m["kv"], None, module)
+        return None
+
+    def _session(self, service: str, what: str, user: str, uid: str | None, by: str | None, pid: int | None,
+                 host: Any, module: str | None) -> dict[str, Any] | None:
         if service in self.ignore_services:
             return None
-        details: dict[str, Any] = {"service": service, "by": m["by"] or None}
-        if m["uid"]:
-            details["uid"] = int(m["uid"])
+        details: dict[str, Any] = {"service": service, "by": by or None, "pam_module": module}
+        if uid:
+            details["uid"] = int(uid)
         if service in SSHD_PROGRAMS:
             if what == "opened":
                 return None  # the Accepted line is the login
@@ -281,73 +355,23 @@ class AuthDeriver:
                 return None
             details["port"] = conn[2]
             return self._row(user, "logout", 200, conn[1], details)
-        if service.startswith(("sudo", "su")) and service.split("-")[0] in ("sudo", "su"):
-            return None  # the sudo COMMAND= / su "(to X)" line is the row
-        if service in ("login", "remote"):
-            return self._row(user, "login" if what == "opened" else "logout", 200, None, details)
-        return self._row(user, "session_open" if what == "opened" else "session_close", 200, None, details)
+        base = service.split("-")[0]
+        if base in ("sudo", "su"):
+            if module is None or what != "opened" or not by:
+                return None  # the sudo COMMAND= / su "(to X)" line is the row
+            # old PAM systems' su logs nothing of its own: "session opened for user root by alice(uid=500)"
+            details.update(target_user=user, by=None)
+            return self._row(by, base, 200, None, details)
+        action = pam_session_action(service, what)
+        row = self._row(user, action, 200, None, details)
+        return self._console_login(row, pid, host) if service == "login" else row
 
-    # -- sudo ------------------------------------------------------------------------------
-    def _sudo(self, message: str) -> dict[str, Any] | None:
-        m = RE_SUDO.match(message)
-        if m is None:
+    def _console_login(self, row: dict[str, Any] | None, pid: int | None, host: Any) -> dict[str, Any] | None:
+        """One login row per login(1) process, whichever of its two lines comes first."""
+        if row is None or row["action"] != "login" or pid is None:
+            return row
+        key = (host, pid, row["user"])
+        if key in self._logins:
             return None
-        user, parts = m["user"], [p.strip() for p in m["rest"].split(" ; ")]
-        fields: dict[str, str] = {}
-        notes: list[str] = []
-        for i, part in enumerate(parts):
-            key, eq, value = part.partition("=")
-            if eq and key in SUDO_KEYS:
-                if key == "COMMAND":  # the command may itself contain " ; "
-                    fields[key] = " ; ".join([value, *parts[i + 1 :]])
-                    break
-                fields[key] = value
-            else:
-                notes.append(part)
-        if "COMMAND" not in fields and "USER" not in fields:
-            return None
-        details: dict[str, Any] = {
-            "service": "sudo",
-            "tty": _clip(fields.get("TTY"), 256),
-            "cwd": _clip(fields.get("PWD") or fields.get("CWD")),
-            "target_user": _clip(fields.get("USER"), 256),
-            "target_group": _clip(fields.get("GROUP"), 256),
-            "command": _clip(fields.get("COMMAND")),
-        }
-        if not notes:
-            return self._row(user, "sudo", 200, None, details)
-        note = notes[0]
-        details["reason"] = _clip(note, 512)
-        if am := RE_SUDO_ATTEMPTS.match(note):
-            details["attempts"] = int(am["n"])
-            return self._row(user, "sudo", 401, None, details)
-        if note in ("a password is required", "no password was provided"):
-            return self._row(user, "sudo", 401, None, details)
-        low = note.lower()
-        if "not in sudoers" in low or "not allowed" in low or "not allowed to" in low:
-            return self._row(user, "sudo", 403, None, details)
-        if "authentication" in low or "error" in low or "unable" in low:
-            return self._row(user, "sudo", 500, None, details)
-        return None
-
-    # -- su --------------------------------------------------------------------------------
-    def _su(self, message: str) -> dict[str, Any] | None:
-        if m := RE_SU.match(message):
-            details = {"service": "su", "target_user": m["target"], "tty": _clip(m["tty"], 256)}
-            return self._row(m["user"], "su", 401 if m["failed"] else 200, None, details)
-        if m := RE_SU_SHADOW.match(message):
-            details = {"service": "su", "target_user": m["target"]}
-            return self._row(m["user"], "su", 200 if m["how"] == "Successful" else 401, None, details)
-        return None
-
-    # -- login -----------------------------------------------------------------------------
-    def _login(self, message: str) -> dict[str, Any] | None:
-        if m := RE_LOGIN_FAILED.match(message):
-            details = {"service": "login", "tty": _clip(m["tty"], 256), "reason": _clip(m["why"], 512),
-                       "attempt": int(m["n"])}
-            return self._row(m["user"], "login_failed", 401, None, details)
-        return None
-
-
-def _int(text: str | None) -> int | None:
-    return int(text) if text else None
+        self._remember(self._logins, key, True)
+        return row

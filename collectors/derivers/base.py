@@ -2,18 +2,25 @@
 
 Derivers turn ``system_log`` events into audit events (user_activity, webftp_transfer). The
 journald and syslog-file collectors call every callable in ``ctx.derivers`` on each
-``system_log`` event they produce (lines the ``ctx.line_gate`` lets through) (``deriver(event) -> list[Event]``) and emit the
+``system_log`` event they produce that the ``ctx.line_gate`` lets through
+(``deriver(event) -> list[Event]``) and emit the
 derived events in the same emit call, so they share the source line's checkpoint. A derived
 event's id is ``stable_id(<ns>, <line id>)``: re-reading a line re-derives the same ids.
 
-"Never both twice": sshd, sudo, su and sftp-server lines usually reach the agent twice on a
-server that runs both journald and rsyslog (once from the journal, once from auth.log). Each
-deriver therefore accepts lines from one *origin* only, chosen by ``collectors.auth.source``:
+The derivers see every line every log source reads, each line from one origin. "Never both
+twice": sshd, sudo, su and sftp-server lines usually reach the agent twice on a server that runs
+both journald and rsyslog (once from the journal, once from auth.log), so the host's own auth log
+is read either from the journal or from its file, chosen by ``collectors.auth.source``:
 
-- ``journald``: only events read from the journal;
-- ``file``: only events read from one of ``collectors.auth.paths`` (``/var/log/auth.log``,
-  ``/var/log/secure`` …) — the service must add :func:`auth_file_paths` to the file source;
+- ``journald``: journal lines, and lines of any file but ``collectors.auth.paths`` (the host's
+  ``/var/log/auth.log``, ``/var/log/secure``: copies of the journal's);
+- ``file``: lines of ``collectors.auth.paths`` — the service adds :func:`auth_file_paths` to the
+  file sources — and of any other file, unless ``collectors.auth.paths`` is set in the config:
+  then the auth log is named, and another file's auth lines are a catch-all's copies of it;
 - ``auto``: ``journald`` when the journald collector is enabled, ``file`` otherwise.
+
+So an old ``secure`` or ``auth.log`` given as a ``collectors.syslog.paths`` file yields its user
+activity, and the FTP servers' transfer logs (``collectors.ftp.paths``) are read in any case.
 """
 
 from __future__ import annotations
@@ -56,12 +63,23 @@ def event_origin(event: Event) -> tuple[Origin | None, str | None]:
     return None, None
 
 
-class OriginFilter:
-    """Accepts the events of one origin (and, for files, only the auth log paths)."""
+def _matches(path: str | None, patterns: Sequence[str]) -> bool:
+    if not path:
+        return False
+    return any(path == p or fnmatch.fnmatchcase(path, p) for p in patterns)
 
-    def __init__(self, origin: Origin | None, paths: Sequence[str] = ()) -> None:
+
+class OriginFilter:
+    """Accepts the lines the derivers may read (see the module docstring): those of the auth
+    origin, of files other than the host's auth log, and always those of ``always`` files."""
+
+    def __init__(self, origin: Origin | None, paths: Sequence[str] = (), named: bool = False,
+                 always: Sequence[str] = ()) -> None:
         self.origin = origin
         self.paths = list(paths)
+        #: the auth log paths were set in the config: other files' auth lines are copies
+        self.named = named
+        self.always = list(always)
 
     def __call__(self, event: Event) -> bool:
         if self.origin is None:
@@ -71,11 +89,14 @@ class OriginFilter:
             # an event that does not say where it came from: accept it only when there is
             # just one possible origin anyway (tests, direct calls)
             return True
-        if origin != self.origin:
-            return False
-        if origin == "file" and path and self.paths:
-            return any(path == p or fnmatch.fnmatchcase(path, p) for p in self.paths)
-        return True
+        if origin == "journald":
+            return self.origin == "journald"
+        if _matches(path, self.always):
+            return True
+        in_auth_log = _matches(path, self.paths)
+        if self.origin == "journald":
+            return not in_auth_log  # the host's auth log holds the journal's lines again
+        return in_auth_log or not (self.named and self.paths)
 
 
 def auth_origin(cfg: AgentConfig) -> Origin:
@@ -97,6 +118,14 @@ def auth_file_paths(cfg: AgentConfig) -> list[str]:
     if auth_origin(cfg) != "file":
         return []
     return [p for p in cfg.collectors.auth.paths if os.path.exists(p)]
+
+
+def ftp_file_paths(cfg: AgentConfig) -> list[str]:
+    """The FTP servers' transfer logs the file source must tail (those of ``collectors.ftp.paths``
+    that exist)."""
+    if not cfg.collectors.ftp.enabled:
+        return []
+    return [p for p in cfg.collectors.ftp.paths if os.path.exists(p)]
 
 
 def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:

@@ -9,15 +9,20 @@ Reading is built for volume: a block read from a file is cut into 32 KiB pieces;
 lines are all of one common timestamped format (and valid UTF-8) is parsed with one regex call
 (``_bulk``) and its events assembled by the pipeline's fast path as a block
 (``agent.pipeline.encode.system_log_block``), other pieces line by line through
-``collectors.syslog.parse``; both give the same events. The next chunk is read while the last
+``collectors.syslog.parse``; both give the same events. Each file has its own parser, anchored
+at the file's mtime, so that year-less timestamps are dated from that file's context
+(``collectors.syslog.year``; lines ahead of a back-fill are scanned once for their New Years);
+CRLF line ends are read as LF ones, the ids keeping the file's own offsets. The next chunk is read while the last
 one is handed to the pipeline, as segments of many events.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
+import weakref
 from itertools import accumulate
 from typing import Any
 
@@ -28,9 +33,11 @@ from agent.config import SyslogConfig
 from agent.events import format_ts
 from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented, system_log_block
 from agent.typing import Checkpoint, Event, Item, LineGate
+from collectors.syslog.bulk import BLOCK_ISO, BLOCK_TRAD, BULK_ISO, BULK_TRAD, StampCache, without_crs
 from collectors.syslog.files import FollowedFiles
-from collectors.syslog.parse import _BLOCK_ISO, _BLOCK_TRAD, _BULK_ISO, _BULK_TRAD, StampCache, SyslogLineParser
-from collectors.syslog.tail import Line, TailedFile, split_lines
+from collectors.syslog.parse import SyslogLineParser
+from collectors.syslog.tail import Line, TailedFile, iter_blocks, split_lines
+from collectors.syslog.year import first_year, stamps_in
 
 SOURCE = "syslog"
 #: lines (and bytes) per emitted chunk
@@ -49,7 +56,9 @@ class SyslogFileCollector(Collector):
         super().__init__(config, ctx)
         self.source = SOURCE
         self._thread = ReaderThread("syslog")
-        self._parser = SyslogLineParser()
+        #: each file's own parser: year-less dates are read in the file's context
+        self._parsers: weakref.WeakKeyDictionary[TailedFile, SyslogLineParser] = weakref.WeakKeyDictionary()
+        self._bad_dates = 0
         self.followed = FollowedFiles(config, self.log)
         self._truncated = 0
         self._stamps = StampCache()
@@ -67,8 +76,25 @@ class SyslogFileCollector(Collector):
 
     # ------------------------------------------------------------------ reader thread side
 
+    def _parser_of(self, t: TailedFile, st: os.stat_result | None = None) -> SyslogLineParser:
+        """The file's parser, anchored at its mtime (``st``); made on first use, with the year of
+        the first line found by scanning the lines ahead (a back-fill: see
+        :func:`collectors.syslog.year.first_year`)."""
+        p = self._parsers.get(t)
+        if p is None:
+            p = self._parsers[t] = SyslogLineParser(ftp_times=self.config.ftp_times)
+            if st is not None and st.st_size > t.state.off:
+                p.set_anchor(st.st_mtime, first_year(stamps_in(iter_blocks(t.fd, t.state.off, st.st_size)),
+                                                     st.st_mtime))
+                return p
+        if st is not None:
+            p.set_anchor(st.st_mtime)
+        return p
+
     def _to_events(self, t: TailedFile, lines: list[Any], now_ts: str) -> list[Event]:
-        parse = self._parser.parse
+        parser = self._parser_of(t)
+        parse = parser.parse
+        before = parser.impossible_dates
         prefix = t.id_prefix()
         path = t.source_path
         events: list[Event] = []
@@ -82,6 +108,7 @@ class SyslogFileCollector(Collector):
                 data["message"] += TRUNCATION_MARKER
                 self._truncated += 1
             append({"id": f"{prefix}{line.off}", "kind": "system_log", "ts": ts or now_ts, "data": data})
+        self._bad_dates += parser.impossible_dates - before
         return events
 
     def _bulk(self, t: TailedFile, block: bytes, at: int, rx: re.Pattern[bytes], prepared: Prepared,
@@ -100,7 +127,7 @@ class SyslogFileCollector(Collector):
         n = len(lines)
         if not n or max(map(len, lines)) > self.config.max_line_bytes:
             return False
-        rows = rx.findall(block)
+        rows = rx.findall(without_crs(block))  # CRLF lines: the lines' offsets are those of ``lines``
         if len(rows) != n:  # a line of another format (one match per line at most)
             return False
         stamps, mss, heads, messages = zip(*rows, strict=True)
@@ -110,15 +137,21 @@ class SyslogFileCollector(Collector):
         if gate is not None and gate.wants_any(programs, joined):
             return False
         secs: list[bytes] | list[bytes | None] | None
+        years = self._parser_of(t).years
+        trial = years.save()
         if len(zones) == 1:
-            secs = cache.seconds_of(stamps, next(iter(zones)))
+            secs = cache.seconds_of(stamps, next(iter(zones)), years)
         else:
-            secs = list(map(cache.second, stamps, map(cache.zone_of, heads)))
+            secs = [cache.second(stamp, cache.zone_of(head), years) for stamp, head in zip(stamps, heads, strict=True)]
         if secs is None or None in secs:
+            years.restore(trial)  # the lines go through the line parser, which dates them again
             return False
         lens = set(map(len, mss))
         if lens != {3}:
             mss = [b"000"] * n if lens == {0} else [m.ljust(3, b"0") for m in mss]  # type: ignore[assignment]  # a list
+        if zones != {b""}:  # the context of a later line without a usable date (as the line parser keeps it)
+            last = n - 1 if cache.zone_of(heads[-1]) else max(i for i, h in enumerate(heads) if cache.zone_of(h))
+            years.note(f"{secs[last].decode()}{mss[last].decode()}Z")  # type: ignore[union-attr]  # no None
         system_log_block(
             prepared, items, level="info", id_prefix=t.id_prefix().encode(),
             offsets=map(b"%d".__mod__, accumulate(map((1).__add__, map(len, lines)), initial=at)),
@@ -151,12 +184,13 @@ class SyslogFileCollector(Collector):
         prefix = t.id_prefix().encode()
         path = t.source_path
         max_line = self.config.max_line_bytes
-        rx = _BULK_ISO if block[:1].isdigit() else _BULK_TRAD if block[:1].isupper() else None
+        rx = BULK_ISO if block[:1].isdigit() else BULK_TRAD if block[:1].isupper() else None
         pos = 0
-        if rx is not None and self._bulk(t, block, at, _BLOCK_ISO if rx is _BULK_ISO else _BLOCK_TRAD,
+        if rx is not None and self._bulk(t, block, at, BLOCK_ISO if rx is BULK_ISO else BLOCK_TRAD,
                                          prepared, gate, items):
             pos = len(block)
-        elif rx is not None:
+        elif rx is not None and b"\r" not in block:  # CRLF lines (not in bulk): the line parser
+            years = self._parser_of(t).years
             text = prepared.text
             second, header = self._stamps.second, self._stamps.header
             head = prepared.envelope("info")
@@ -170,26 +204,31 @@ class SyslogFileCollector(Collector):
                     self._slow(t, split_lines(block[pos:start], at + pos, max_line), now_ts, prepared,
                                gate, items, derive)
                 pos = m.end()
-                stamp, ms, zone, host, program, pid, raw = m.groups()
-                sec = second(stamp, zone)
+                stamp, ms, zone, host, program, version, pid, sub, raw = m.groups()
+                trial = years.save()
+                sec = second(stamp, zone, years)
                 if sec is None or pos - start > max_line + 1:  # a bad date, an over-long line
+                    years.restore(trial)
                     self._slow(t, split_lines(block[start:pos], at + start, max_line), now_ts, prepared,
                                gate, items, derive)
                     continue
-                frag, prog = header(host, program, pid)
+                frag, prog, extra = header(host, program, version, pid, sub)
                 ms = b"000" if ms is None else ms if len(ms) == 3 else ms.ljust(3, b"0")
+                if zone:
+                    years.note(f"{sec.decode()}{ms.decode()}Z")
                 message = raw.decode()
                 if tpl is not None:
                     items.append(("system_log", tpl % (at + start, sec, ms, frag, text(message)), 1))
                 if gate is not None and gate(prog, message):
                     p = pid.decode() if pid else None
-                    derive.append((len(items), {
-                        "id": f"{prefix.decode()}{at + start}", "kind": "system_log",
-                        "ts": f"{sec.decode()}{ms.decode()}Z",
-                        "data": {"program": prog, "level": "info",
-                                 "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
-                                 "message": message, "facility": None, "hostname": host.decode(),
-                                 "source": path}}))
+                    data: dict[str, Any] = {"program": prog, "level": "info",
+                                            "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
+                                            "message": message, "facility": None, "hostname": host.decode(),
+                                            "source": path}
+                    if extra:
+                        data["extra"] = dict(extra)
+                    derive.append((len(items), {"id": f"{prefix.decode()}{at + start}", "kind": "system_log",
+                                                "ts": f"{sec.decode()}{ms.decode()}Z", "data": data}))
         if pos != len(block):
             self._slow(t, split_lines(block[pos:], at + pos, max_line), now_ts, prepared, gate, items, derive)
         if tail:
@@ -231,6 +270,7 @@ class SyslogFileCollector(Collector):
                     try:
                         st = t.fstat()
                         t.ensure_fingerprint()
+                        self._parser_of(t, st)  # anchored at the file's mtime
                         flush = flush_all or t.drain_only or now - st.st_mtime >= quiet
                         block, at, tail, file_more = t.read_block(max_line, flush)
                     except OSError as exc:
@@ -257,6 +297,9 @@ class SyslogFileCollector(Collector):
             items = segmented(items, prepared)
         gaps, trunc = self.followed.gaps, self._truncated
         self.followed.gaps = self._truncated = 0
+        if self._bad_dates:  # lines dated from their context: the date they give does not exist
+            self.ctx.count("syslog_bad_timestamp", self._bad_dates, source=self.source)
+            self._bad_dates = 0
         return (items, derive), more, self.followed.state_json(), gaps, trunc
 
     # ------------------------------------------------------------------ event loop side

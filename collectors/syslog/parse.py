@@ -3,26 +3,40 @@
 Formats, tried by the line's first character:
 
 - RFC 3164 with the traditional timestamp: ``Nov 26 21:22:36 web-01 sshd[812]: message``
+  (the year is decided from the file's context: :mod:`collectors.syslog.year`)
 - RFC 3164 with rsyslog's high-precision RFC 3339 timestamp (Debian 12's ``/var/log/syslog``):
   ``2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: message``
 - RFC 5424: ``<34>1 2026-11-26T21:22:36.003Z web-01 su 123 ID47 [sd@1 k="v"] message``
   (structured data and MSGID kept in ``extra``)
+- ``ctime`` stamped lines with a year, as FTP servers write them: the standard ``xferlog``
+  (``Mon Dec  1 10:00:00 2026 1 198.51.100.7 1048576 /srv/a.iso b _ o r alice ftp 0 * c``,
+  program ``xferlog``) and vsftpd's own log (``Mon Dec  1 10:00:00 2026 [pid 4242] [alice] OK
+  UPLOAD: …``, program ``vsftpd``)
+- ProFTPD's SystemLog: ``2026-12-01 10:00:00,123 ftp-01 proftpd[4242] ftp-01 (…): message``
 - anything else: the raw fallback (the whole line is the message, program ``unknown``).
 
 An optional ``<PRI>`` prefix gives facility and level; without it the level is ``info``.
+A line end's ``\r`` (CRLF files) is not part of the line.
+
+Tags are read as real daemons write them: ``sshd[812]:``, ``kernel:``, a version after the name
+(``syslogd 1.4.1: restart.``, the version in ``extra``), old PAM's ``sshd(pam_unix)[812]:``
+(program ``sshd``, ``extra.pam_module``), a host followed by ``--`` (``host -- root[2421]:``),
+and macOS's ``launchd[1] (com.example.job[42]):`` (``extra.subsystem``).
 """
 
 from __future__ import annotations
 
+import calendar
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-import orjson
-
 from agent.config import LEVELS
 from agent.events import format_ts
+from collectors.syslog.year import MONTHS as _MONTHS
+from collectors.syslog.year import YearResolver, valid_date
 
 FACILITIES: tuple[str, ...] = (
     "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
@@ -30,19 +44,28 @@ FACILITIES: tuple[str, ...] = (
     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
 )
 UNKNOWN_PROGRAM = "unknown"
-_MONTHS = {m: i for i, m in enumerate(
-    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
 
 _PRI = re.compile(r"<(\d{1,3})>")
-#: RFC 3164 TAG: program, optional [pid], then ':' (optional as a whole)
-_TAG = r"(?:([^\s\[\]:]{1,256})(?:\[([^\]\s]{0,32})\])?: ?)?"
-_TRAD = re.compile(r"([A-Z][a-z]{2}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\S{1,256}) " + _TAG)
+#: RFC 3164 TAG, optional as a whole: [spaces and "-- " after the host,] program [and a stray ']',
+#: as gdm writes "gdm-password][607]:"], [a version after a blank,] [[pid]], [a macOS " (subsystem)"],
+#: then ':' (the version and subsystem in ASCII, as the bulk parsers of collectors.syslog.bulk read them)
+_TAG = (r"(?:(?: *-- )?([^\s\[\]:]{1,256})\]?(?: ([0-9][A-Za-z0-9_.+~-]{0,63}))?(?:\[([^\]\s]{0,32})\])?"
+        r"(?: \(([!-'*-~]{1,256})\))?: ?)?")
+_TRAD = re.compile(r"([A-Z][a-z]{2}) ( ?\d|\d\d) (\d\d):(\d\d):(\d\d) (\S{1,256}) " + _TAG)
 _RFC3339 = re.compile(
     r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{1,9})?(Z|[+-]\d\d:\d\d) (\S{1,256}) " + _TAG)
 _V1 = re.compile(r"1 (\S{1,64}) (\S{1,255}) (\S{1,48}) (\S{1,128}) (\S{1,32}) ")
 _SD_ID = re.compile(r"\[([^\s=\]\"]{1,64})")
 _SD_PARAM = re.compile(r" ([^\s=\]\"]{1,64})=\"((?:[^\"\\]|\\.)*+)\"", re.S)
 _SD_UNESCAPE = re.compile(r"\\([\"\\\]])")
+#: ctime with a year (local time), as xferlog and vsftpd.log start: ``Mon Dec  1 10:00:00 2026 ``
+_CTIME = re.compile(r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) ([A-Z][a-z]{2}) ( ?\d|\d\d) (\d\d):(\d\d):(\d\d) (\d{4}) ")
+_VSFTPD_PID = re.compile(r"\[pid (\d{1,10})\] ")
+#: the fields an xferlog line starts with after its time: seconds, remote host, bytes
+_XFERLOG = re.compile(r"\d{1,10} \S{1,256} \d{1,20} ")
+#: ProFTPD's SystemLog: local date and time, ms after a comma, host, ``proftpd[pid]`` and a blank
+_PROFTPD = re.compile(r"(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:,(\d{1,6}))? (\S{1,256}) "
+                      r"([^\s\[\]:]{1,64})\[(\d{1,10})\]:? ")
 
 
 def _pid(text: str | None) -> int | None:
@@ -52,31 +75,26 @@ def _pid(text: str | None) -> int | None:
     return None
 
 
+def split_program(program: str) -> tuple[str, str | None]:
+    """Old PAM's tag ``sshd(pam_unix)``: ``("sshd", "pam_unix")``; any other program as it is
+    (``(sd-pam)`` included: nothing before its parenthesis)."""
+    if program.endswith(")"):
+        i = program.find("(")
+        if i > 0 and program.find(")") == len(program) - 1:
+            return program[:i], program[i + 1:-1] or None
+    return program, None
+
+
 class _Clock:
     """Turns timestamps into RFC 3339 UTC milliseconds, caching per second (files repeat them)."""
 
-    def __init__(self) -> None:
-        self._trad: tuple[str, str] = ("", "")
+    def __init__(self, years: YearResolver) -> None:
+        self.years = years
         self._iso: tuple[str, str] = ("", "")
 
     def traditional(self, mon: str, day: str, hh: str, mm: str, ss: str) -> str | None:
-        key = f"{mon}{day}{hh}{mm}{ss}"
-        if key == self._trad[0]:
-            return self._trad[1]
-        month = _MONTHS.get(mon)
-        if month is None or not (0 < int(day) <= 31 and int(hh) < 24 and int(mm) < 60 and int(ss) < 61):
-            return None
-        now = time.time()
-        year = time.localtime(now).tm_year
-        try:
-            stamp = time.mktime((year, month, int(day), int(hh), int(mm), int(ss), 0, 0, -1))
-            if stamp > now + 7 * 86400:  # "Dec 31" read in January: last year's line
-                stamp = time.mktime((year - 1, month, int(day), int(hh), int(mm), int(ss), 0, 0, -1))
-        except (ValueError, OverflowError):
-            return None
-        out = format_ts(stamp)
-        self._trad = (key, out)
-        return out
+        """A year-less stamp in the file's context (None: an impossible date)."""
+        return self.years.resolve(mon, day, hh, mm, ss)
 
     def iso(self, base: str, frac: str | None, zone: str) -> str | None:
         key = base + zone
@@ -89,19 +107,52 @@ class _Clock:
         ms = (frac[1:4] if frac else "").ljust(3, "0")
         return f"{self._iso[1]}.{ms}Z"
 
+    @staticmethod
+    def local(year: int, month: int, day: int, hh: int, mm: int, ss: int, ms: str | None,
+              utc: bool = False) -> str | None:
+        """A local (``utc``: UTC) date and time with a year; None when the date is impossible."""
+        if not (valid_date(year, month, day) and hh < 24 and mm < 60 and ss < 61):
+            return None
+        fields = (year, month, day, hh, mm, min(ss, 59), 0, 0, -1)
+        stamp = (calendar.timegm(fields) if utc else time.mktime(fields)) + (ss > 59)
+        return format_ts(stamp)[:-4] + (ms or "")[:3].ljust(3, "0") + "Z"
+
 
 class SyslogLineParser:
-    """Parses syslog lines; keeps small timestamp caches, so use one per file or collector."""
+    """Parses syslog lines. It dates year-less lines from the lines before them, so use one per
+    file, in file order, with the file's mtime as :meth:`set_anchor`."""
 
-    def __init__(self) -> None:
-        self._clock = _Clock()
+    def __init__(self, anchor: float | None = None, now: Callable[[], float] = time.time,
+                 ftp_times: str = "local") -> None:
+        #: the FTP servers' ctime stamps (xferlog, vsftpd.log) are UTC: vsftpd without use_localtime=YES
+        self.ftp_utc = ftp_times == "utc"
+        self.years = YearResolver(anchor, now)
+        self._clock = _Clock(self.years)
+
+    def set_anchor(self, mtime: float | None, first_year: int | None = None) -> None:
+        """The file's mtime, and the year of the next line when the lines ahead were scanned
+        (see :class:`~collectors.syslog.year.YearResolver`)."""
+        self.years.set_anchor(mtime, first_year)
+
+    @property
+    def impossible_dates(self) -> int:
+        """Lines read whose date does not exist (each dated from its context)."""
+        return self.years.impossible
 
     def parse(self, line: str) -> tuple[str | None, dict[str, Any]]:
-        """``(ts or None, data)`` for one line without its newline; never raises."""
+        """``(ts or None, data)`` for one line without its newline; never raises. A line end's
+        ``\\r`` is dropped; a line with an impossible date is dated from its context and keeps
+        its stamp in ``extra.raw_timestamp``."""
+        if line.endswith("\r"):
+            line = line[:-1]
         try:
             return self._parse(line)
         except Exception:  # the raw fallback never fails
             return None, raw_data(line)
+
+    def _impossible(self, data: dict[str, Any], stamp: str) -> str:
+        data.setdefault("extra", {})["raw_timestamp"] = stamp[:64]
+        return self.years.context_ts()
 
     def _parse(self, line: str) -> tuple[str | None, dict[str, Any]]:
         pos = 0
@@ -121,25 +172,62 @@ class SyslogLineParser:
         if c.isdigit():
             m = _RFC3339.match(line, pos)
             if m is None:
-                return None, raw_data(line, facility, level)
-            base, frac, zone, hostname, program, pid = m.groups()
+                return self._proftpd(line, pos, facility, level)
+            base, frac, zone, hostname, program, version, pid, sub = m.groups()
             ts = self._clock.iso(base, frac, zone)
+            if ts is not None:
+                self.years.note(ts)
+            stamp = line[pos:m.start(4) - 1]
         elif c.isupper():
             m = _TRAD.match(line, pos)
             if m is None:
-                return None, raw_data(line, facility, level)
-            mon, day, hh, mi, ss, hostname, program, pid = m.groups()
+                return self._ctime(line, pos, facility, level)
+            mon, day, hh, mi, ss, hostname, program, version, pid, sub = m.groups()
             ts = self._clock.traditional(mon, day, hh, mi, ss)
+            stamp = line[pos:m.start(6) - 1]
         else:
             return None, raw_data(line, facility, level)
-        return ts, {
-            "program": program or UNKNOWN_PROGRAM,
-            "level": level,
-            "pid": int(pid) if pid and pid.isdigit() and len(pid) <= 9 else None,
-            "message": line[m.end():],
-            "facility": facility,
-            "hostname": hostname,
-        }
+        data = _data(program, pid, level, line[m.end():], facility, hostname)
+        if program:
+            _tag_extra(data, version, sub)
+        if ts is None:
+            if c.isdigit():
+                self.years.impossible += 1
+            ts = self._impossible(data, stamp)
+        return ts, data
+
+    def _ctime(self, line: str, pos: int, facility: str | None, level: str) -> tuple[str | None, dict[str, Any]]:
+        """xferlog and vsftpd.log lines (ctime with a year), else the raw fallback."""
+        m = _CTIME.match(line, pos)
+        if m is None:
+            return None, raw_data(line, facility, level)
+        mon, day, hh, mi, ss, year = m.groups()
+        rest = line[m.end():]
+        program, pid = UNKNOWN_PROGRAM, None
+        if v := _VSFTPD_PID.match(rest):
+            program, pid, rest = "vsftpd", v.group(1), rest[v.end():]
+        elif _XFERLOG.match(rest):
+            program = "xferlog"
+        data = _data(program, pid, level, rest, facility, None)
+        ts = self._clock.local(int(year), _MONTHS.get(mon, 0), int(day), int(hh), int(mi), int(ss), None,
+                               self.ftp_utc)
+        if ts is None:
+            self.years.impossible += 1
+            ts = self._impossible(data, line[pos:m.end() - 1])
+        return ts, data
+
+    def _proftpd(self, line: str, pos: int, facility: str | None, level: str) -> tuple[str | None, dict[str, Any]]:
+        """ProFTPD's SystemLog lines, else the raw fallback."""
+        m = _PROFTPD.match(line, pos)
+        if m is None:
+            return None, raw_data(line, facility, level)
+        y, mo, d, hh, mi, ss, ms, host, program, pid = m.groups()
+        data = _data(program, pid, level, line[m.end():], facility, host)
+        ts = self._clock.local(int(y), int(mo), int(d), int(hh), int(mi), int(ss), ms)
+        if ts is None:
+            self.years.impossible += 1
+            ts = self._impossible(data, line[pos:m.start(8) - 1])
+        return ts, data
 
     def _rfc5424(self, line: str, pos: int, facility: str, level: str) -> tuple[str | None, dict[str, Any]] | None:
         m = _V1.match(line, pos)
@@ -177,6 +265,9 @@ class SyslogLineParser:
             extra["procid"] = procid
         if extra:
             data["extra"] = extra
+        if ts is None and stamp != "-":
+            self.years.impossible += 1
+            ts = self._impossible(data, stamp)
         return ts, data
 
 
@@ -206,6 +297,33 @@ def parse_structured_data(line: str, i: int) -> tuple[dict[str, dict[str, str]] 
     return out, i
 
 
+def _data(program: str | None, pid: str | None, level: str, message: str, facility: str | None,
+          hostname: str | None) -> dict[str, Any]:
+    return {
+        "program": program or UNKNOWN_PROGRAM,
+        "level": level,
+        "pid": int(pid) if pid and pid.isdigit() and len(pid) <= 9 else None,
+        "message": message,
+        "facility": facility,
+        "hostname": hostname,
+    }
+
+
+def _tag_extra(data: dict[str, Any], version: str | None, subsystem: str | None) -> None:
+    """The parts of a tag beyond program and pid, in ``extra``; old PAM's ``prog(module)`` split."""
+    program, module = split_program(data["program"])
+    extra: dict[str, Any] = {}
+    if module is not None:
+        data["program"] = program
+        extra["pam_module"] = module
+    if version:
+        extra["version"] = version
+    if subsystem:
+        extra["subsystem"] = subsystem
+    if extra:
+        data["extra"] = extra
+
+
 def raw_data(line: str, facility: str | None = None, level: str = "info") -> dict[str, Any]:
     """The fallback: the whole line is the message."""
     return {
@@ -218,138 +336,7 @@ def raw_data(line: str, facility: str | None = None, level: str = "info") -> dic
     }
 
 
-_default = SyslogLineParser()
-
-
 def parse_line(line: str) -> tuple[str | None, dict[str, Any]]:
-    """Parse one line with a shared parser (see :meth:`SyslogLineParser.parse`)."""
-    return _default.parse(line)
-
-
-# The bulk parsers: the two common timestamped formats of :class:`SyslogLineParser` (no ``<PRI>``), as
-# bytes regexes over a whole block of lines. They only match all-ASCII lines, on which these
-# classes are exactly those of the str regexes there (``\S`` there is "not whitespace" in the
-# Unicode sense, which for ASCII is not [\t\n\v\f\r\x1c-\x1f ]); any other line is left
-# for the line parser, so both ways give the same events.
-_WS = rb"\t\n\x0b\x0c\r\x1c-\x1f \x80-\xff"
-_HOST = rb"([^" + _WS + rb"]{1,256}) "
-_TAG_B = (rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?"
-        rb"([\x00-\x09\x0b-\x7f]*)\n")
-#: rsyslog's RFC 3339 form: (second, ms digits, zone, host, program, pid, message)
-_BULK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
-                       rb"(Z|[+-][0-9]{2}:[0-9]{2}) " + _HOST + _TAG_B, re.M)
-#: the traditional form: (stamp, -, -, host, program, pid, message)
-_BULK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()() " + _HOST + _TAG_B, re.M)
-# The block parsers: the same formats for a block known to be UTF-8, with four groups —
-# (second, ms digits, header, message) — the header being zone, host and tag (parsed once per
-# distinct header by _HEADER), and ``.*`` for the message, which the regex engine scans several
-# times faster than a class.
-_HEADER_NC = (rb"[^" + _WS + rb"]{1,256} (?:[^" + _WS + rb"\[\]:]{1,256}(?:\[[^" + _WS + rb"\]]{0,32}\])?: ?)?")
-_BLOCK_ISO = re.compile(rb"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,3})[0-9]{0,6})?"
-                        rb"((?:Z|[+-][0-9]{2}:[0-9]{2}) " + _HEADER_NC + rb")(.*)\n", re.M)
-_BLOCK_TRAD = re.compile(rb"^([A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2})()( " + _HEADER_NC + rb")(.*)\n",
-                         re.M)
-#: a block parser's header: (zone, host, program, pid)
-_HEADER = re.compile(rb"(Z|[+-][0-9]{2}:[0-9]{2})? " + _HOST
-                     + rb"(?:([^" + _WS + rb"\[\]:]{1,256})(?:\[([^" + _WS + rb"\]]{0,32})\])?: ?)?")
-_CACHE_MAX = 4096
-_UNKNOWN_B = UNKNOWN_PROGRAM.encode()
-
-class StampCache:
-    """The parts of a block parser's lines that repeat, converted once: each timestamp's second
-    (``YYYY-MM-DDTHH:MM:SS.`` UTC, as :class:`SyslogLineParser` sees it) and each header's JSON
-    fragment of program, pid and hostname. Clear it each hour: the year of ``Dec 31 …`` lines
-    depends on the clock."""
-
-    def __init__(self) -> None:
-        self._clock = _Clock()
-        #: ``YYYY-MM-DDTHH:MM:SS.`` of timestamps, by zone and stamp (None: impossible date)
-        self._seconds: dict[bytes, dict[bytes, bytes | None]] = {}
-        self._headers: dict[tuple[bytes, bytes, bytes], tuple[bytes, str]] = {}
-        #: by block-parser header: its JSON fragment, and its (zone, program)
-        self._frags: dict[bytes, bytes] = {}
-        self._head_info: dict[bytes, tuple[bytes, bytes]] = {}
-
-    def clear_seconds(self) -> None:
-        self._seconds.clear()
-
-    def zone_of(self, head: bytes) -> bytes:
-        """The zone of a header seen by :meth:`headers_of`."""
-        return self._head_info[head][0]
-
-    def second(self, stamp: bytes, zone: bytes) -> bytes | None:
-        """``YYYY-MM-DDTHH:MM:SS.`` (UTC) of a line's timestamp as the line parser sees it; None
-        for an impossible date."""
-        cache = self._seconds.get(zone)
-        if cache is None:
-            cache = self._seconds[zone] = {}
-        out = cache.get(stamp, False)
-        if out is False:
-            if len(cache) >= _CACHE_MAX:
-                cache.clear()
-            out = cache[stamp] = self._convert(stamp, zone)
-        return out  # type: ignore[return-value]  # the False of a miss was replaced
-
-    def _convert(self, stamp: bytes, zone: bytes) -> bytes | None:
-        clock = self._clock
-        if zone:
-            ts = clock.iso(stamp.decode(), None, zone.decode())
-        else:
-            text = stamp.decode()
-            ts = clock.traditional(text[:3], text[4:6], text[7:9], text[10:12], text[13:15])
-        return ts[:-4].encode() if ts else None
-
-    def seconds_of(self, stamps: tuple[bytes, ...], zone: bytes) -> list[bytes] | None:
-        """:meth:`_second` of each line, all in one zone (one dict lookup per line, in C); None
-        if any date is impossible."""
-        cache = self._seconds.get(zone)
-        if cache is None:
-            cache = self._seconds[zone] = {}
-        out = list(map(cache.get, stamps))
-        if None in out:
-            missing = set(stamps).difference(cache)
-            if len(cache) + len(missing) > _CACHE_MAX:
-                cache.clear()
-                missing = set(stamps)
-            for stamp in missing:
-                cache[stamp] = self._convert(stamp, zone)
-            out = list(map(cache.get, stamps))
-            if None in out:
-                return None
-        return out  # type: ignore[return-value]  # no None left in it
-
-    def header(self, host: bytes, program: bytes | None, pid: bytes | None) -> tuple[bytes, str]:
-        """The JSON fragment of program, pid and hostname, and the program name."""
-        key = (host, program or b"", pid or b"")
-        out = self._headers.get(key)
-        if out is None:
-            prog = program.decode() if program else UNKNOWN_PROGRAM
-            p = pid.decode() if pid else None
-            fields = {"program": prog, "pid": int(p) if p and p.isdigit() and len(p) <= 9 else None,
-                      "hostname": host.decode()}
-            out = (orjson.dumps(fields)[1:-1], prog)
-            if len(self._headers) >= _CACHE_MAX:
-                self._headers.clear()
-            self._headers[key] = out
-        return out
-
-    def headers_of(self, heads: tuple[bytes, ...]) -> tuple[list[bytes], set[bytes], set[bytes]]:
-        """For a block parser's headers: each line's JSON fragment of program, pid and hostname
-        (one dict lookup per line, in C), and the zones and programs among them."""
-        frags, info = self._frags, self._head_info
-        distinct = set(heads)
-        missing = distinct.difference(frags)
-        if missing:
-            if len(frags) + len(missing) > _CACHE_MAX:
-                frags.clear()
-                info.clear()
-                missing = distinct
-            for head in missing:
-                m = _HEADER.fullmatch(head)
-                assert m is not None  # the block parser matched the same pattern
-                zone, host, program, pid = m.groups()
-                frags[head] = self.header(host, program, pid)[0]
-                info[head] = (zone or b"", program or _UNKNOWN_B)
-        zones = {info[h][0] for h in distinct}
-        programs = {info[h][1] for h in distinct}
-        return list(map(frags.__getitem__, heads)), zones, programs
+    """Parse one line on its own, a year-less date in the 12 months up to now (see
+    :meth:`SyslogLineParser.parse`)."""
+    return SyslogLineParser().parse(line)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -233,3 +234,19 @@ def split_lines(block: bytes, at: int, max_line: int) -> list[Line]:
             append(Line(at, raw))
         at += n + 1
     return lines
+
+
+def iter_blocks(fd: int, start: int, end: int, size: int = READ_BYTES) -> Iterator[bytes]:
+    """The bytes of ``fd`` from ``start`` to ``end`` in blocks of about ``size``, each cut after
+    its last newline (a line is never split between two blocks, unless longer than a block)."""
+    pos = start
+    while pos < end:
+        buf = os.pread(fd, min(size, end - pos), pos)
+        if not buf:
+            return
+        cut = buf.rfind(b"\n") + 1
+        if cut == 0 or pos + len(buf) >= end:
+            cut = len(buf)
+        yield buf[:cut]
+        pos += cut
+

@@ -48,7 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--remote-ip", help="the operator's address (default: from SSH_CONNECTION)")
     p.add_argument("--groupname", help="the group shown for the session (default: the user's primary group)")
     p.add_argument("--record-io", metavar="PATH", help="also write the session as an asciicast v2 file")
-    p.add_argument("--record-input", action="store_true", help="with --record-io: include typed input (never while echo is off)")
+    p.add_argument("--record-input", action="store_true",
+                   help="with --record-io: include typed input (never while echo is off)")
     p.add_argument("--record-io-max-bytes", type=int, default=64 * 1024 * 1024, metavar="N")
     p.add_argument("--no-ship-recording", dest="ship_recording", action="store_false",
                    help="with --record-io: keep the recording on this server only (default: ship it for playback)")

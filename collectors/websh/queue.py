@@ -111,7 +111,8 @@ class DurableQueue:
         with self._tx():
             row = self._db.execute("SELECT id, body FROM outbox WHERE seq = ?", (seq,)).fetchone()
             if row is not None:
-                self._db.execute("INSERT OR REPLACE INTO dead (id, reason, body) VALUES (?,?,?)", (row[0], reason, row[1]))
+                self._db.execute("INSERT OR REPLACE INTO dead (id, reason, body) VALUES (?,?,?)",
+                                 (row[0], reason, row[1]))
                 self._db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
                 self._bump("dead", 1)
                 self._cap_dead()

@@ -148,7 +148,8 @@ class Recorder:
         return data
 
     def _send(self, kind: str, data: dict[str, Any], ts: str, *id_parts: Any) -> None:
-        msg = {"op": "emit", "kind": kind, "data": data, "ts": ts, "id": stable_id("ws", self.info.session_id, *id_parts)}
+        eid = stable_id("ws", self.info.session_id, *id_parts)
+        msg = {"op": "emit", "kind": kind, "data": data, "ts": ts, "id": eid}
         self.deliver(msg)
 
     def _on_record(self, rec: CommandRecord) -> None:

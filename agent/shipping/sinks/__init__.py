@@ -21,11 +21,12 @@ class Sink(Protocol):
         straight from a deflate-spooled batch); None: it needs the document, see :meth:`encode`."""
         ...
 
-    def encode(self, document: bytes) -> bytes:
-        """The request body for a wire document; thread-safe (the shipper calls it in a thread)."""
+    def encode(self, document: bytes, spooled_at: float) -> bytes:
+        """The request body for a wire document; thread-safe (the shipper calls it in a thread).
+        ``spooled_at``: when the batch was spooled, the events having been read just before."""
         ...
 
-    async def send(self, batch_id: str, document: bytes, n_events: int) -> SendOutcome:
+    async def send(self, batch_id: str, document: bytes, n_events: int, spooled_at: float) -> SendOutcome:
         """Send a batch's wire document."""
         ...
 
@@ -47,6 +48,14 @@ def build_sink(cfg: AgentConfig, version: str) -> Sink:
             from agent.shipping.sinks.http import HttpSink
 
             return HttpSink(cfg.sink, version)
+        case "otlp":
+            from agent.shipping.sinks.otlp import OtlpSink
+
+            return OtlpSink(cfg.sink, version)
+        case "nats":
+            from agent.shipping.sinks.nats import NatsSink
+
+            return NatsSink(cfg.sink, cfg.server)
         case "file":
             from agent.shipping.sinks.file import FileSink
 

@@ -22,10 +22,10 @@ class _LocalSink:
     #: documents are taken uncompressed
     gzip_level: int | None = None
 
-    def encode(self, document: bytes) -> bytes:
+    def encode(self, document: bytes, spooled_at: float = 0.0) -> bytes:
         return document
 
-    async def send(self, batch_id: str, document: bytes, n_events: int) -> SendOutcome:
+    async def send(self, batch_id: str, document: bytes, n_events: int, spooled_at: float = 0.0) -> SendOutcome:
         return await self.send_encoded(batch_id, document, n_events)
 
     async def send_encoded(self, batch_id: str, body: bytes, n_events: int) -> SendOutcome:
