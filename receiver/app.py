@@ -20,9 +20,9 @@ from aiohttp import web
 
 from agent.events import KINDS
 from receiver.auth import api_middleware
+from receiver.backends import open_store
 from receiver.console import add_console
 from receiver.console.api import add_console_api
-from receiver.backends import open_store
 from receiver.consumer import ConsumeSettings, JetStreamConsumer
 from receiver.count_sink import CountSink
 from receiver.errors import FaultSettingsError, IngestError, ParamError, StoreError
