@@ -196,12 +196,11 @@ def run_everything(lab: Any, agent: Any, receiver: ReceiverProcess, tmp: Path) -
     assert r.returncode == 0, r.stderr
     sid = f"console-{tag}"
     cast = tmp / "session.cast"
-    s = agent_session(tmp, agent, sid, ["bash", "--noprofile", "--norc", "-i"], "--record-io", str(cast))
-    s.child.expect_exact("$ ")
-    s.child.sendline(f"echo websh-{tag}")
-    s.child.expect_exact(f"websh-{tag}")
-    s.child.sendline("exit")
-    s.finish()
+    s = agent_session(tmp, agent, sid, [need_binary("bash")], "--record-io", str(cast))
+    s.prompt()
+    s.run(f"echo websh-{tag}")
+    s.child.send("exit\r")
+    assert s.finish() == 0
     want = {
         "system-logs": lambda: receiver.view("system-logs", program="console-test"),
         "webftp-transfers": lambda: [x for x in receiver.view("webftp-transfers", username=u.name)
@@ -213,7 +212,11 @@ def run_everything(lab: Any, agent: Any, receiver: ReceiverProcess, tmp: Path) -
         "user-activity": lambda: [x for x in receiver.view("user-activity", user=u.name) if x["action"] == "login"],
     }
     for name, rows in want.items():
-        wait_until(rows, 90, what=f"{name} rows at the receiver")
+        try:
+            wait_until(rows, 90, what=f"{name} rows at the receiver")
+        except AssertionError:
+            raise AssertionError(f"no {name} rows; stored: {receiver.stats().get('stored_by_kind')}; agent log:"
+                                 f" {agent.log_path.read_text()[-3000:]}") from None
     wait_until(lambda: len(want["system-logs"]()) == 3, 30, what="the three journald lines")
     wait_until(lambda: raw("GET", f"{receiver.url}/api/v1/websh-recordings/{sid}",
                            headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200, 60,
