@@ -54,7 +54,7 @@ class Browser:
             " Object.fromEntries([...tr.children].map(td => [td.dataset.col, td.textContent])))", selector)
 
     def headers(self, selector: str = "table.rows") -> list[str]:
-        return [th.text for th in self.css(f"{selector} thead th")]
+        return [th.get_attribute("textContent") for th in self.css(f"{selector} thead th")]
 
     def shot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)

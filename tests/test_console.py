@@ -265,6 +265,13 @@ class TestConsoleViews:
         record = browser.table("#record")
         assert any(r["command"] == f"echo websh-{tag}" and r["exit_code"] == "0" for r in record), record
         wait_until(lambda: browser.css("#player .ap-player, #player .ap-wrapper"), 20, what="the asciinema player")
+        duration = wait_until(lambda: browser.driver.execute_async_script(
+            "const done = arguments[0]; Promise.resolve(window.castPlayer.getDuration()).then(done, () => done(null));"),
+            20, what="the recording's duration in the player")
+        assert duration > 0, duration
+        browser.driver.execute_script("window.castPlayer.play()")
+        wait_until(lambda: f"websh-{tag}" in browser.one("#player").get_attribute("textContent"), 20,
+                   what="the recorded output on the player's screen")
         browser.shot("websh-session")
 
         # Command history: the columns, and the output behind a row

@@ -278,7 +278,8 @@ async function drawSession(id) {
   const cast = `${API}/websh-recordings/${encodeURIComponent(id)}`;
   const head = await fetch(cast, { method: "HEAD", credentials: "same-origin" });
   if (head.ok && window.AsciinemaPlayer) {
-    window.AsciinemaPlayer.create(cast, player, { fit: "width", autoPlay: false, preload: true });
+    // kept on the page so that a reader (or a test) can drive the playback
+    window.castPlayer = window.AsciinemaPlayer.create(cast, player, { fit: "width", autoPlay: false, preload: true });
   } else {
     player.append(el("p", { class: "empty" }, "No recording was shipped for this session."));
   }
@@ -380,7 +381,9 @@ async function drawSigns(params) {
         axes: [{}, { values: (u, v) => v.map((x) => `${x}${unit}`) }],
       });
       new window.uPlot(opts("CPU, memory, disk (%)", ["CPU", "Memory", "Disk (fullest)"], "%"), [t, cpu, mem, disk], box);
-      new window.uPlot(opts("Network (bytes/s)", ["Received", "Sent"], ""), [t, rx, tx], box);
+      const net = opts("Network (per second)", ["Received", "Sent"], "");
+      net.axes[1] = { size: 70, values: (u, v) => v.map((x) => fmtSize(x)) };
+      new window.uPlot(net, [t, rx, tx], box);
     }
   }
   $("content").replaceChildren(...(out.length ? out : [el("p", { class: "empty" }, "No system signs yet.")]));
