@@ -20,10 +20,11 @@ KINDS: tuple[str, ...] = (
     "command",
     "user_activity",
     "metrics",
+    "websh_recording",
 )
 #: Kinds that are audit records: never evicted while bulk data can go instead.
 AUDIT_KINDS: frozenset[str] = frozenset(
-    {"websh_session", "websh_command", "webftp_transfer", "command", "user_activity"}
+    {"websh_session", "websh_command", "webftp_transfer", "command", "user_activity", "websh_recording"}
 )
 #: Kinds that are evicted first when the spool is full.
 BULK_KINDS: frozenset[str] = frozenset({"system_log", "metrics"})

@@ -21,6 +21,8 @@ from aiohttp import web
 from agent.events import KINDS
 from receiver.auth import api_middleware
 from receiver.backends import open_store
+from receiver.console import add_console
+from receiver.console.api import add_console_api
 from receiver.consumer import ConsumeSettings, JetStreamConsumer
 from receiver.count_sink import CountSink
 from receiver.errors import FaultSettingsError, IngestError, ParamError, StoreError
@@ -242,6 +244,9 @@ def make_app(
     app.router.add_get(f"{API}/stats", stats)
     app.router.add_get(f"{API}/_faults", get_faults)
     app.router.add_post(f"{API}/_faults", set_faults)
+    if store is not None:
+        add_console_api(app)
+        add_console(app, token)
     app.router.add_get(API + "/{view}", view)
     return app
 

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from receiver.console import browser_may_read
 from receiver.ingest import drain
 from receiver.state import API, DROPPED, INGEST_PATH, STATE, ReceiverState, error_response
 
@@ -34,7 +35,7 @@ async def api_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     state = request.app[STATE]
     ingest = request.path == INGEST_PATH and request.method == "POST"
     try:
-        if request.path.startswith(API + "/") and not authorized(state, request):
+        if request.path.startswith(API + "/") and not (authorized(state, request) or browser_may_read(request)):
             log.info("unauthorized", path=request.path, peer=request.remote)
             if ingest:
                 await drain(request, state.faults.settings.max_compressed_bytes)

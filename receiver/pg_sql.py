@@ -130,6 +130,8 @@ def select_sql(q: Query) -> tuple[str, list[Any]]:
         where.append(f"ts < {arg(q.until)}")
     if q.after is not None:
         where.append(f"seq > {arg(q.after)}")
+    if q.before is not None:
+        where.append(f"seq < {arg(q.before)}")
     if q.keys is not None:
         where.append(f"key = ANY({arg([pg_text(k) for k in q.keys])}::text[])")
     if q.data_eq:
@@ -139,7 +141,30 @@ def select_sql(q: Query) -> tuple[str, list[Any]]:
     sql = f"SELECT {COLUMNS} FROM events"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq"
+    sql += " ORDER BY seq DESC" if q.descending else " ORDER BY seq"
     if q.limit is not None:
         sql += f" LIMIT {arg(q.limit)}"
     return sql, args
+
+
+def activity_summary_sql(q: Query, top: int) -> tuple[str, str, str, list[Any]]:
+    """The activity summary's three statements (per hour; top users; top IPs) and their arguments."""
+    where = ["kind = 'user_activity'"]
+    args: list[Any] = []
+    for col, op, value in (("server", "=", pg_text(q.server)), ("ts", ">=", q.since), ("ts", "<", q.until)):
+        if value is not None:
+            args.append(value)
+            where.append(f"{col} {op} ${len(args)}")
+    if q.data_eq:
+        args.append(orjson.dumps(dict(q.data_eq)).decode())
+        where.append(f"data @> ${len(args)}::jsonb")
+    cond = " AND ".join(where)
+    hours = ("SELECT substr(ts, 1, 13) || ':00:00.000Z', data ->> 'action', (data ->> 'result')::bigint, count(*)"
+             f" FROM events WHERE {cond} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+    args.append(top)
+
+    def top_of(field: str) -> str:
+        return (f"SELECT data ->> '{field}', count(*) FROM events WHERE {cond}"
+                f" GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ${len(args)}")
+
+    return hours, top_of("user"), top_of("ip"), args

@@ -39,6 +39,7 @@ GROUP_KEYS: dict[str, str] = {
     "websh_session": "session_id",
     "websh_command": "session_id",
     "command": "command_id",
+    "websh_recording": "session_id",
 }
 #: the kinds whose records are merged views (``websh_command`` joins its session instead)
 MERGED_KINDS = ("websh_session", "command")
@@ -63,6 +64,10 @@ class Query:
     since: str | None = None
     until: str | None = None
     after: int | None = None
+    #: only events received before this sequence number (paging newest first)
+    before: int | None = None
+    #: newest first
+    descending: bool = False
     limit: int | None = None
     keys: Sequence[str] | None = None
     data_eq: Sequence[tuple[str, Any]] = ()
@@ -89,6 +94,16 @@ def row_to_event(row: Sequence[Any]) -> dict[str, Any]:
         "received_at": received_at,
         "batch_id": batch_id,
         "data": orjson.loads(data) if isinstance(data, str | bytes) else data,
+    }
+
+
+def summary_answer(hours: Sequence[Sequence[Any]], users: Sequence[Sequence[Any]],
+                   ips: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The activity summary's answer from its three row sets, whatever the backend."""
+    return {
+        "hours": [{"hour": h, "action": a, "result": r, "count": n} for h, a, r, n in hours],
+        "users": [{"user": u, "count": n} for u, n in users],
+        "ips": [{"ip": ip, "count": n} for ip, n in ips],
     }
 
 
@@ -128,8 +143,14 @@ class EventStore(Protocol):
     async def ids(self, kinds: Sequence[str], after: int | None, limit: int) -> list[tuple[int, str]]:
         """(seq, id) of stored events (optionally of some kinds) after ``after``, arrival order."""
 
-    async def groups(self, kind: str, server: str | None, after: int | None, limit: int) -> list[GroupRef]:
-        """The next ``limit`` merged records of ``kind`` by first arrival, after ``after``."""
+    async def groups(self, kind: str, server: str | None, after: int | None, limit: int,
+                     before: int | None = None, descending: bool = False) -> list[GroupRef]:
+        """The next ``limit`` merged records of ``kind`` by first arrival, after ``after`` (and
+        before ``before``), oldest first or, with ``descending``, newest first."""
+
+    async def activity_summary(self, q: Query, top: int = 10) -> dict[str, Any]:
+        """User activity counted per hour by action and result, and the top users and source IPs,
+        in the database (``q``'s server, since, until and data_eq apply)."""
 
     async def counts(self) -> dict[str, Any]:
         """Stored events per kind, batches accepted (and distinct batch ids), duplicates seen."""

@@ -35,12 +35,13 @@ from receiver.pg_sql import (
     INSERT_EVENTS,
     SCHEMA,
     UPSERT_GROUPS,
+    activity_summary_sql,
     partition_name,
     pg_text,
     select_sql,
     without_nul,
 )
-from receiver.store import GroupRef, Query, StoreResult, event_rows, first_arrivals, row_to_event
+from receiver.store import GroupRef, Query, StoreResult, event_rows, first_arrivals, row_to_event, summary_answer
 
 log = structlog.get_logger("receiver")
 
@@ -244,16 +245,30 @@ class PostgresStore:
         self.rows_read += len(rows)
         return [(r[0], r[1]) for r in rows]
 
-    async def groups(self, kind: str, server: str | None, after: int | None, limit: int) -> list[GroupRef]:
-        """The next ``limit`` merged records of ``kind`` by first arrival, after ``after``."""
+    async def groups(self, kind: str, server: str | None, after: int | None, limit: int,
+                     before: int | None = None, descending: bool = False) -> list[GroupRef]:
+        """The next ``limit`` merged records of ``kind`` by first arrival (see :class:`EventStore`)."""
         sql = "SELECT key, first_seq FROM groups WHERE kind = $1 AND first_seq > $2"
         args: list[Any] = [kind, after or 0, limit]
         if server is not None:
-            sql += " AND server = $4"
             args.append(pg_text(server))
+            sql += f" AND server = ${len(args)}"
+        if before is not None:
+            args.append(before)
+            sql += f" AND first_seq < ${len(args)}"
+        order = " ORDER BY first_seq DESC" if descending else " ORDER BY first_seq"
         async with self._errors():
-            rows = await self.pool.fetch(sql + " ORDER BY first_seq LIMIT $3", *args)
+            rows = await self.pool.fetch(sql + order + " LIMIT $3", *args)
         return [GroupRef(r[0], r[1]) for r in rows]
+
+    async def activity_summary(self, q: Query, top: int = 10) -> dict[str, Any]:
+        """User activity per hour by action and result, top users and IPs (see :class:`EventStore`)."""
+        hours_sql, users_sql, ips_sql, args = activity_summary_sql(q, top)
+        async with self._errors():
+            hours = await self.pool.fetch(hours_sql, *args[:-1])
+            users = await self.pool.fetch(users_sql, *args)
+            ips = await self.pool.fetch(ips_sql, *args)
+        return summary_answer(hours, users, ips)
 
     async def counts(self) -> dict[str, Any]:
         """Stored events per kind, batches accepted (and distinct batch ids), duplicates seen."""

@@ -17,7 +17,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from receiver.errors import StoreError
-from receiver.store import MERGED_KINDS, GroupRef, Query, StoreResult, event_rows, row_to_event
+from receiver.store import (
+    MERGED_KINDS,
+    GroupRef,
+    Query,
+    StoreResult,
+    event_rows,
+    row_to_event,
+    summary_answer,
+)
 
 T = TypeVar("T")
 
@@ -87,6 +95,9 @@ def select_sql(q: Query) -> tuple[str, list[Any]]:
     if q.after is not None:
         where.append("seq > ?")
         args.append(q.after)
+    if q.before is not None:
+        where.append("seq < ?")
+        args.append(q.before)
     if q.keys is not None:
         where.append(f"key IN ({', '.join('?' * len(q.keys))})" if q.keys else "0")
         args.extend(q.keys)
@@ -103,7 +114,7 @@ def select_sql(q: Query) -> tuple[str, list[Any]]:
         sql += " INDEXED BY events_kind_key"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY seq"
+    sql += " ORDER BY seq DESC" if q.descending else " ORDER BY seq"
     if q.limit is not None:
         sql += " LIMIT ?"
         args.append(q.limit)
@@ -233,18 +244,55 @@ class SQLiteStore:
         """(seq, id) of stored events (optionally of some kinds) after ``after``, arrival order."""
         return await self._run(self._ids, kinds, after, limit)
 
-    def _groups(self, kind: str, server: str | None, after: int | None, limit: int) -> list[GroupRef]:
+    def _groups(self, kind: str, server: str | None, after: int | None, limit: int,
+                before: int | None, descending: bool) -> list[GroupRef]:
         sql = "SELECT key, first_seq FROM groups WHERE kind = ? AND first_seq > ?"
         args: list[Any] = [kind, after or 0]
+        if before is not None:
+            sql += " AND first_seq < ?"
+            args.append(before)
         if server is not None:
             sql += " AND server = ?"
             args.append(server)
-        rows = self._db().execute(sql + " ORDER BY first_seq LIMIT ?", [*args, limit]).fetchall()
+        order = " ORDER BY first_seq DESC" if descending else " ORDER BY first_seq"
+        rows = self._db().execute(sql + order + " LIMIT ?", [*args, limit]).fetchall()
         return [GroupRef(key, first) for key, first in rows]
 
-    async def groups(self, kind: str, server: str | None, after: int | None, limit: int) -> list[GroupRef]:
-        """The next ``limit`` merged records of ``kind`` by first arrival, after ``after``."""
-        return await self._run(self._groups, kind, server, after, limit)
+    async def groups(self, kind: str, server: str | None, after: int | None, limit: int,
+                     before: int | None = None, descending: bool = False) -> list[GroupRef]:
+        """The next ``limit`` merged records of ``kind`` by first arrival (see :class:`EventStore`)."""
+        return await self._run(self._groups, kind, server, after, limit, before, descending)
+
+    def _activity_summary(self, q: Query, top: int) -> dict[str, Any]:
+        where = ["kind = 'user_activity'"]
+        args: list[Any] = []
+        for col, op, value in (("server", "=", q.server), ("ts", ">=", q.since), ("ts", "<", q.until)):
+            if value is not None:
+                where.append(f"{col} {op} ?")
+                args.append(value)
+        for field, value in q.data_eq:
+            where.append("json_extract(data, ?) = ?")
+            args.extend((f"$.{field}", value))
+        cond = " AND ".join(where)
+        db = self._db()
+        hours = db.execute(
+            "SELECT substr(ts, 1, 13) || ':00:00.000Z', json_extract(data, '$.action'),"
+            f" json_extract(data, '$.result'), count(*) FROM events WHERE {cond} GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            args,
+        ).fetchall()
+
+        def top_of(field: str) -> list[tuple[Any, int]]:
+            return db.execute(
+                f"SELECT json_extract(data, '$.{field}'), count(*) FROM events WHERE {cond}"
+                " GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT ?",
+                [*args, top],
+            ).fetchall()
+
+        return summary_answer(hours, top_of("user"), top_of("ip"))
+
+    async def activity_summary(self, q: Query, top: int = 10) -> dict[str, Any]:
+        """User activity per hour by action and result, top users and IPs (see :class:`EventStore`)."""
+        return await self._run(self._activity_summary, q, top)
 
     def _counts(self) -> dict[str, Any]:
         db = self._db()

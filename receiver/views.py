@@ -8,7 +8,7 @@ merged, the latest status winning, with a ``history`` of every status change in 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ from receiver.store import GROUP_KEYS, EventStore, Query
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 100_000
-COMMON_PARAMS = ("server", "since", "until", "limit", "after")
+COMMON_PARAMS = ("server", "since", "until", "limit", "after", "before", "order")
 
 #: order of command statuses when two changes share a timestamp
 STATUS_RANK = {"scheduled": 0, "running": 1, "stuck": 2, "success": 3, "failed": 3}
@@ -65,10 +65,12 @@ VIEWS: dict[str, ViewSpec] = {
             "object_name": str,
             "path": str,
         },
+        {"q": "path"},
     ),
     "commands": ViewSpec(
         "command",
         {"command_id": str, "shell": str, "status": str, "operator": str, "user": str},
+        {"q": "line"},
         merged=True,
     ),
     "user-activity": ViewSpec(
@@ -127,6 +129,12 @@ def parse_common(params: Mapping[str, str], allowed: tuple[str, ...], what: str)
         else DEFAULT_LIMIT,
         "after": parse_int("after", params["after"], 0, 2**62) if "after" in params else None,
     }
+    if "before" in params:
+        out["before"] = parse_int("before", params["before"], 0, 2**62)
+    if "order" in params:
+        if params["order"] not in ("asc", "desc"):
+            raise ParamError(f"order: {params['order'][:64]!r} is not 'asc' or 'desc'")
+        out["descending"] = params["order"] == "desc"
     return out
 
 
@@ -245,6 +253,8 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
                 since=common["since"],
                 until=common["until"],
                 after=common["after"],
+                before=common.get("before"),
+                descending=common.get("descending", False),
                 limit=common["limit"],
                 data_eq=tuple(filters.items()),
                 data_like=tuple(contains),
@@ -252,7 +262,7 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
         )
         items = [flatten(ev) for ev in rows]
     else:
-        items = await _merged_page(store, spec.kind, common, filters)
+        items = await _merged_page(store, spec.kind, common, filters, contains)
         if spec.kind == "websh_session" and items:
             await _attach_commands(store, items)
     return {
@@ -260,6 +270,7 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
         "items": items,
         "count": len(items),
         "next_after": items[-1]["received_seq"] if items else common["after"],
+        "next_before": items[-1]["received_seq"] if items and common.get("descending") else None,
     }
 
 
@@ -268,7 +279,8 @@ FILTERED_PAGE = 256
 
 
 async def _merged_page(
-    store: EventStore, kind: str, common: Mapping[str, Any], filters: Mapping[str, Any]
+    store: EventStore, kind: str, common: Mapping[str, Any], filters: Mapping[str, Any],
+    contains: Sequence[tuple[str, str]] = (),
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` merged records after the cursor, read a page of records at a time.
 
@@ -281,12 +293,14 @@ async def _merged_page(
     )
     key_field = GROUP_KEYS[kind]
     limit: int = common["limit"]
-    filtered = bool(filters) or common["since"] is not None or common["until"] is not None
+    filtered = bool(filters or contains) or common["since"] is not None or common["until"] is not None
     page = min(max(limit, FILTERED_PAGE), 1000) if filtered else limit
     after: int | None = common["after"]
+    before: int | None = common.get("before")
+    descending: bool = common.get("descending", False)
     items: list[dict[str, Any]] = []
     while len(items) < limit:
-        refs = await store.groups(kind, common["server"], after, page)
+        refs = await store.groups(kind, common["server"], after, page, before, descending)
         if not refs:
             break
         groups: dict[str, list[dict[str, Any]]] = {ref.key: [] for ref in refs}
@@ -301,12 +315,17 @@ async def _merged_page(
             item = merge(group)
             if not _in_window(item["ts"], common["since"], common["until"]) or not _matches(item, filters):
                 continue
+            if any(needle not in str(item.get(field) or "") for field, needle in contains):
+                continue
             items.append(item)
             if len(items) >= limit:
                 break
         if len(refs) < page:
             break
-        after = refs[-1].first_seq
+        if descending:
+            before = refs[-1].first_seq
+        else:
+            after = refs[-1].first_seq
     return items
 
 

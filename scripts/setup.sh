@@ -3,7 +3,8 @@
 # Debian packages: the build needs of systemd-python, and the real parts the tests drive.
 APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libsystemd-dev systemd systemd-journal-remote
   rsyslog vsftpd zsh bash openssh-server openssh-client sshpass sudo util-linux bsdutils procps iproute2 e2fsprogs
-  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint postgresql postgresql-client"
+  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint postgresql postgresql-client
+  chromium chromium-driver"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -30,4 +31,10 @@ if ! .venv/bin/python -c 'import agent, receiver, pytest, pexpect' 2>/dev/null |
   .venv/bin/pip install -q --upgrade pip >/dev/null
   .venv/bin/pip install -q -e '.[test]'
   touch .venv/.installed
+fi
+# The console's browser libraries (pinned, checked): fetched from the npm registry once.
+if command -v npm >/dev/null 2>&1; then
+  ./scripts/vendor-console.sh || exit 1
+else
+  echo "setup: npm not found; the console runs without its player and charts (install npm and run scripts/vendor-console.sh)" >&2
 fi

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.browser import Browser, open_browser
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
 from tests.services import NatsServer, PostgresServer, need_postgres
@@ -62,6 +63,13 @@ def agent(agent_factory: object, receiver: ReceiverProcess) -> Iterator[AgentPro
     yield a
     if a.proc is not None:
         a.stop()
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """A real headless Chromium (Selenium); fails under CI=true when Chromium is missing."""
+    with open_browser() as b:
+        yield b
 
 
 @pytest.fixture(autouse=True)

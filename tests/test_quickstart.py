@@ -89,6 +89,7 @@ def bring_up_and_emit(argv: list[str], cwd: Path, tmp: Path, env: dict[str, str]
         log.close()
     text = log_path.read_text()
     assert "demo: receiver http://127.0.0.1" in text, text[-3000:]
+    assert f"demo: console http://127.0.0.1:{port}/console/" in text, text[-3000:]
     return text
 
 

@@ -958,3 +958,83 @@ class TestCountSinkPaths:
         src = fast.stats()["sources"]["s/system_log"]
         assert src["missing"] == 1 and src["out_of_order"] >= 1
         assert fast.duplicates == 250 and src["duplicates"] == 0  # a replayed id is a duplicate, not a seq
+
+
+def cmd_ev(command_id: str, status: str, line: str = "uptime", ts: float = T0) -> dict[str, Any]:
+    return ev("command", {"command_id": command_id, "shell": "system", "line": line, "status": status}, ts=ts)
+
+
+class TestConsoleReads:
+    """What the console reads, on both backends: newest first by cursor, activity counts, recordings."""
+
+    async def test_simple_view_pages_newest_first(self, rx: Receiver) -> None:
+        """order=desc with before= walks the rows newest first without a gap or a repeat."""
+        await rx.post(batch([log_ev(f"m{i}") for i in range(25)]))
+        seen: list[str] = []
+        params: dict[str, Any] = {"order": "desc", "limit": 10}
+        while True:
+            page = await rx.ok("/api/v1/system-logs", **params)
+            seen += [r["message"] for r in page["items"]]
+            if page["count"] < 10:
+                break
+            params["before"] = page["next_before"]
+        assert seen == [f"m{i}" for i in reversed(range(25))]
+
+    async def test_merged_view_pages_newest_first_with_text_search(self, rx: Receiver) -> None:
+        """Commands page newest first by first arrival; q= matches within the line."""
+        await rx.post(batch([cmd_ev(f"c{i}", "running", f"job {i}") for i in range(12)]))
+        await rx.post(batch([cmd_ev(f"c{i}", "success", f"job {i}", T0 + 5) for i in range(12)]))
+        first = await rx.ok("/api/v1/commands", order="desc", limit=5)
+        assert [r["command_id"] for r in first["items"]] == ["c11", "c10", "c9", "c8", "c7"]
+        assert all(r["status"] == "success" for r in first["items"])
+        second = await rx.ok("/api/v1/commands", order="desc", limit=5, before=first["next_before"])
+        assert [r["command_id"] for r in second["items"]] == ["c6", "c5", "c4", "c3", "c2"]
+        found = await rx.ok("/api/v1/commands", q="job 1")
+        assert sorted(r["command_id"] for r in found["items"]) == ["c1", "c10", "c11"]
+
+    async def test_bad_order_is_a_400(self, rx: Receiver) -> None:
+        """order other than asc/desc, and a negative before, are refused naming the parameter."""
+        for params in ({"order": "sideways"}, {"before": "-1"}, {"before": "x"}):
+            status, body = await rx.get("/api/v1/system-logs", params)
+            assert status == 400 and next(iter(params)) in body["error"]
+
+    async def test_activity_summary_counts_in_the_database(self, rx: Receiver) -> None:
+        """Per hour by action and result, top users and IPs, with filters."""
+        rows = [("alice", "198.51.100.1", "login", 200, 0), ("alice", "198.51.100.1", "login", 200, 60),
+                ("bob", "198.51.100.2", "login_failed", 401, 3600), ("alice", "198.51.100.3", "sudo", 403, 3700)]
+        await rx.post(batch([ev("user_activity", {"user": u, "ip": ip, "action": a, "result": r}, ts=T0 + dt)
+                             for u, ip, a, r, dt in rows]))
+        s = await rx.ok("/api/v1/user-activity/summary")
+        got = {(h["hour"], h["action"], h["result"]): h["count"] for h in s["hours"]}
+        want: dict[tuple[str, str, int], int] = {}
+        for _, _, a, r, dt in rows:
+            k = (format_ts(T0 + dt)[:13] + ":00:00.000Z", a, r)
+            want[k] = want.get(k, 0) + 1
+        assert got == want and len(want) == 3
+        assert s["users"] == [{"user": "alice", "count": 3}, {"user": "bob", "count": 1}]
+        assert s["ips"][0] == {"ip": "198.51.100.1", "count": 2}
+        only = await rx.ok("/api/v1/user-activity/summary", user="alice", result=403)
+        assert [(h["action"], h["count"]) for h in only["hours"]] == [("sudo", 1)]
+        status, body = await rx.get("/api/v1/user-activity/summary", {"top": "0"})
+        assert status == 400 and "top" in body["error"]
+        status, body = await rx.get("/api/v1/user-activity/summary", {"nonsense": "1"})
+        assert status == 400
+
+    async def test_recording_is_joined_in_chunk_order(self, rx: Receiver) -> None:
+        """A session's websh_recording chunks come back as one asciicast, in order, each chunk once."""
+        header = '{"version": 2, "width": 80, "height": 24}\n'
+        chunks = [header + '[0.1, "o", "a"]\n', '[0.2, "o", "b"]\n', '[0.3, "o", "c"]\n']
+
+        def rec(seq: int, id_: str) -> dict[str, Any]:
+            return ev("websh_recording", {"session_id": "s-1", "seq": seq, "data": chunks[seq],
+                                          "format": "asciicast-v2", "final": seq == 2}, id=id_)
+
+        await rx.post(batch([rec(2, "rec-2-aaaaaa"), rec(0, "rec-0-aaaaaa")]))
+        await rx.post(batch([rec(1, "rec-1-aaaaaa"), rec(1, "rec-1-bbbbbb")]))  # the same chunk twice
+        async with rx.http.get(rx.url + "/api/v1/websh-recordings/s-1", headers=AUTH) as r:
+            assert r.status == 200 and r.headers["Content-Type"].startswith("application/x-asciicast")
+            assert await r.text() == "".join(chunks)
+        status, _ = await rx.get("/api/v1/websh-recordings/nope")
+        assert status == 404
+        async with rx.http.get(rx.url + "/api/v1/websh-recordings/s-1") as r:
+            assert r.status == 401

@@ -85,6 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"demo: try   alpacon-agent emit --config {cfg_path} user_activity "
         "--json '{\"user\": \"me\", \"action\": \"login\", \"result\": 200}'\n"
         f"demo: then  curl -H 'Authorization: Bearer {token}' http://127.0.0.1:{args.port}/api/v1/user-activity\n"
+        f"demo: console http://127.0.0.1:{args.port}/console/ (sign in with the token in {token_file})\n"
         f"demo: agent health at http://127.0.0.1:{args.metrics_port}/healthz; Ctrl-C stops both",
         flush=True,
     )

@@ -14,6 +14,8 @@ from agent.errors import ConfigError
 from agent.pipeline.redact import Redactor
 from collectors.websh.queue import Deliverer, flush_queue
 from collectors.websh.recorder import Recorder, RecorderError, RecorderOptions, SessionInfo
+from collectors.websh.recording import DEFAULT_MAX_BYTES as DEFAULT_RECORDING_BYTES
+from collectors.websh.recording import recording_messages
 
 DEFAULT_FLUSH_TIMEOUT_S = 1.5
 
@@ -49,6 +51,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--record-input", action="store_true",
                    help="with --record-io: include typed input (never while echo is off)")
     p.add_argument("--record-io-max-bytes", type=int, default=64 * 1024 * 1024, metavar="N")
+    p.add_argument("--no-ship-recording", dest="ship_recording", action="store_false",
+                   help="with --record-io: keep the recording on this server only (default: ship it for playback)")
+    p.add_argument("--ship-recording-max-bytes", type=int, default=DEFAULT_RECORDING_BYTES, metavar="N",
+                   help="ship at most this much of a recording (the file keeps all of it)")
     p.add_argument("--no-login", dest="login", action="store_false", help="start a non-login shell")
     p.add_argument("--queue", metavar="PATH", help="the recorder's queue file (default: under state_dir)")
     p.add_argument("--socket", metavar="PATH", help="the agent's hook socket (default: hook.socket of the config)")
@@ -138,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"alpacon-agent websh: {exc}", file=sys.stderr)
         return 2
     finally:
+        if opts.record_io and args.ship_recording:
+            for msg in recording_messages(opts.record_io, info.session_id, max(args.ship_recording_max_bytes, 0)):
+                deliverer.submit(msg)
         if deliverer.ident is None:
             deliverer.start()
         deliverer.stop(max(args.flush_timeout, 0.0))
