@@ -209,3 +209,47 @@ def test_program_records_redact_their_argv() -> None:
     p = Program(1, 0, 0, 0.0, argv=["mysql", "--password=hunter2"], uid=0, argv_from="kernel")
     data = p.to_data(lambda s: s.replace("hunter2", "[REDACTED]"))
     assert data["argv"] == ["mysql", "--password=[REDACTED]"] and data["user"] == "root"
+
+
+def _prog(*argv: str, ppid: int = 10, status: int | None = 0) -> Program:
+    return Program(99, ppid, 1_000_000, 0.0, argv=list(argv), exe=f"/usr/bin/{os.path.basename(argv[0])}",
+                   uid=0, end_ns=3_000_000, exit_status=status, argv_from="kernel")
+
+
+def test_marks_that_contradict_the_typed_keys_are_flagged_and_lose() -> None:
+    from collectors.websh.evidence import weigh
+
+    v = weigh("ls", "rm -f /tmp/x", True, [_prog("rm", "-f", "/tmp/x")])
+    assert v.command == "rm -f /tmp/x" and v.tampered and "'ls'" in v.tampered
+    assert v.witnesses == ["kernel", "input"]
+
+
+def test_marks_that_contradict_the_kernel_are_flagged_but_aliases_are_not() -> None:
+    from collectors.websh.evidence import weigh
+
+    v = weigh("ls", None, False, [_prog("cat", "/etc/passwd")])
+    assert v.tampered and "cat" in v.tampered
+    alias = weigh("ll", None, False, [_prog("ls", "-l")])
+    assert alias.tampered is None and alias.witnesses == ["marks"]
+    ok = weigh("ls -l", "ls -l", True, [_prog("ls", "-l")])
+    assert ok.tampered is None and ok.witnesses == ["kernel", "marks", "input"]
+
+
+def test_kernel_exit_is_the_last_direct_programs() -> None:
+    from collectors.websh.evidence import kernel_exit
+
+    a, b = _prog("grep", "x", status=1), _prog("sort", status=0)
+    b.start_ns, b.end_ns = 2_000_000, 9_000_000
+    assert kernel_exit([a, b], 10) == (0, 8)
+
+
+def test_producer_text_over_the_schemas_caps_is_clipped_with_a_marker() -> None:
+    from agent.schema import validate_data
+    from collectors.websh.clip import clip_data
+
+    data = {"session_id": "s" * 500, "username": "u", "started_at": "2026-01-01T00:00:00.000Z", "state": "open",
+            "browser": "B" * 20_000, "operator": "o" * 300, "remote_ip": "1" * 100, "groupname": None}
+    cut = clip_data("websh_session", data)
+    assert set(cut) == {"session_id", "browser", "operator", "remote_ip"}
+    assert len(data["browser"]) == 1024 and data["browser"].endswith("…[clipped: 20000 chars]")
+    validate_data("websh_session", data)
