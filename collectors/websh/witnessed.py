@@ -1,0 +1,225 @@
+"""Turns the tracker's observed commands and the kernel's exec trail into the session's command records.
+
+The tracker tells what the shell's marks and the typed keys said about each command, and when
+it ran (:class:`Observed`). :class:`WitnessedRecords` holds each until the exec trail has told
+every program started by the command's end, then gives it the programs started inside its
+window, weighs the witnesses (:func:`.evidence.weigh`), fills a missing exit status and duration
+from the kernel, and hands the record on. Programs that ran outside every command (after the
+hooks were removed, in a nested PTY, in the background) become records of their own
+(``source: "kernel"``), so nothing executed in the session is missing from its Record.
+Records are numbered in the order they are handed on.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from collectors.websh.evidence import kernel_exit, weigh
+from collectors.websh.exectrail import ExecTrail, Program
+
+#: programs carried on a command's own record; the rest get records of their own
+MAX_INLINE_PROGRAMS = 50
+#: a command is handed on without its last programs' argv if the trail lags this long
+SETTLE_WAIT_S = 3.0
+_HOOK_ARGV = ["-w0"]
+
+
+@dataclass(slots=True)
+class Observed:
+    """One command as the tracker saw it (marks and typed keys), before the kernel is heard."""
+
+    started_at: float
+    ended_at: float | None
+    exit_code: int | None
+    cwd: str | None
+    source: str
+    truncated: bool = False
+    marks_text: str | None = None
+    typed_text: str | None = None
+    typed_exact: bool = False
+    typed_at: float | None = None
+    uid: int | None = None
+    user: str | None = None
+    tampered: str | None = None
+    at: float = field(default_factory=time.monotonic)
+
+
+def _hook_program(p: Program) -> bool:
+    """The hooks' own ``base64 -w0`` (it runs in every command's preexec)."""
+    return p.argv is not None and p.argv[1:] == _HOOK_ARGV and os.path.basename(p.exe or "") == "base64"
+
+
+class WitnessedRecords:
+    """See the module's docstring. ``emit`` receives ``(seq, data)`` for each ``websh_command``."""
+
+    def __init__(
+        self,
+        emit: Callable[[int, dict[str, Any]], None],
+        *,
+        session_id: str,
+        redact: Callable[[str], str],
+        trail: ExecTrail | None,
+        shell_pid: Callable[[], int],
+        format_ts: Callable[[float], str],
+        path: str | None = None,
+    ) -> None:
+        self._emit = emit
+        self.session_id = session_id
+        self.redact = redact
+        self.trail = trail
+        self._shell_pid = shell_pid
+        self._ts = format_ts
+        self.path = path
+        self.count = 0
+        self.tampered = 0
+        self.hook_programs = 0
+        self.kernel_records = 0
+        self._held: list[Observed] = []
+        self._last_end_ns = 0
+
+    def add(self, obs: Observed) -> None:
+        """A command the tracker finished (or gave up on)."""
+        if obs.tampered:
+            self.tampered += 1
+        self._held.append(obs)
+        self.flush()
+
+    def flush(self, *, hold_since: float | None = None, final: bool = False) -> None:
+        """Hand on every held command whose programs are all known, and the programs no command can
+        still claim (none started after ``hold_since``, the oldest typed line not yet a record)."""
+        trail = self.trail
+        while self._held:
+            obs = self._held[0]
+            end = obs.ended_at if obs.ended_at is not None else time.time()
+            if trail is not None and trail.mode is not None and not final:
+                if not trail.settled(trail.wall_to_ns(end)) and time.monotonic() - obs.at < SETTLE_WAIT_S:
+                    break
+            self._held.pop(0)
+            self._record(obs, end)
+        if trail is None or trail.mode is None:
+            return
+        limit = time.time() if hold_since is None else hold_since
+        if self._held:
+            limit = min(limit, self._held[0].typed_at or self._held[0].started_at)
+        until = trail.wall_to_ns(limit)
+        if not final and not trail.settled(until):
+            return
+        self._orphans(trail, until, final)
+        trail.forget_claimed()
+
+    def _take(self, obs: Observed, end: float) -> list[Program]:
+        trail = self.trail
+        if trail is None or trail.mode is None:
+            return []
+        start = obs.typed_at if obs.typed_at is not None else obs.started_at
+        since = max(trail.wall_to_ns(start), self._last_end_ns)
+        until = trail.wall_to_ns(end)
+        self._last_end_ns = max(self._last_end_ns, until)
+        progs = []
+        for p in trail.take(since, until):
+            if _hook_program(p):
+                self.hook_programs += 1
+            else:
+                progs.append(p)
+        return progs
+
+    def _record(self, obs: Observed, end: float) -> None:
+        progs = self._take(obs, end)
+        verdict = weigh(obs.marks_text, obs.typed_text, obs.typed_exact, progs, path=self.path)
+        if verdict.tampered and not obs.tampered:
+            self.tampered += 1
+        tampered = "; ".join(r for r in (obs.tampered, verdict.tampered) if r) or None
+        exit_code, exit_from = obs.exit_code, ("marks" if obs.exit_code is not None else None)
+        duration = None if obs.ended_at is None else max(0, int(round((obs.ended_at - obs.started_at) * 1000)))
+        if exit_code is None and progs:
+            k_exit, k_duration = kernel_exit(progs, self._shell_pid())
+            if k_exit is not None:
+                exit_code, exit_from, duration = k_exit, "kernel", k_duration
+        source = verdict.source
+        data: dict[str, Any] = {
+            "command": self.redact(verdict.command),
+            "started_at": self._ts(obs.started_at),
+            "duration_ms": duration,
+            "exit_code": exit_code,
+            "cwd": obs.cwd,
+            "source": source,
+            "user": obs.user,
+            "uid": obs.uid,
+            "witnesses": verdict.witnesses,
+        }
+        if exit_from:
+            data["exit_from"] = exit_from
+        if obs.truncated:
+            data["truncated"] = True
+        if tampered:
+            data["tampered"] = tampered[:1024]
+        seq = self._send(data, progs[:MAX_INLINE_PROGRAMS], len(progs))
+        for p in progs[MAX_INLINE_PROGRAMS:]:
+            self._program_record(p, parent_seq=seq)
+
+    def _send(self, data: dict[str, Any], progs: list[Program], total: int) -> int:
+        self.count += 1
+        data = {"session_id": self.session_id, "seq": self.count, **data}
+        if self.trail is not None and self.trail.mode is not None:
+            data["programs"] = [p.to_data(self.redact) for p in progs]
+            if total > len(progs):
+                data["programs_total"] = total
+        self._emit(self.count, data)
+        return self.count
+
+    def _program_record(self, p: Program, parent_seq: int | None = None) -> None:
+        """A program's own record: one no command took, or one over a command's inline share."""
+        self.kernel_records += 1
+        data: dict[str, Any] = {
+            "command": self.redact(p.text()),
+            "started_at": self._ts(p.started_at),
+            "duration_ms": p.duration_ms,
+            "exit_code": p.exit_status,
+            "cwd": p.cwd,
+            "source": "kernel",
+            "user": p.to_data(str)["user"],
+            "uid": p.uid,
+            "witnesses": ["kernel"],
+        }
+        if p.exit_status is not None:
+            data["exit_from"] = "kernel"
+        if parent_seq is not None:
+            data["parent_seq"] = parent_seq
+        if p.truncated:
+            data["truncated"] = True
+        self._send(data, [p], 1)
+
+    def _orphans(self, trail: ExecTrail, until_ns: int, final: bool) -> None:
+        for p in trail.unclaimed(until_ns):
+            if not p.ended and not final:
+                continue  # still running: it gets its record with its exit status
+            p.claimed = True
+            if _hook_program(p):
+                self.hook_programs += 1
+                continue
+            self._program_record(p)
+
+    def close(self) -> None:
+        """The session ended: hand on everything held and every program left."""
+        if self.trail is not None:
+            self.trail.close()
+        self.flush(final=True)
+
+    def trail_summary(self) -> dict[str, Any]:
+        """The session record's ``exec_trail``: which kernel witness was had, and what it saw."""
+        t = self.trail
+        if t is None:
+            return {"mode": None, "reason": "exec trail off"}
+        out: dict[str, Any] = {"mode": t.mode, "reason": t.reason if t.mode != "kernel" else None}
+        if t.mode is not None:
+            out.update(
+                programs_without_argv=t.argv_missing,
+                escaped=t.escaped,
+                dropped=t.dropped,
+                program_records=self.kernel_records,
+            )
+        return out
