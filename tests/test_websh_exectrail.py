@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from collectors.websh import auditlink
-from collectors.websh.exectrail import ExecTrail, Program
+from collectors.websh.exectrail import ExecTrail
+from collectors.websh.programs import Program
 from tests.support import need, need_binary, need_root
 
 USER = "wsexectrail"

@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from collectors.websh.exectrail import Program
+from collectors.websh.programs import Program
 
 #: the shell words that precede the program name in a command line
 _PREFIXES = frozenset({"sudo", "exec", "command", "builtin", "env", "nohup", "time", "nice", "then", "do", "!"})

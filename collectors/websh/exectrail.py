@@ -22,109 +22,22 @@ Use: :meth:`ExecTrail.prepare` before the fork, :meth:`ExecTrail.child_setup` in
 from __future__ import annotations
 
 import os
-import pwd
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from collectors.websh import auditlink, procevents
-from collectors.websh.auditlink import AuditExec, AuditListener, AuditRules, AuditUnavailable
+from collectors.websh import auditlink, auditrecords, procevents
+from collectors.websh.auditlink import AuditListener, AuditRules, AuditUnavailable
+from collectors.websh.auditrecords import AuditExec
 from collectors.websh.procevents import ProcEventSocket, ProcEventsUnavailable
+from collectors.websh.programs import Program, argv_of, text_of
 
 #: a program whose audit record has not come this long after its exec is kept without argv
 ARGV_WAIT_NS = 2_000_000_000
 #: the most programs kept in memory at once (the oldest finished ones are handed on first)
 MAX_PROGRAMS = 20_000
-MAX_ARGV_BYTES = 8192
 _READY_OK = b"k"
 _READY_FAIL = b"f"
-
-
-@dataclass(slots=True)
-class Program:
-    """One exec in the session's tree: what ran, as whom, where, for how long, with what result."""
-
-    pid: int
-    ppid: int
-    start_ns: int
-    started_at: float
-    argv: list[str] | None = None
-    exe: str | None = None
-    cwd: str | None = None
-    uid: int | None = None
-    euid: int | None = None
-    end_ns: int | None = None
-    exit_status: int | None = None
-    argv_from: str | None = None
-    truncated: bool = False
-    claimed: bool = field(default=False)
-
-    @property
-    def ended(self) -> bool:
-        return self.end_ns is not None
-
-    @property
-    def duration_ms(self) -> int | None:
-        if self.end_ns is None:
-            return None
-        return max(0, (self.end_ns - self.start_ns) // 1_000_000)
-
-    def text(self) -> str:
-        """The argv as one command line (the words joined by spaces)."""
-        if self.argv is None:
-            return self.exe or ""
-        return " ".join(self.argv)
-
-    def to_data(self, redact: Callable[[str], str]) -> dict[str, Any]:
-        """The program as it appears in a record (argv redacted like every command)."""
-        data: dict[str, Any] = {
-            "argv": [redact(a) for a in self.argv] if self.argv is not None else None,
-            "pid": self.pid,
-            "ppid": self.ppid,
-            "uid": self.uid,
-            "user": user_name(self.uid),
-            "euid": self.euid,
-            "cwd": self.cwd,
-            "exit_code": self.exit_status,
-            "duration_ms": self.duration_ms,
-        }
-        if self.truncated:
-            data["truncated"] = True
-        return data
-
-
-_NAMES: dict[int, str | None] = {}
-
-
-def user_name(uid: int | None) -> str | None:
-    """The login name of ``uid`` (cached), or None."""
-    if uid is None or uid < 0:
-        return None
-    if uid not in _NAMES:
-        try:
-            _NAMES[uid] = pwd.getpwuid(uid).pw_name
-        except KeyError:
-            _NAMES[uid] = None
-    return _NAMES[uid]
-
-
-def _text(raw: bytes) -> str:
-    return raw.decode("utf-8", "backslashreplace")
-
-
-def _argv(raw: list[bytes]) -> tuple[list[str], bool]:
-    out: list[str] = []
-    total = 0
-    for a in raw:
-        if total + len(a) > MAX_ARGV_BYTES:
-            out.append(_text(a[: max(0, MAX_ARGV_BYTES - total)]) + f"…[truncated: argv of {len(raw)} words]")
-            return out, True
-        total += len(a)
-        out.append(_text(a))
-    return out, False
 
 
 class ExecTrail:
@@ -313,13 +226,13 @@ class ExecTrail:
                 self.root_exit = ev.exit_status
 
     def _on_audit(self, rtype: int, text: bytes) -> None:
-        st = auditlink.stamp(text)
+        st = auditrecords.stamp(text)
         if st is None:
             return
         at, serial, rest = st
         if rtype == auditlink.EOE:
             at, records = self._events.pop(serial, (at, []))
-            ex = auditlink.parse_exec(serial, at, records)
+            ex = auditrecords.parse_exec(serial, at, records)
             if ex is not None and ex.session == self.session and ex.pid != self._self_pid:
                 self._on_exec_record(ex)
             return
@@ -347,9 +260,9 @@ class ExecTrail:
         self._fill(prog, ex)
 
     def _fill(self, prog: Program, ex: AuditExec) -> None:
-        prog.argv, prog.truncated = _argv(ex.argv)
-        prog.exe = _text(ex.exe)
-        prog.cwd = _text(ex.cwd) if ex.cwd is not None else None
+        prog.argv, prog.truncated = argv_of(ex.argv)
+        prog.exe = text_of(ex.exe)
+        prog.cwd = text_of(ex.cwd) if ex.cwd is not None else None
         prog.uid, prog.euid, prog.ppid = ex.uid, ex.euid, ex.ppid
         prog.argv_from = "kernel"
 
@@ -358,7 +271,7 @@ class ExecTrail:
         the audit session): replaced by the kernel's when it does."""
         try:
             with open(f"/proc/{prog.pid}/cmdline", "rb") as f:
-                prog.argv, prog.truncated = _argv(f.read().rstrip(b"\0").split(b"\0"))
+                prog.argv, prog.truncated = argv_of(f.read().rstrip(b"\0").split(b"\0"))
         except OSError:
             pass
 
@@ -367,7 +280,7 @@ class ExecTrail:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 raw = f.read()
-            prog.argv, prog.truncated = _argv(raw.rstrip(b"\0").split(b"\0"))
+            prog.argv, prog.truncated = argv_of(raw.rstrip(b"\0").split(b"\0"))
             prog.exe = os.readlink(f"/proc/{pid}/exe")
             prog.cwd = os.readlink(f"/proc/{pid}/cwd")
             with open(f"/proc/{pid}/status", "rb") as f:

@@ -92,3 +92,23 @@ def identity(pid: int) -> Identity:
         except KeyError:
             name = None
     return Identity(pid, uid, name, cwd)
+
+
+def at_prompt(pid: int) -> bool:
+    """Whether ``pid`` is its terminal's foreground process group (a shell waiting at its prompt)."""
+    raw = _read(f"/proc/{pid}/stat")
+    if not raw:
+        return False
+    fields = raw[raw.rfind(b")") + 2:].split()
+    try:
+        pgrp, tpgid = int(fields[2]), int(fields[5])
+    except (IndexError, ValueError):
+        return False
+    return tpgid == pgrp
+
+
+def nested_shell(fg: int) -> int | None:
+    """The shell the keys reach when ``fg`` (not a shell itself: ``script``, ``pty.spawn`` …) runs one
+    on a PTY of its own and it waits at its prompt; None when there is none."""
+    sh = shell_behind(fg)
+    return sh if sh != fg and at_prompt(sh) else None

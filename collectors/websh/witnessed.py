@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from collectors.websh.evidence import kernel_exit, weigh
-from collectors.websh.exectrail import ExecTrail, Program
+from collectors.websh.exectrail import ExecTrail
+from collectors.websh.programs import Program
 
 #: programs carried on a command's own record; the rest get records of their own
 MAX_INLINE_PROGRAMS = 50
