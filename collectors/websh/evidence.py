@@ -88,6 +88,16 @@ def weigh(
 ) -> Verdict:
     """The command's text and evidence (see the module's docstring)."""
     typed = typed_text if typed_text and typed_text.strip() else None
+    if typed is not None and ("!" in typed or typed.lstrip().startswith("^")):
+        typed_exact = False  # history expansion: the shell runs what the keys only point to
+    if marks_text is not None and typed is not None and _norm(typed).endswith(_norm(marks_text)) and (
+        _norm(typed) != _norm(marks_text) and typed_exact
+    ):
+        # the history kept only the last line of a multi-line command (cmdhist off): the keys say it all
+        v = Verdict(typed, "input", ["input"])
+        if kernel_agrees(typed, programs):
+            v.witnesses.insert(0, "kernel")
+        return v
     if marks_text is not None and typed is not None and typed_exact and _norm(marks_text) != _norm(typed):
         v = Verdict(typed, "input", ["input"])
         v.tampered = f"the shell's marks said {marks_text[:200]!r}, the keys typed were {typed[:200]!r}"

@@ -16,11 +16,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collectors.websh.evidence import kernel_exit, weigh
 from collectors.websh.exectrail import ExecTrail
 from collectors.websh.programs import Program
+
+if TYPE_CHECKING:
+    from collectors.websh.tracker import CommandRecord
 
 #: programs carried on a command's own record; the rest get records of their own
 MAX_INLINE_PROGRAMS = 50
@@ -47,6 +50,14 @@ class Observed:
     user: str | None = None
     tampered: str | None = None
     at: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def of(cls, rec: CommandRecord, uid: int, user: str) -> Observed:
+        """The tracker's record; a command with no user of its own ran as the session's (``uid``/``user``)."""
+        ended = None if rec.duration_ms is None else rec.started_at + rec.duration_ms / 1000
+        return cls(rec.started_at, ended, rec.exit_code, rec.cwd, rec.source, rec.truncated, rec.marks_text,
+                   rec.typed_text, rec.typed_exact, rec.typed_at, rec.uid if rec.uid is not None else uid,
+                   rec.user or user, rec.tampered)
 
 
 def _hook_program(p: Program) -> bool:
@@ -80,7 +91,10 @@ class WitnessedRecords:
         self.hook_programs = 0
         self.kernel_records = 0
         self._held: list[Observed] = []
-        self._last_end_ns = 0
+        #: when the shell first showed its prompt (or a line was first typed): programs before are start-up
+        self.startup_end: float | None = None
+        self.startup: list[Program] = []
+        self.startup_count = 0
 
     def add(self, obs: Observed) -> None:
         """A command the tracker finished (or gave up on)."""
@@ -117,9 +131,8 @@ class WitnessedRecords:
         if trail is None or trail.mode is None:
             return []
         start = obs.typed_at if obs.typed_at is not None else obs.started_at
-        since = max(trail.wall_to_ns(start), self._last_end_ns)
+        since = trail.wall_to_ns(start)
         until = trail.wall_to_ns(end)
-        self._last_end_ns = max(self._last_end_ns, until)
         progs = []
         for p in trail.take(since, until):
             if _hook_program(p):
@@ -194,15 +207,27 @@ class WitnessedRecords:
             data["truncated"] = True
         self._send(data, [p], 1)
 
+    def prompt_seen(self, now: float) -> None:
+        """The shell's first prompt (or first typed line): what ran before is its start-up."""
+        if self.startup_end is None:
+            self.startup_end = now
+
     def _orphans(self, trail: ExecTrail, until_ns: int, final: bool) -> None:
+        startup_ns = None if self.startup_end is None else trail.wall_to_ns(self.startup_end)
         for p in trail.unclaimed(until_ns):
+            if startup_ns is None and not final:
+                return  # the start-up files still run
             if not p.ended and not final:
                 continue  # still running: it gets its record with its exit status
             p.claimed = True
             if _hook_program(p):
                 self.hook_programs += 1
-                continue
-            self._program_record(p)
+            elif startup_ns is None or p.start_ns < startup_ns:
+                self.startup_count += 1  # the start-up files' programs go on the session record
+                if len(self.startup) < MAX_INLINE_PROGRAMS:
+                    self.startup.append(p)
+            else:
+                self._program_record(p)
 
     def close(self) -> None:
         """The session ended: hand on everything held and every program left."""
@@ -222,5 +247,7 @@ class WitnessedRecords:
                 escaped=t.escaped,
                 dropped=t.dropped,
                 program_records=self.kernel_records,
+                startup_program_count=self.startup_count,
+                startup_programs=[p.to_data(self.redact) for p in self.startup],
             )
         return out
