@@ -55,6 +55,8 @@ def _ran(programs: Sequence[Program]) -> set[str]:
     for p in programs:
         if p.argv:
             out.add(os.path.basename(p.argv[0]))
+            if len(p.argv) > 1 and "/" in p.argv[1]:  # a script: the kernel runs its interpreter with its path
+                out.add(os.path.basename(p.argv[1]))
         if p.exe:
             out.add(os.path.basename(p.exe))
     return out

@@ -179,7 +179,7 @@ class ExecTrail:
         if self._conn is not None:
             while True:
                 events = self._conn.read(block=False)
-                if not events:
+                if events is None:
                     break
                 for ev in events:
                     self._on_proc(ev)

@@ -100,12 +100,13 @@ class ProcEventSocket:
             pass
         self.sock.close()
 
-    def read(self, block: bool = True) -> list[ProcEvent]:
-        """The events of one datagram (empty when nothing is waiting and ``block`` is false)."""
+    def read(self, block: bool = True) -> list[ProcEvent] | None:
+        """The events of one datagram (maybe none of the kinds decoded); None when nothing is waiting
+        and ``block`` is false."""
         try:
             data = self.sock.recv(65536, 0 if block else socket.MSG_DONTWAIT)
         except BlockingIOError:
-            return []
+            return None
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:  # the kernel dropped events: say so, go on
                 self.overruns += 1

@@ -30,6 +30,8 @@ MAX_INLINE_PROGRAMS = 50
 #: a command is handed on without its last programs' argv if the trail lags this long
 SETTLE_WAIT_S = 3.0
 _HOOK_ARGV = ["-w0"]
+#: how far before its start mark a command with no typed line may have started its programs
+MARK_LAG_S = 1.0
 
 
 @dataclass(slots=True)
@@ -91,6 +93,7 @@ class WitnessedRecords:
         self.hook_programs = 0
         self.kernel_records = 0
         self._held: list[Observed] = []
+        self._prev_end = 0.0
         #: when the shell first showed its prompt (or a line was first typed): programs before are start-up
         self.startup_end: float | None = None
         self.startup: list[Program] = []
@@ -107,6 +110,8 @@ class WitnessedRecords:
         """Hand on every held command whose programs are all known, and the programs no command can
         still claim (none started after ``hold_since``, the oldest typed line not yet a record)."""
         trail = self.trail
+        if trail is not None and trail.mode is not None:
+            trail.pump()  # an exec's process event is queued before the shell can report the command done
         while self._held:
             obs = self._held[0]
             end = obs.ended_at if obs.ended_at is not None else time.time()
@@ -130,7 +135,11 @@ class WitnessedRecords:
         trail = self.trail
         if trail is None or trail.mode is None:
             return []
-        start = obs.typed_at if obs.typed_at is not None else obs.started_at
+        if obs.typed_at is not None:
+            start = obs.typed_at
+        else:  # the start mark is read a little after the shell printed it: the command may be running
+            start = max(self._prev_end, obs.started_at - MARK_LAG_S)
+        self._prev_end = max(self._prev_end, end)
         since = trail.wall_to_ns(start)
         until = trail.wall_to_ns(end)
         progs = []
