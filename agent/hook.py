@@ -30,7 +30,7 @@ from agent.config import HookConfig
 from agent.errors import SpoolFull
 from agent.events import KINDS, format_ts, parse_ts
 from agent.metrics import AgentMetrics
-from agent.pipeline import Batcher
+from agent.pipeline.batcher import Batcher
 from agent.schema import SchemaError, validate_data
 
 log = structlog.get_logger("hook")
@@ -283,7 +283,7 @@ class HookServer:
         # an awaitable op answer
         return await item
 
-    def _handle_line(self, line: bytes, peer: Peer) -> Any:
+    def _handle_line(self, line: bytes | bytearray, peer: Peer) -> Any:
         try:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

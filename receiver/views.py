@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import format_ts, parse_ts
+from receiver.errors import ParamError
 from receiver.store import EventStore, Query
 
 DEFAULT_LIMIT = 1000
@@ -21,10 +22,6 @@ COMMON_PARAMS = ("server", "since", "until", "limit", "after")
 
 #: order of command statuses when two changes share a timestamp
 STATUS_RANK = {"scheduled": 0, "running": 1, "stuck": 2, "success": 3, "failed": 3}
-
-
-class ParamError(ValueError):
-    """A query parameter that is unknown or malformed; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)

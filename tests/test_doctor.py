@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import doctor
+from agent.cli import doctor, setup, unit
 from agent.config import load_config, parse_config
 from agent.spool import NewBatch, Spool
 from tests.harness import ReceiverProcess
@@ -34,7 +34,9 @@ DEFAULT_YAML = REPO / "config" / "agent.yaml"
 def cli(*argv: str) -> int:
     """Run one of this module's subcommands in-process, as the CLI would."""
     parser = argparse.ArgumentParser()
-    doctor.register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    doctor.register(sub)
+    setup.register(sub)
     args = parser.parse_args(list(argv))
     return int(args.func(args))
 
@@ -510,7 +512,7 @@ class TestSetup:
         fake.chmod(0o755)
         run_dir = tmp_path / "run-systemd"
         run_dir.mkdir()
-        monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", run_dir)
+        monkeypatch.setattr(unit, "SYSTEMD_RUN_DIR", run_dir)
         monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         (tmp_path / "agent.yaml").write_text("")
         assert self._setup(tmp_path) == 0

@@ -731,7 +731,7 @@ class TestReceiverCountMode:
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "receiver.app", "--listen", "127.0.0.1:0", *args],
+        [sys.executable, "-m", "receiver.cli", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -799,7 +799,7 @@ class TestReceiverCLI:
     def test_bad_arguments_exit_2(self, args: list[str], words: str) -> None:
         """Bad flags, a missing token file or an unusable db exit 2 with the reason."""
         res = subprocess.run(
-            [sys.executable, "-m", "receiver.app", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "receiver.cli", "--listen", "127.0.0.1:0", *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -812,7 +812,7 @@ class TestReceiverCLI:
         try:
             port = url.rsplit(":", 1)[1]
             res = subprocess.run(
-                [sys.executable, "-m", "receiver.app", "--listen", f"127.0.0.1:{port}"],
+                [sys.executable, "-m", "receiver.cli", "--listen", f"127.0.0.1:{port}"],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -853,7 +853,7 @@ class TestReceiverConcurrency:
 class TestCountSinkPaths:
     def test_uniform_path_counts_like_the_per_event_path(self) -> None:
         """Whole-batch counting gives the same stats as counting event by event, gaps and reorders included."""
-        from receiver.app import CountSink
+        from receiver.count_sink import CountSink
 
         seqs = list(range(3000))
         del seqs[1234]  # a gap
