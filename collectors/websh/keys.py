@@ -30,6 +30,7 @@ class _Awaiting:
     cwd: str | None
     uid: int | None
     user: str | None
+    shell_pid: int | None
 
 
 class TypedInput:
@@ -47,9 +48,9 @@ class TypedInput:
         """The screen's output is needed (a line waits for its echo, or one is being typed)."""
         return bool(self.awaiting) or not self.editor.empty
 
-    def oldest(self) -> float | None:
-        """When the oldest line still waiting for its echo was typed."""
-        return self.awaiting[0].at if self.awaiting else None
+    def waiting_since(self) -> list[float]:
+        """When each line still waiting for its echo was typed."""
+        return [a.at for a in self.awaiting]
 
     def keys(
         self,
@@ -61,15 +62,17 @@ class TypedInput:
         cwd: str | None,
         uid: int | None = None,
         user: str | None = None,
+        shell_pid: int | None = None,
     ) -> None:
-        """Keys typed at a shell (``secret``: at a no-echo prompt)."""
+        """Keys typed at a shell (``secret``: at a no-echo prompt; ``shell_pid``: that shell)."""
         if self.editor.empty:
             self._line_start = self.echo.offset
         lines = self.editor.feed(data, secret=secret)
         if lines:
             for i, ln in enumerate(lines):
                 self.awaiting.append(
-                    _Awaiting(ln.text, ln.truncated, ln.exact, self._line_start, i, now, top_level, cwd, uid, user)
+                    _Awaiting(ln.text, ln.truncated, ln.exact, self._line_start, i, now, top_level, cwd, uid, user,
+                              shell_pid)
                 )
             self.confirm()
 
@@ -92,7 +95,7 @@ class TypedInput:
             a = self.awaiting[i]
             if shown[i]:
                 self._line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated, exact=a.exact,
-                           uid=a.uid, user=a.user)
+                           uid=a.uid, user=a.user, shell_pid=a.shell_pid)
             elif a.exact or not any(shown[i + 1:]):
                 break
             i += 1

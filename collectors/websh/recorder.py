@@ -151,7 +151,8 @@ class Recorder:
         trail = self.trail
         self.records = WitnessedRecords(self._on_command, session_id=self.info.session_id, redact=self.redact,
                                         trail=trail, shell_pid=lambda: self.child.pid, format_ts=format_ts,
-                                        path=env.get("PATH"))
+                                        path=env.get("PATH"),
+                                        waiting=lambda: self._typed.waiting_since() + self._tracker.waiting_since())
         started = time.time()
         saved = termios.tcgetattr(self.stdin) if is_tty else None
         try:
@@ -213,8 +214,7 @@ class Recorder:
         if self.trail is None or self.records is None:
             return
         self.trail.pump()
-        waits = [t for t in (self._typed.oldest(), self._tracker.hold_since()) if t is not None]
-        self.records.flush(hold_since=min(waits) if waits else None)
+        self.records.flush()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._flags.add(signum)
@@ -389,5 +389,6 @@ class Recorder:
             return True
         self._typed.keys(data, time.time(), secret=secret, top_level=top_level, cwd=who.cwd if who else None,
                          uid=None if top_level or who is None else who.uid,
-                         user=None if top_level or who is None else who.user)
+                         user=None if top_level or who is None else who.user,
+                         shell_pid=child.pid if top_level or who is None else who.pid)
         return True

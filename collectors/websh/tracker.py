@@ -55,6 +55,7 @@ class CommandRecord:
     tampered: str | None = None
     uid: int | None = None
     user: str | None = None
+    shell_pid: int | None = None
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class _Pending:
     exact: bool = True
     uid: int | None = None
     user: str | None = None
+    shell_pid: int | None = None
 
 
 def cap_command(text: str, limit: int = MAX_COMMAND_BYTES) -> tuple[str, bool]:
@@ -209,7 +211,7 @@ class CommandTracker:
 
     def _record_typed(self, p: _Pending, now: float | None, status: int | None) -> None:
         self._record(p.text, p.at, now, status, p.cwd, "input", p.truncated, typed_text=p.text,
-                     typed_exact=p.exact, typed_at=p.at, uid=p.uid, user=p.user)
+                     typed_exact=p.exact, typed_at=p.at, uid=p.uid, user=p.user, shell_pid=p.shell_pid)
 
     # -- typed lines -------------------------------------------------------------------------
 
@@ -224,22 +226,23 @@ class CommandTracker:
         exact: bool = True,
         uid: int | None = None,
         user: str | None = None,
+        shell_pid: int | None = None,
     ) -> None:
         """A line typed and echoed: at the session's own shell (``top_level``) or a nested one
-        (``uid``/``user``: who that shell runs as)."""
-        pending = _Pending(text, now, cwd, truncated, self._marks, exact, uid, user)
+        (``uid``/``user``: who that shell runs as; ``shell_pid``: the shell)."""
+        pending = _Pending(text, now, cwd, truncated, self._marks, exact, uid, user, shell_pid)
         if not top_level or not self.integrated:
             if _is_command(text):
                 self._record_typed(pending, None, None)
             return
         self._pending.append(pending)
 
-    def hold_since(self) -> float | None:
-        """When the oldest typed line or open command that may still claim programs began."""
+    def waiting_since(self) -> list[float]:
+        """When each typed line, and the open command, that is not a record yet began."""
         times = [p.at for p in self._pending]
         if self._open is not None:
             times.append(self._open.typed_at or self._open.started_at)
-        return min(times) if times else None
+        return times
 
     def tick(self, now: float) -> None:
         """Notice hooks that went away: typed lines with no mark at all for a while."""

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from collectors.websh import procinfo
 from collectors.websh.evidence import kernel_exit, weigh
 from collectors.websh.exectrail import ExecTrail
 from collectors.websh.programs import Program
@@ -30,6 +31,10 @@ MAX_INLINE_PROGRAMS = 50
 #: a command is handed on without its last programs' argv if the trail lags this long
 SETTLE_WAIT_S = 3.0
 _HOOK_ARGV = ["-w0"]
+#: a typed line with no end is handed on this long after it was typed, if no other record came
+OPEN_HOLD_S = 30.0
+#: a typed line whose shell is back at its prompt this long after the line ends there
+PROMPT_SETTLE_S = 0.5
 #: how far before its start mark a command with no typed line may have started its programs
 MARK_LAG_S = 1.0
 
@@ -51,6 +56,7 @@ class Observed:
     uid: int | None = None
     user: str | None = None
     tampered: str | None = None
+    shell_pid: int | None = None
     at: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -59,7 +65,7 @@ class Observed:
         ended = None if rec.duration_ms is None else rec.started_at + rec.duration_ms / 1000
         return cls(rec.started_at, ended, rec.exit_code, rec.cwd, rec.source, rec.truncated, rec.marks_text,
                    rec.typed_text, rec.typed_exact, rec.typed_at, rec.uid if rec.uid is not None else uid,
-                   rec.user or user, rec.tampered)
+                   rec.user or user, rec.tampered, rec.shell_pid)
 
 
 def _hook_program(p: Program) -> bool:
@@ -80,6 +86,7 @@ class WitnessedRecords:
         shell_pid: Callable[[], int],
         format_ts: Callable[[float], str],
         path: str | None = None,
+        waiting: Callable[[], list[float]] = list,
     ) -> None:
         self._emit = emit
         self.session_id = session_id
@@ -87,6 +94,8 @@ class WitnessedRecords:
         self.trail = trail
         self._shell_pid = shell_pid
         self._ts = format_ts
+        #: when each typed line (and the open command) that is not a record yet began
+        self._waiting = waiting
         self.path = path
         self.count = 0
         self.tampered = 0
@@ -106,15 +115,17 @@ class WitnessedRecords:
         self._held.append(obs)
         self.flush()
 
-    def flush(self, *, hold_since: float | None = None, final: bool = False) -> None:
+    def flush(self, *, final: bool = False) -> None:
         """Hand on every held command whose programs are all known, and the programs no command can
-        still claim (none started after ``hold_since``, the oldest typed line not yet a record)."""
+        still claim (none started after a typed line that is not a record yet, or a held command)."""
         trail = self.trail
         if trail is not None and trail.mode is not None:
             trail.pump()  # an exec's process event is queued before the shell can report the command done
         while self._held:
             obs = self._held[0]
-            end = obs.ended_at if obs.ended_at is not None else time.time()
+            end = self._end_of(obs, final)
+            if end is None:
+                break  # a typed line with no end yet: its programs may still be starting
             if trail is not None and trail.mode is not None and not final:
                 if not trail.settled(trail.wall_to_ns(end)) and time.monotonic() - obs.at < SETTLE_WAIT_S:
                     break
@@ -122,14 +133,35 @@ class WitnessedRecords:
             self._record(obs, end)
         if trail is None or trail.mode is None:
             return
-        limit = time.time() if hold_since is None else hold_since
-        if self._held:
-            limit = min(limit, self._held[0].typed_at or self._held[0].started_at)
+        limit = min([time.time(), *self._waiting()])
+        for obs in self._held:  # a held command may still claim what started inside it
+            limit = min(limit, obs.typed_at or obs.started_at)
         until = trail.wall_to_ns(limit)
         if not final and not trail.settled(until):
             return
         self._orphans(trail, until, final)
         trail.forget_claimed()
+
+    def _end_of(self, obs: Observed, final: bool) -> float | None:
+        """Where a command's window ends: its end mark; for a typed line (no marks), the next record's
+        start (or end, for the command it was typed inside); None while that is not known yet."""
+        if obs.ended_at is not None or self.trail is None or self.trail.mode is None:
+            return obs.ended_at if obs.ended_at is not None else time.time()
+        start = obs.typed_at if obs.typed_at is not None else obs.started_at
+        if len(self._held) > 1:
+            nxt = self._held[1]
+            nxt_start = nxt.typed_at if nxt.typed_at is not None else nxt.started_at
+            if nxt_start > start:
+                return nxt_start
+            if nxt.ended_at is not None and nxt.ended_at > start:
+                return nxt.ended_at
+        age = time.monotonic() - obs.at
+        if final or age > OPEN_HOLD_S:
+            return time.time()
+        if age > PROMPT_SETTLE_S and obs.shell_pid is not None and procinfo.at_prompt(obs.shell_pid):
+            # the shell is back at its prompt: what the line ran is over (and the next line is not its)
+            return min([time.time(), *(t for t in self._waiting() if t > start)])
+        return None
 
     def _take(self, obs: Observed, end: float) -> list[Program]:
         trail = self.trail
