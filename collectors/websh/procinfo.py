@@ -58,18 +58,21 @@ def comm(pid: int) -> str:
 
 
 def shell_behind(pid: int) -> int:
-    """The deepest shell among ``pid`` and its descendants (``pid`` itself when there is none)."""
-    best, best_depth = pid, 0 if comm(pid) in SHELLS else -1
+    """The shell the keys reach among ``pid`` and its descendants: the deepest one waiting at its
+    prompt (its terminal's foreground), else the deepest shell, else ``pid`` itself."""
+    found: list[tuple[bool, int, int]] = []
+    if comm(pid) in SHELLS:
+        found.append((at_prompt(pid), 0, pid))
     stack = [(pid, 0)]
     seen = 0
     while stack and seen < MAX_DESCENDANTS:
         p, depth = stack.pop()
         seen += 1
         for c in children(p):
-            if comm(c) in SHELLS and depth + 1 > best_depth:
-                best, best_depth = c, depth + 1
+            if comm(c) in SHELLS:
+                found.append((at_prompt(c), depth + 1, c))
             stack.append((c, depth + 1))
-    return best
+    return max(found)[2] if found else pid
 
 
 def identity(pid: int) -> Identity:
@@ -95,7 +98,7 @@ def identity(pid: int) -> Identity:
 
 
 def at_prompt(pid: int) -> bool:
-    """Whether ``pid`` is its terminal's foreground process group (a shell waiting at its prompt)."""
+    """Whether ``pid`` leads its terminal's foreground process group (a shell waiting at its prompt)."""
     raw = _read(f"/proc/{pid}/stat")
     if not raw:
         return False
@@ -104,7 +107,7 @@ def at_prompt(pid: int) -> bool:
         pgrp, tpgid = int(fields[2]), int(fields[5])
     except (IndexError, ValueError):
         return False
-    return tpgid == pgrp
+    return tpgid == pgrp == pid  # a job-control shell leads its group; its subshells do not
 
 
 def nested_shell(fg: int) -> int | None:

@@ -183,6 +183,11 @@ class WitnessedRecords:
         return progs
 
     def _record(self, obs: Observed, end: float) -> None:
+        start = obs.typed_at if obs.typed_at is not None else obs.started_at
+        later = [o.typed_at if o.typed_at is not None else o.started_at for o in self._held] + self._waiting()
+        for later_start in later:  # a later line's programs are its own (a command that never ended)
+            if start < later_start < end:
+                end = later_start
         progs = self._take(obs, end)
         verdict = weigh(obs.marks_text, obs.typed_text, obs.typed_exact, progs, path=self.path)
         if verdict.tampered and not obs.tampered:
