@@ -67,7 +67,7 @@ def token_alive(token: str | None) -> bool:
     if not token or "." not in token:
         return False
     pid, _, started = token.partition(".")
-    return pid.isdigit() and _start_time(int(pid)) == started
+    return pid.isdigit() and started != "gone" and _start_time(int(pid)) == started
 
 
 class DurableQueue:
