@@ -6,8 +6,11 @@ Record, and checks what the kernel's exec trail, the typed keys and the marks ma
 
 from __future__ import annotations
 
+import json
 import pwd
+import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -316,10 +319,30 @@ def test_session_metadata_over_the_caps_is_clipped_not_lost(tmp_path: Path, serv
     assert opened and len(opened[0]["browser"]) == 1024
 
 
-def test_doctor_names_the_exec_trail() -> None:
-    """``doctor``'s check says whether the exec trail can be had (here, as root: yes, with argv)."""
-    need_root()
-    from collectors.websh.cli import check_exec_trail
+def _doctor_trail(config: Path, *prefix: str) -> dict[str, Any]:
+    agent = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "alpacon-agent"
+    proc = subprocess.run([*prefix, str(agent), "doctor", "--json", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith("["), proc.stderr[-2000:]
+    out = proc.stdout
+    return next(r for r in json.loads(out) if r["name"] == "websh exec trail")
 
-    (result,) = check_exec_trail(None)  # type: ignore[arg-type]  # the check reads no config
-    assert result.status == "OK" and "argv from the kernel" in result.detail
+
+def test_doctor_reports_whether_the_exec_trail_can_be_had(tmp_path: Path) -> None:
+    """``doctor`` names the exec trail: OK as root; as another user, a warning that says why."""
+    need_root()
+    need_binary("setpriv")
+    from tests.test_doctor import write_config
+
+    import tempfile
+
+    readable = Path(tempfile.mkdtemp(prefix="ws-doctor-"))  # pytest's tmp_path is root's alone
+    readable.chmod(0o755)
+    config = write_config(readable, {})
+    as_root = _doctor_trail(config)
+    assert as_root["status"] == "OK" and "argv from the kernel" in as_root["detail"]
+    try:
+        nobody = _doctor_trail(config, "setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    finally:
+        shutil.rmtree(readable)
+    assert nobody["status"] == "WARN" and "audit" in nobody["detail"] and nobody["fix"]
