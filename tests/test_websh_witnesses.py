@@ -10,7 +10,6 @@ import json
 import pwd
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -332,9 +331,9 @@ def test_doctor_reports_whether_the_exec_trail_can_be_had(tmp_path: Path) -> Non
     """``doctor`` names the exec trail: OK as root; as another user, a warning that says why."""
     need_root()
     need_binary("setpriv")
-    from tests.test_doctor import write_config
-
     import tempfile
+
+    from tests.test_doctor import write_config
 
     readable = Path(tempfile.mkdtemp(prefix="ws-doctor-"))  # pytest's tmp_path is root's alone
     readable.chmod(0o755)
