@@ -13,6 +13,7 @@ the input (with the reason) and carry on with the rest.
      │    ├── ConfigError                bad configuration: never starts, reload keeps the old one
      │    ├── SetupError                 setup cannot proceed; nothing was changed
      │    ├── RecorderError              a Websh session cannot start (unknown user, no permission …)
+     │    ├── ExecTrailUnavailable       the kernel's exec trail cannot be had here (also an OSError)
      │    └── PermanentShipError         the sink refuses the batch as it is
      │         ├── AuthError             401/403: pause shipping, keep data, retry slowly
      │         ├── TooLarge              413: split the batch
@@ -78,6 +79,11 @@ class SetupError(PermanentError):
 
 class RecorderError(PermanentError):
     """The session cannot start (unknown user, no permission …)."""
+
+
+class ExecTrailUnavailable(PermanentError, OSError):
+    """The kernel's exec trail (process events, audit) cannot be had: not root, a namespace, audit
+    locked …; the session is recorded without it and says why."""
 
 
 # -- shipping ------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.errors import ExecTrailUnavailable
+
 NETLINK_AUDIT = 9
 AUDIT_NLGRP_READLOG = 1
 NLMSG_ERROR = 2
@@ -58,8 +60,8 @@ RECV_BUFFER = 32 * 1024 * 1024
 SO_RCVBUFFORCE = 33
 
 
-class AuditUnavailable(OSError):
-    """Audit cannot be used here (not root, a container's namespace, audit locked …)."""
+#: the connector (or audit) cannot be had here (not root, no kernel support, a namespace …)
+AuditUnavailable = ExecTrailUnavailable
 
 
 def _nlmsg(kind: int, body: bytes, seq: int) -> bytes:

@@ -16,6 +16,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from agent.errors import ExecTrailUnavailable
+
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = 1
 CN_VAL_PROC = 1
@@ -38,8 +40,8 @@ _ID_BODY = struct.Struct("=IIII")
 _EXIT_BODY = struct.Struct("=IIII")
 
 
-class ProcEventsUnavailable(OSError):
-    """The connector cannot be had here (not root, no ``CONFIG_PROC_EVENTS``, a namespace …)."""
+#: the connector (or audit) cannot be had here (not root, no kernel support, a namespace …)
+ProcEventsUnavailable = ExecTrailUnavailable
 
 
 @dataclass(frozen=True, slots=True)

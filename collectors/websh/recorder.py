@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.errors import RecorderError  # noqa: F401 - the name callers imported from here
 from agent.events import format_ts, stable_id
 from collectors.websh import procinfo
 from collectors.websh.asciicast import AsciicastWriter
