@@ -99,18 +99,31 @@ def test_programs_after_exec_bash_are_kept_with_their_status(tmp_path: Path, ser
     assert ran(got, "/bin/sh", "-c", "exit 5")["exit_code"] == 5
 
 
+FORGE = {
+    "bash": (
+        "printf '\\033]6973;%s;S;%s\\007\\033]6973;%s;D;0\\007' $__alpacon_nonce "
+        "$(printf '  9000  echo totally-innocent\\0/home' | base64 -w0) $__alpacon_nonce",
+        "__alpacon_preexec() { builtin printf '\\033]6973;%s;S;%s\\007' \"$__alpacon_nonce\" "
+        "\"$(builtin printf '  9999  ls\\0/tmp' | base64 -w0)\"; }",
+    ),
+    "zsh": (
+        "printf '\\033]6973;%s;T;%s\\007\\033]6973;%s;D;0\\007' $__alpacon_nonce "
+        "$(printf 'echo totally-innocent\\0/home' | base64 -w0) $__alpacon_nonce",
+        "__alpacon_preexec() { print -rn -- $'\\e]6973;'\"$__alpacon_nonce;T;$(print -rn -- $'ls\\0/tmp' "
+        "| base64 -w0)\"$'\\a' }",
+    ),
+}
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_forged_and_renamed_records_are_flagged_and_the_real_commands_kept(
-    tmp_path: Path, server: HookServer
+    tmp_path: Path, server: HookServer, shell: str
 ) -> None:
     """Case 2: marks printed by hand with the nonce, and a preexec hook that says ``ls`` for all."""
-    s = start(tmp_path, server, "bash", "forge")
-    forge = (
-        "printf '\\033]6973;%s;S;%s\\007\\033]6973;%s;D;0\\007' $__alpacon_nonce "
-        "$(printf '  9000  echo totally-innocent\\0/home' | base64 -w0) $__alpacon_nonce"
-    )
+    s = start(tmp_path, server, shell, f"forge-{shell}")
+    forge, rename = FORGE[shell]
     s.run(forge)
-    s.run("__alpacon_preexec() { builtin printf '\\033]6973;%s;S;%s\\007' \"$__alpacon_nonce\" "
-          "\"$(builtin printf '  9999  ls\\0/tmp' | base64 -w0)\"; }")
+    s.run(rename)
     s.run("rm -f /tmp/ws-forge-target")
     s.run("cat /etc/passwd >/dev/null")
     s.child.send("exit\r")
@@ -121,6 +134,7 @@ def test_forged_and_renamed_records_are_flagged_and_the_real_commands_kept(
     assert printf.get("tampered") and "forged" in printf["tampered"]
     rm = by_text(got, "rm -f /tmp/ws-forge-target")
     assert rm["tampered"] and "'ls'" in rm["tampered"] and "kernel" in rm["witnesses"]
+    assert rm["cwd"] == str(s.home)  # read from /proc, not the forged mark's /tmp
     assert ran(got, "rm", "-f", "/tmp/ws-forge-target")["exit_code"] == 0
     cat = by_text(got, "cat /etc/passwd >/dev/null")
     assert "kernel" in cat["witnesses"] and ran(got, "cat", "/etc/passwd")["exit_code"] == 0

@@ -194,13 +194,16 @@ class LineEditor:
             self._key(b, b"")
 
 
-def visible_text(data: bytes, max_lines: int | None = None) -> str:
+def visible_text(data: bytes, max_lines: int | None = None, cols: int | None = None) -> str:
     """What terminal output shows, line by line: printed characters at the cursor, with the cursor
     moves (backspace, carriage return, left/right, column) and line edits (erase, insert, delete
-    characters) a line editor redraws with; other escapes dropped. ``max_lines``: stop after that many."""
+    characters) a line editor redraws with; other escapes dropped. ``max_lines``: stop after that
+    many. ``cols``: the terminal's width; a line longer than it wraps onto the next screen row and
+    stays one line here (a carriage return then goes to the start of that row, as zle relies on)."""
     lines: list[str] = []
     row: list[str] = []
     cur = 0
+    base = 0  # where the screen row the cursor is on starts, in the (wrapped) line
     text = data.decode("utf-8", "replace")
     i, n = 0, len(text)
     while i < n:
@@ -210,19 +213,21 @@ def visible_text(data: bytes, max_lines: int | None = None) -> str:
             lines.append("".join(row).rstrip())
             if max_lines is not None and len(lines) >= max_lines:
                 return "\n".join(lines)
-            row, cur = [], 0
+            row, cur, base = [], 0, 0
         elif c == "\r":
-            cur = 0
+            cur = base
         elif c == "\x08":
-            cur = max(0, cur - 1)
+            cur = max(base, cur - 1)
         elif c == "\x1b":
             m = _ESC_STR.match(text, i - 1)
             if m is None:
                 continue
             i = m.end()
             if m.group(1) is not None:
-                cur = _csi(row, cur, m.group(1), m.group(2))
+                cur = base + _csi(row, cur - base, m.group(1), m.group(2), base)
         elif c >= " " and c != "\x7f":
+            if cols and cur - base >= cols:
+                base += cols  # autowrap onto the next row of the same line
             if cur < len(row):
                 row[cur] = c
             else:
@@ -233,30 +238,33 @@ def visible_text(data: bytes, max_lines: int | None = None) -> str:
     return "\n".join(lines)
 
 
-def _csi(row: list[str], cur: int, params: str, final: str) -> int:
+def _csi(row: list[str], col: int, params: str, final: str, base: int = 0) -> int:
+    """Apply one CSI sequence to the screen row starting at ``base`` of ``row``; the new column."""
     try:
         num = int(params.split(";")[0] or 0)
     except ValueError:
         num = 0
     count = max(num, 1)
+    cur = base + col
     if final == "K":
         if num == 0:
             del row[cur:]
         elif num == 1:
-            row[: min(cur + 1, len(row))] = [" "] * min(cur + 1, len(row))
+            upto = min(cur + 1, len(row))
+            row[base:upto] = [" "] * max(0, upto - base)
         else:
-            row.clear()
+            del row[base:]
     elif final == "D":
-        cur = max(0, cur - count)
+        col = max(0, col - count)
     elif final == "C":
-        cur += count
+        col += count
     elif final == "G":
-        cur = count - 1
+        col = count - 1
     elif final == "P":
         del row[cur:cur + count]
     elif final == "@":
         row[cur:cur] = [" "] * count
-    return cur
+    return col
 
 
 class EchoCheck:
@@ -267,8 +275,10 @@ class EchoCheck:
     multi-line paste must be found that way, in order.
     """
 
-    def __init__(self, max_bytes: int = 262_144) -> None:
+    def __init__(self, max_bytes: int = 262_144, cols: int | None = None) -> None:
         self.max_bytes = max_bytes
+        #: the terminal's width (long lines wrap), when known
+        self.cols = cols
         self._buf = bytearray()
         self._base = 0  # stream offset of _buf[0]
 
@@ -292,12 +302,13 @@ class EchoCheck:
             del self._buf[:cut]
             self._base += cut
 
-    def shown(self, text: str, since: int, index: int = 0) -> bool:
-        """Whether ``text`` was echoed after stream offset ``since`` (``index``: lines ahead of it)."""
+    def shown(self, text: str, since: int, index: int = 0, prefix: bytes = b"") -> bool:
+        """Whether ``text`` was echoed after stream offset ``since`` (``index``: lines ahead of it;
+        ``prefix``: what the screen row held before ``since``, the prompt, for where lines wrap)."""
         start = max(since - self._base, 0)
         parts = text.split("\n")
         window = len(parts) + index + 1
-        screen = visible_text(bytes(self._buf[start:]), max_lines=window + 1).split("\n")
+        screen = visible_text(prefix + bytes(self._buf[start:]), max_lines=window + 1, cols=self.cols).split("\n")
         row = 0
         for part in parts:
             part = part.strip()

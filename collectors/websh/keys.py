@@ -31,6 +31,11 @@ class _Awaiting:
     uid: int | None
     user: str | None
     shell_pid: int | None
+    prefix: bytes = b""
+
+
+#: how much of the output before a line is kept, to know where its screen row began
+ROW_TAIL = 512
 
 
 class TypedInput:
@@ -42,6 +47,9 @@ class TypedInput:
         self.echo = EchoCheck()
         self.awaiting: list[_Awaiting] = []
         self._line_start = 0
+        self._prefix = b""
+        #: the last output bytes (whatever the state): the row a line starts on
+        self.tail = b""
 
     @property
     def wants_output(self) -> bool:
@@ -67,20 +75,25 @@ class TypedInput:
         """Keys typed at a shell (``secret``: at a no-echo prompt; ``shell_pid``: that shell)."""
         if self.editor.empty:
             self._line_start = self.echo.offset
+            self._prefix = self.tail[self.tail.rfind(b"\n") + 1:]
         lines = self.editor.feed(data, secret=secret)
         if lines:
             for i, ln in enumerate(lines):
                 self.awaiting.append(
                     _Awaiting(ln.text, ln.truncated, ln.exact, self._line_start, i, now, top_level, cwd, uid, user,
-                              shell_pid)
+                              shell_pid, self._prefix)
                 )
             self.confirm()
 
     def not_for_a_shell(self) -> None:
         self.editor.reset()  # keys for a program (vim, top, a REPL …), not for a shell
 
+    def output(self, visible: bytes) -> None:
+        """Every piece of output (cheap): the last bytes are kept."""
+        self.tail = visible[-ROW_TAIL:] if len(visible) >= ROW_TAIL else self.tail[-ROW_TAIL:] + visible
+
     def shown(self, visible: bytes) -> None:
-        """Output the user saw."""
+        """Output the user saw while a line is typed or waits for its echo."""
         self.echo.add(visible)
         if self.awaiting:
             self.confirm()
@@ -89,7 +102,7 @@ class TypedInput:
         """Hand on, in the order they were typed, the typed lines the screen has shown by now. A line
         the keys cannot tell exactly (Tab completion, history recall) is never shown as typed: it is
         dropped once a later line is shown, so that it holds up no other."""
-        shown = [self.echo.shown(a.text, a.since, a.index) for a in self.awaiting]
+        shown = [self.echo.shown(a.text, a.since, a.index, a.prefix) for a in self.awaiting]
         i = 0
         while i < len(self.awaiting):
             a = self.awaiting[i]

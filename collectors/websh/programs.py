@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.events import format_ts
+
 MAX_ARGV_BYTES = 8192
 #: words beyond this are dropped (the marker says how many there were)
 MAX_ARGV_WORDS = 1024
@@ -52,6 +54,7 @@ class Program:
         data: dict[str, Any] = {
             "argv": [redact(a) for a in self.argv] if self.argv is not None else None,
             "pid": self.pid,
+            "started_at": format_ts(self.started_at),
             "ppid": self.ppid,
             "uid": self.uid,
             "user": user_name(self.uid),

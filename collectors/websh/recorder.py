@@ -149,6 +149,7 @@ class Recorder:
             self._on_record, integrated=launch.hooked, hooks_lost_after_s=self.opts.hooks_lost_after_s
         )
         self.typed = TypedInput(self.tracker.line)
+        self.typed.echo.cols = struct.unpack("HHHH", size)[1] if size else 80
         trail = self.trail
         self.records = WitnessedRecords(self._on_command, session_id=self.info.session_id, redact=self.redact,
                                         trail=trail, shell_pid=lambda: self.child.pid, format_ts=format_ts,
@@ -311,6 +312,7 @@ class Recorder:
         ws = winsize(self.stdin)
         if ws is None or not self.child.resize(ws):
             return
+        self._typed.echo.cols = struct.unpack("HHHH", ws)[1] or None
         if self._cast is not None:
             rows, cols = struct.unpack("HHHH", ws)[:2]
             self._cast.resize(cols, rows)
@@ -342,6 +344,7 @@ class Recorder:
                 self._alt = alt
             if self._typed.wants_output:
                 self._typed.shown(visible)
+            self._typed.output(visible)
             if self._cast is not None:
                 self._cast.output(visible)
         if marks:

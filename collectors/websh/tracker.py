@@ -56,6 +56,8 @@ class CommandRecord:
     uid: int | None = None
     user: str | None = None
     shell_pid: int | None = None
+    #: the cwd the recorder read from /proc when the line was typed (the marks' cwd may be forged)
+    typed_cwd: str | None = None
 
 
 @dataclass(slots=True)
@@ -70,6 +72,7 @@ class _Open:
     typed_exact: bool = False
     typed_at: float | None = None
     tampered: str | None = None
+    typed_cwd: str | None = None
 
 
 @dataclass(slots=True)
@@ -168,7 +171,8 @@ class CommandTracker:
             if cwd is None and typed:
                 cwd = typed[0].cwd
         self._open = _Open(text, now, cwd, source, truncated, marks_text, typed_text,
-                           bool(typed) and all(p.exact for p in typed), typed[0].at if typed else None)
+                           bool(typed) and all(p.exact for p in typed), typed[0].at if typed else None,
+                           typed_cwd=typed[0].cwd if typed else None)
 
     def _from_history(self, line: str) -> str | None:
         m = _HISTORY_LINE.match(line)
@@ -207,7 +211,7 @@ class CommandTracker:
         self._open = None
         self._record(op.command, op.started_at, now, status, op.cwd, op.source, op.truncated,
                      marks_text=op.marks_text, typed_text=op.typed_text, typed_exact=op.typed_exact,
-                     typed_at=op.typed_at, tampered=op.tampered)
+                     typed_at=op.typed_at, tampered=op.tampered, typed_cwd=op.typed_cwd)
 
     def _record_typed(self, p: _Pending, now: float | None, status: int | None) -> None:
         self._record(p.text, p.at, now, status, p.cwd, "input", p.truncated, typed_text=p.text,

@@ -57,6 +57,7 @@ class Observed:
     user: str | None = None
     tampered: str | None = None
     shell_pid: int | None = None
+    typed_cwd: str | None = None
     at: float = field(default_factory=time.monotonic)
 
     @classmethod
@@ -65,7 +66,7 @@ class Observed:
         ended = None if rec.duration_ms is None else rec.started_at + rec.duration_ms / 1000
         return cls(rec.started_at, ended, rec.exit_code, rec.cwd, rec.source, rec.truncated, rec.marks_text,
                    rec.typed_text, rec.typed_exact, rec.typed_at, rec.uid if rec.uid is not None else uid,
-                   rec.user or user, rec.tampered, rec.shell_pid)
+                   rec.user or user, rec.tampered, rec.shell_pid, rec.typed_cwd)
 
 
 def _hook_program(p: Program) -> bool:
@@ -205,7 +206,7 @@ class WitnessedRecords:
             "started_at": self._ts(obs.started_at),
             "duration_ms": duration,
             "exit_code": exit_code,
-            "cwd": obs.cwd,
+            "cwd": obs.typed_cwd if tampered and obs.typed_cwd else obs.cwd,  # the marks' cwd is theirs
             "source": source,
             "user": obs.user,
             "uid": obs.uid,
