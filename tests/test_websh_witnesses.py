@@ -204,10 +204,11 @@ def test_programs_in_a_nested_pty_are_in_the_record(tmp_path: Path, server: Hook
     assert by_text(got, "/bin/echo inner-x")["source"] == "input"  # the nested shell's line, too
 
 
-def test_sudo_i_records_the_nested_shells_cwd_and_user(tmp_path: Path, server: HookServer) -> None:
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_sudo_i_records_the_nested_shells_cwd_and_user(tmp_path: Path, server: HookServer, shell: str) -> None:
     """Case 6: with ``use_pty`` the foreground is sudo; the cwd is read from the shell behind it."""
     need_binary("sudo")
-    s = start(tmp_path, server, "bash", "sudo-i")
+    s = start(tmp_path, server, shell, f"sudo-i-{shell}")
     s.run("cd /usr")
     s.child.send("sudo -i\r")
     say(s, "echo ready-$((2+3))", "ready-5")
@@ -235,11 +236,14 @@ def other_user() -> Iterator[tuple[str, int]]:
         subprocess.run(["userdel", "-r", OTHER], capture_output=True)
 
 
-def test_su_records_name_the_user_they_ran_as(tmp_path: Path, server: HookServer, other_user: tuple[str, int]) -> None:
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_su_records_name_the_user_they_ran_as(
+    tmp_path: Path, server: HookServer, other_user: tuple[str, int], shell: str
+) -> None:
     """Case 7: ``su - other``: the nested commands and their programs carry the other user."""
     name, uid = other_user
     need_binary("su")
-    s = start(tmp_path, server, "bash", "su")
+    s = start(tmp_path, server, shell, f"su-{shell}")
     s.child.send(f"su - {name}\r")
     say(s, "echo ready-$((3+4))", "ready-7")
     say(s, "/bin/echo as-other", "as-other\r\n")
@@ -254,9 +258,10 @@ def test_su_records_name_the_user_they_ran_as(tmp_path: Path, server: HookServer
     assert by_text(got, f"su - {name}")["user"] == "root"
 
 
-def test_a_pasted_pair_of_commands_both_get_their_exit_status(tmp_path: Path, server: HookServer) -> None:
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_a_pasted_pair_of_commands_both_get_their_exit_status(tmp_path: Path, server: HookServer, shell: str) -> None:
     """Case 8: two commands pasted at once (one write, no bracketed paste)."""
-    s = start(tmp_path, server, "bash", "paste")
+    s = start(tmp_path, server, shell, f"paste-{shell}")
     s.child.send("/bin/sh -c 'exit 3'\r/bin/echo pasted-2\r")
     s.child.expect_exact("pasted-2\r\n")
     s.prompt()
@@ -271,12 +276,13 @@ def test_a_pasted_pair_of_commands_both_get_their_exit_status(tmp_path: Path, se
 
 
 def test_three_sessions_sharing_a_queue_deliver_each_row_once(tmp_path: Path) -> None:
-    """Case 9: three sessions with the agent down, then up: no row is sent by two deliverers."""
+    """Case 9: three sessions (bash, zsh, bash) with the agent down, then up: no row is sent by two
+    deliverers."""
     need_root()
     sock = tmp_path / "late.sock"
     server = HookServer(sock)
-    sessions = [Session(tmp_path, None, [need_binary("bash")], sid=f"shared-{i}", socket=str(sock))
-                for i in range(3)]
+    sessions = [Session(tmp_path, None, [need_binary(sh)], sid=f"shared-{i}", socket=str(sock))
+                for i, sh in enumerate(("bash", "zsh", "bash"))]
     try:
         for s in sessions:
             s.prompt()
