@@ -86,6 +86,8 @@ class _Pending:
     uid: int | None = None
     user: str | None = None
     shell_pid: int | None = None
+    #: typed before the command that is running began: it is the shell's next line, not the command's
+    ahead: bool = False
 
 
 def cap_command(text: str, limit: int = MAX_COMMAND_BYTES) -> tuple[str, bool]:
@@ -147,7 +149,6 @@ class CommandTracker:
                 self._open.tampered = f"{self._open.tampered}; {note}" if self._open.tampered else note
                 return
             self._finish(None, now)  # the previous command never reported back
-        lines, self._pending = self._pending, []
         payload = m.b64(0)
         text: str | None = None
         cwd: str | None = None
@@ -160,6 +161,9 @@ class CommandTracker:
                 text = decoded if decoded else None
             else:
                 text = self._from_history(decoded)
+        lines, self._pending = _split_lines(self._pending, text)
+        for p in self._pending:
+            p.ahead = True  # pasted with this command: the shell reads them after it
         source = "shell"
         typed = [p for p in lines if p.text.strip()]
         typed_text = "\n".join(p.text for p in typed) or None
@@ -196,7 +200,8 @@ class CommandTracker:
         if nxt is not None:
             self._next_hist = nxt
         if self._open is not None:
-            self._pending = []  # lines typed meanwhile went to the command, not the shell
+            # lines typed meanwhile went to the command, not the shell (but those typed before it)
+            self._pending = [p for p in self._pending if p.ahead]
             self._finish(status, now)
             return
         if self._pending:
@@ -293,6 +298,20 @@ class CommandTracker:
         self.count += 1
         duration = None if now is None else max(0, int(round((now - started) * 1000)))
         self._emit(CommandRecord(self.count, text, started, duration, status, cwd, source, truncated or cut, **more))
+
+
+def _split_lines(pending: list[_Pending], text: str | None) -> tuple[list[_Pending], list[_Pending]]:
+    """The typed lines a command with ``text`` is made of (the first ones whose words are its words),
+    and those left for the next commands (a paste of several); all of them when none match."""
+    if text is None or len(pending) < 2:
+        return pending, []
+    want = " ".join(text.split())
+    words: list[str] = []
+    for k, p in enumerate(pending, 1):
+        words += p.text.split()
+        if " ".join(words) == want:
+            return pending[:k], pending[k:]
+    return pending, []
 
 
 def _preview(m: Mark) -> str:
