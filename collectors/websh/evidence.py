@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 
 from collectors.websh.programs import Program
 
+#: builtins that are also programs on PATH: naming one does not mean the kernel must see it run
+_BUILTINS = frozenset({"echo", "printf", "test", "[", "true", "false", "kill", "pwd", "time", "type", "command",
+                       "cd", "read", "umask", "wait", "getopts", "hash", "ulimit", "alias", "fc", "jobs", "bg",
+                       "fg", "print", "which", "where", "whence", "history", "set", "export", "source", "."})
 #: the shell words that precede the program name in a command line
 _PREFIXES = frozenset({"sudo", "exec", "command", "builtin", "env", "nohup", "time", "nice", "then", "do", "!"})
 
@@ -74,6 +78,8 @@ def _first_program(text: str, path: str | None) -> str | None:
     for w in text.split():
         if w in _PREFIXES or "=" in w.split("/")[0]:
             continue
+        if w in _BUILTINS:
+            return None
         if shutil.which(w, path=path) is not None:
             return os.path.basename(w)
         return None

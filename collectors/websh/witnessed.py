@@ -217,7 +217,7 @@ class WitnessedRecords:
         if obs.truncated:
             data["truncated"] = True
         if tampered:
-            data["tampered"] = tampered[:1024]
+            data["tampered"] = self.redact(tampered)[:1024]  # it quotes what was typed
         seq = self._send(data, progs[:MAX_INLINE_PROGRAMS], len(progs))
         for p in progs[MAX_INLINE_PROGRAMS:]:
             self._program_record(p, parent_seq=seq)
