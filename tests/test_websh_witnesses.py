@@ -126,8 +126,12 @@ def test_forged_and_renamed_records_are_flagged_and_the_real_commands_kept(
     s.run(rename)
     s.run("rm -f /tmp/ws-forge-target")
     s.run("cat /etc/passwd >/dev/null")
+    s.run("echo password=hunter2")  # the tampered reason quotes the keys: redacted like the command
     s.child.send("exit\r")
     got, last = end(s, server)
+    assert b"hunter2" not in b"".join(server.raw)
+    secret = by_text(got, "echo password=[REDACTED]")  # the typed text, whatever the marks said
+    assert secret.get("tampered") or secret["source"] == "input"
     innocent = [d for d in got if d["command"] == "echo totally-innocent"]
     assert all(d.get("tampered") for d in innocent)
     printf = next(d for d in got if d["command"].startswith("printf '\\033]6973"))
