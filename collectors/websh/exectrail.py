@@ -50,6 +50,8 @@ class ExecTrail:
         self.programs: deque[Program] = deque()
         self.dropped = 0
         self.argv_missing = 0
+        #: bumped whenever a program is added or learns more (argv, end)
+        self.version = 0
         #: programs in the tree whose exec the audit session did not cover (the loginuid changed)
         self.escaped = 0
         self._use_audit = use_audit
@@ -260,6 +262,7 @@ class ExecTrail:
         self._fill(prog, ex)
 
     def _fill(self, prog: Program, ex: AuditExec) -> None:
+        self.version += 1
         prog.argv, prog.truncated = argv_of(ex.argv)
         prog.exe = text_of(ex.exe)
         prog.cwd = text_of(ex.cwd) if ex.cwd is not None else None
@@ -296,11 +299,13 @@ class ExecTrail:
             self.argv_missing += 1
 
     def _end(self, prog: Program, ts_ns: int, status: int | None) -> None:
+        self.version += 1
         if prog.end_ns is None:
             prog.end_ns = ts_ns
             prog.exit_status = status
 
     def _add(self, prog: Program) -> None:
+        self.version += 1
         self.programs.append(prog)
         while len(self.programs) > MAX_PROGRAMS:
             self.programs.popleft()

@@ -104,6 +104,7 @@ class WitnessedRecords:
         self.kernel_records = 0
         self._held: list[Observed] = []
         self._prev_end = 0.0
+        self._orphans_seen: tuple[int, int, int, int] = (-1, -1, -1, -1)
         #: when the shell first showed its prompt (or a line was first typed): programs before are start-up
         self.startup_end: float | None = None
         self.startup: list[Program] = []
@@ -134,12 +135,17 @@ class WitnessedRecords:
             self._record(obs, end)
         if trail is None or trail.mode is None:
             return
-        limit = min([time.time(), *self._waiting()])
+        waiting = self._waiting()
+        limit = min([time.time(), *waiting])
         for obs in self._held:  # a held command may still claim what started inside it
             limit = min(limit, obs.typed_at or obs.started_at)
         until = trail.wall_to_ns(limit)
         if not final and not trail.settled(until):
             return
+        seen = (trail.version, self.count, len(self._held), until if (self._held or waiting) else 0)
+        if seen == self._orphans_seen and not final:
+            return  # nothing new since the last look (most wake-ups are other processes' events)
+        self._orphans_seen = seen
         self._orphans(trail, until, final)
         trail.forget_claimed()
 
