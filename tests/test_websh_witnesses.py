@@ -369,3 +369,32 @@ def test_doctor_reports_whether_the_exec_trail_can_be_had(tmp_path: Path) -> Non
     finally:
         shutil.rmtree(readable)
     assert nobody["status"] == "WARN" and "audit" in nobody["detail"] and nobody["fix"]
+
+
+def test_a_recorder_without_root_says_the_exec_trail_is_not_had(tmp_path: Path) -> None:
+    """Not root: no audit trail; the session records say which trail there is and why, and the
+    session is recorded all the same."""
+    need_root()
+    need_binary("setpriv")
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="ws-nobody-"))
+    shared.chmod(0o777)
+    server = HookServer(shared / "hook.sock").start()
+    try:
+        (shared / "hook.sock").chmod(0o777)
+        repo = Path(__file__).resolve().parent.parent
+        subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(repo / ".venv" / "bin" / "python"),
+             "-m", "agent.cli", "websh", "--queue", str(shared / "q.db"), "--socket", str(shared / "hook.sock"),
+             "--session-id", "nobody-1", "--no-login", "--", "/bin/sh", "-c", "/bin/echo hi-nobody; exit 0"],
+            cwd=str(repo), env={"PATH": "/usr/bin:/bin", "HOME": str(shared), "PYTHONPATH": str(repo)},
+            capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
+        )
+        last = wait_until(lambda: closed(server, "nobody-1"), 20, what="session closed event")
+    finally:
+        server.stop()
+        shutil.rmtree(shared)
+    validate_data("websh_session", last)
+    trail = last["exec_trail"]
+    assert trail["mode"] != "kernel" and "audit" in trail["reason"]

@@ -274,7 +274,9 @@ class ExecTrail:
         the audit session): replaced by the kernel's when it does."""
         try:
             with open(f"/proc/{prog.pid}/cmdline", "rb") as f:
-                prog.argv, prog.truncated = argv_of(f.read().rstrip(b"\0").split(b"\0"))
+                raw = f.read()
+            if raw:  # empty once the process has exited
+                prog.argv, prog.truncated = argv_of(raw.rstrip(b"\0").split(b"\0"))
         except OSError:
             pass
 
@@ -283,6 +285,8 @@ class ExecTrail:
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 raw = f.read()
+            if not raw:
+                raise ValueError("the process has exited")
             prog.argv, prog.truncated = argv_of(raw.rstrip(b"\0").split(b"\0"))
             prog.exe = os.readlink(f"/proc/{pid}/exe")
             prog.cwd = os.readlink(f"/proc/{pid}/cwd")
