@@ -15,6 +15,7 @@ the input (with the reason) and carry on with the rest.
      │    ├── TokenError                 the token file cannot be used (also a ValueError)
      │    ├── RecorderError              a Websh session cannot start (unknown user, no permission …)
      │    ├── CredentialsRefused         a sink's servers refuse the token or credentials (NATS connect)
+     │    ├── ExecTrailUnavailable       the kernel's exec trail cannot be had here (also an OSError)
      │    └── PermanentShipError         the sink refuses the batch as it is
      │         ├── AuthError             401/403: pause shipping, keep data, retry slowly
      │         ├── TooLarge              413: split the batch
@@ -88,6 +89,11 @@ class RecorderError(PermanentError):
 
 class CredentialsRefused(PermanentError):
     """A sink's servers refuse the token or credentials; the shipper pauses as for a 401."""
+
+
+class ExecTrailUnavailable(PermanentError, OSError):
+    """The kernel's exec trail (process events, audit) cannot be had: not root, a namespace, audit
+    locked …; the session is recorded without it and says why."""
 
 
 # -- shipping ------------------------------------------------------------------------------------

@@ -102,11 +102,16 @@ class TestLineEditor:
         lines = e.feed(b"echo abc\x7f\x7fX\rjunk\x15ls\rrm one two\x17three\rhalf\x03\r")
         assert [x.text for x in lines] == ["echo aX", "ls", "rm one three", ""]
 
-    def test_escape_sequences_are_skipped_and_paste_kept(self) -> None:
-        """Arrow keys and Alt-keys vanish; bracketed paste keeps its newlines inside one line."""
+    def test_cursor_keys_are_followed_and_paste_kept(self) -> None:
+        """Left/Right/Home/End/Delete and Ctrl-A/E/B/F/K edit where the cursor is; history recall
+        (Up), Alt-keys and Tab make the line inexact; bracketed paste keeps its newlines."""
         e = LineEditor()
         lines = e.feed(b"ab\x1b[D\x1bOAc\x1bf\r\x1b[200~one\ntwo\x1b[201~\r")
-        assert [x.text for x in lines] == ["abc", "one\ntwo"]
+        assert [(x.text, x.exact) for x in lines] == [("acb", False), ("one\ntwo", True)]
+        lines = e.feed(b" echo wrld\x1b[D\x1b[D\x1b[Do\r\x01X\x05Y\x1b[H\x1b[3~\r")
+        assert [(x.text, x.exact) for x in lines] == [(" echo world", True), ("Y", True)]
+        lines = e.feed(b"rm -rf /tmp/x\x02\x02\x0bz\x06\x06!\rls\t\r\xc3\xa9t\xc3\xa9\x1b[D\x1b[D\x7fe\r")
+        assert [(x.text, x.exact) for x in lines] == [("rm -rf /tmpz!", True), ("ls", False), ("et\u00e9", True)]
 
     def test_split_escape_and_utf8(self) -> None:
         """An escape sequence or a UTF-8 character split across reads is handled."""

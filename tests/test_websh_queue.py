@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socketserver
 import sqlite3
+import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collectors.websh.queue import Deliverer, DurableQueue, flush_queue
+from collectors.websh.queue import Deliverer, DurableQueue, flush_queue, process_token
 from tests.support import wait_until
 
 
@@ -246,3 +247,49 @@ class TestDeliverer:
         finally:
             srv.shutdown()
             srv.server_close()
+
+
+class TestSharedQueue:
+    def test_each_owner_sends_only_its_rows(self, tmp_path: Path) -> None:
+        """Two live recorders on one file never see each other's rows."""
+        mine = DurableQueue(tmp_path / "q.db", owner=process_token())
+        live_other = subprocess.Popen(["sleep", "30"])
+        try:
+            theirs = DurableQueue(tmp_path / "q.db", owner=process_token(live_other.pid))
+            mine.put([_msg(1)])
+            theirs.put([_msg(2)])
+            assert [m["id"] for _, m in mine.peek()] == ["ws-1"]
+            assert [m["id"] for _, m in theirs.peek()] == ["ws-2"]
+            assert mine.claim_orphans() == 0 and len(mine) == 1 and mine.total() == 2
+        finally:
+            live_other.kill()
+            live_other.wait()
+
+    def test_rows_of_a_recorder_that_is_gone_are_taken_over_once(self, tmp_path: Path) -> None:
+        """A dead recorder's rows (and rows from before owners existed) go to exactly one claimant."""
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        dead = DurableQueue(tmp_path / "q.db", owner=process_token(gone.pid))
+        dead.put([_msg(1), _msg(2)])
+        dead._db.execute("UPDATE outbox SET owner = NULL WHERE id = 'ws-2'")  # a row from an older queue file
+        other = subprocess.Popen(["sleep", "30"])
+        try:
+            a = DurableQueue(tmp_path / "q.db", owner=process_token())
+            b = DurableQueue(tmp_path / "q.db", owner=process_token(other.pid))
+            assert a.claim_orphans() == 2
+            assert b.claim_orphans() == 0  # a is alive: its rows stay its own
+            assert sorted(m["id"] for _, m in a.peek()) == ["ws-1", "ws-2"] and b.peek() == []
+        finally:
+            other.kill()
+            other.wait()
+
+    def test_a_queue_file_without_owners_is_upgraded(self, tmp_path: Path) -> None:
+        path = tmp_path / "old.db"
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, "
+                   "kind TEXT NOT NULL, size INTEGER NOT NULL, body BLOB NOT NULL)")
+        db.execute("INSERT INTO outbox (id, kind, size, body) VALUES ('ws-9', 'websh_command', 2, '{}')")
+        db.commit()
+        db.close()
+        q = DurableQueue(path)
+        assert q.peek() == [] and q.claim_orphans() == 1 and len(q) == 1

@@ -16,7 +16,7 @@ import shutil
 import socket
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -337,6 +337,10 @@ def check_spool(cfg: AgentConfig) -> list[CheckResult]:
     return out
 
 
+#: checks a collector adds (registered by ``agent/cli/main.py``, which may import collectors)
+EXTRA_CHECKS: list[Callable[[AgentConfig], list[CheckResult]]] = []
+
+
 def run_checks(config_path: str) -> Iterator[CheckResult]:
     """Every check, in order; checks that need a valid config are skipped without one."""
     results, cfg = check_config_file(config_path)
@@ -350,6 +354,8 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
     yield from check_hook(cfg, service)
     yield from check_backend(cfg)
     yield from check_spool(cfg)
+    for check in EXTRA_CHECKS:
+        yield from check(cfg)
 
 
 def doctor_main(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ REGISTRY: list[Callable[[Subparsers], None]] = [
     exec_cli.register,
     websh_cli.register,
 ]
+doctor.EXTRA_CHECKS.append(websh_cli.check_exec_trail)
 
 
 def build_parser() -> argparse.ArgumentParser:

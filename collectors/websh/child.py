@@ -11,12 +11,14 @@ import fcntl
 import os
 import pwd
 import select
+import shutil
 import signal
 import struct
 import termios
+from collections.abc import Callable
 
 from agent.errors import RecorderError
-from collectors.websh.integration import ShellLaunch
+from collectors.websh.integration import ShellLaunch, plan_shell
 
 TIOCGPTN = 0x80045430
 LOGIN_PATH_ROOT = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -98,14 +100,41 @@ class ShellChild:
         env.setdefault("TERM", "xterm-256color")
         return env
 
-    def spawn(self, launch: ShellLaunch, env: dict[str, str], size: bytes | None, login: bool) -> None:
-        """Fork the shell in a new PTY (of window size ``size``); the master is non-blocking."""
+    def plan(self, command: list[str], *, nonce: str, login: bool) -> tuple[ShellLaunch, dict[str, str]]:
+        """What to exec (``command``, or the user's login shell) with the shell integration, and its environment."""
+        env = self.environment()
+        pw = self.pw
+        if command:
+            shell, args = command[0], list(command[1:])
+            if "/" not in shell:
+                found = shutil.which(shell, path=env.get("PATH"))
+                if found is None:
+                    raise RecorderError(f"command not found: {shell}")
+                shell = found
+        else:
+            shell, args = (pw.pw_shell or "/bin/sh"), []
+        launch = plan_shell(shell, args, nonce=nonce, login=login, env=env, owner_uid=pw.pw_uid)
+        env.update(launch.env)
+        return launch, env
+
+    def spawn(
+        self,
+        launch: ShellLaunch,
+        env: dict[str, str],
+        size: bytes | None,
+        login: bool,
+        before_exec: Callable[[], None] | None = None,
+    ) -> None:
+        """Fork the shell in a new PTY (of window size ``size``); the master is non-blocking.
+        ``before_exec`` runs in the child while it is still root (the exec trail's set-up)."""
         pw = self.pw
         pid, master = os.forkpty()
         if pid == 0:  # the child: become the user, then the shell
             try:
                 if size:
                     fcntl.ioctl(0, termios.TIOCSWINSZ, size)
+                if before_exec is not None:
+                    before_exec()
                 if self.switch:
                     os.initgroups(pw.pw_name, pw.pw_gid)
                     os.setgid(pw.pw_gid)

@@ -7,15 +7,19 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.cli.args import add_config_arg
 from agent.config import AgentConfig, load_config
-from agent.errors import ConfigError
+from agent.errors import ConfigError, RecorderError
 from agent.pipeline.redact import Redactor
 from collectors.websh.queue import Deliverer, flush_queue
-from collectors.websh.recorder import Recorder, RecorderError, RecorderOptions, SessionInfo
+from collectors.websh.recorder import Recorder, RecorderOptions, SessionInfo
 from collectors.websh.recording import DEFAULT_MAX_BYTES as DEFAULT_RECORDING_BYTES
 from collectors.websh.recording import recording_messages
+
+if TYPE_CHECKING:
+    from agent.cli.doctor import CheckResult
 
 DEFAULT_FLUSH_TIMEOUT_S = 1.5
 
@@ -56,6 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--ship-recording-max-bytes", type=int, default=DEFAULT_RECORDING_BYTES, metavar="N",
                    help="ship at most this much of a recording (the file keeps all of it)")
     p.add_argument("--no-login", dest="login", action="store_false", help="start a non-login shell")
+    p.add_argument("--no-exec-trail", dest="exec_trail", action="store_false",
+                   help="do not follow the session's programs through the kernel (see docs/websh.md)")
     p.add_argument("--queue", metavar="PATH", help="the recorder's queue file (default: under state_dir)")
     p.add_argument("--socket", metavar="PATH", help="the agent's hook socket (default: hook.socket of the config)")
     p.add_argument("--flush-timeout", type=float, default=DEFAULT_FLUSH_TIMEOUT_S, metavar="SECONDS",
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         record_io=_opt(args, "record_io"),
         record_input=args.record_input,
         record_io_max_bytes=args.record_io_max_bytes,
+        exec_trail=args.exec_trail,
     )
     redactor = Redactor(cfg.redact.patterns, builtin=cfg.redact.builtin, replacement=cfg.redact.replacement)
     deliverer = Deliverer(queue_path, socket_path)
@@ -151,3 +158,19 @@ def run(args: argparse.Namespace) -> int:
             deliverer.start()
         deliverer.stop(max(args.flush_timeout, 0.0))
     return status
+
+
+def check_exec_trail(cfg: AgentConfig) -> list[CheckResult]:
+    """``doctor``: whether recorded sessions can have the kernel's exec trail here, and why not."""
+    from agent.cli.doctor import ok, warn
+    from collectors.websh.exectrail import availability
+
+    mode, reason = availability()
+    name = "websh exec trail"
+    if mode == "kernel":
+        return [ok(name, "audit records and process events: every program of a session, argv from the kernel")]
+    fix = "run the recorder as root on a kernel with audit (not locked, enabled != 2) and CONFIG_PROC_EVENTS"
+    if mode == "connector":
+        return [warn(name, f"process events only, argv read from /proc (short programs may lack argv): {reason}",
+                     fix)]
+    return [warn(name, f"unavailable ({reason}): sessions are recorded from typed keys and shell marks only", fix)]

@@ -19,6 +19,7 @@ MAX_LINE_BYTES = 65_536
 
 _BS = (0x7F, 0x08)
 _CTRL_C, _CTRL_U, _CTRL_W = 0x03, 0x15, 0x17
+_CTRL_A, _CTRL_B, _CTRL_E, _CTRL_F, _CTRL_K = 0x01, 0x02, 0x05, 0x06, 0x0B
 _PASTE_ON = b"200~"
 _PASTE_OFF = b"201~"
 
@@ -28,7 +29,11 @@ _ESCAPES = re.compile(
     rb"|[()*+#%][0-9A-Za-z@]|[ -/]*[0-~])"
 )
 _CONTROLS = re.compile(rb"[\x00-\x07\x0b-\x1f]")
-_ERASE = re.compile(rb"[^\x08\n]\x08")
+#: escape sequences as text: CSI (params, final), or any other (OSC, DCS, charset …) to drop
+_ESC_STR = re.compile(
+    r"\x1b(?:\[([0-?]*)[ -/]*([@-~])|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[PX^_][^\x1b]*(?:\x1b\\)?"
+    r"|[()*+#%][0-9A-Za-z@]|[ -/]*[0-~])"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,8 @@ class TypedLine:
 
     text: str
     truncated: bool = False
+    #: every key of the line was understood (no Tab completion, history recall, search …)
+    exact: bool = True
 
 
 class LineEditor:
@@ -50,6 +57,8 @@ class LineEditor:
         self._esc = 0  # 0 none, 1 after ESC, 2 in CSI, 3 after ESC O
         self._csi = bytearray()
         self._paste = False
+        self._cur = 0  # the cursor, as an index into _buf
+        self._inexact = False
 
     @property
     def empty(self) -> bool:
@@ -61,6 +70,8 @@ class LineEditor:
         self._buf.clear()
         self._secret = False
         self._truncated = False
+        self._cur = 0
+        self._inexact = False
 
     def feed(self, data: bytes, secret: bool = False) -> list[TypedLine]:
         """Apply ``data``; ``secret`` says the terminal was at a no-echo prompt when it was typed."""
@@ -80,31 +91,80 @@ class LineEditor:
                     continue
                 if not self._secret:
                     text = bytes(buf).decode("utf-8", "backslashreplace")
-                    lines.append(TypedLine(text, self._truncated))
+                    lines.append(TypedLine(text, self._truncated, not self._inexact))
                 self.reset()
             elif b in _BS:
-                while buf and (buf[-1] & 0xC0) == 0x80:
-                    buf.pop()
-                if buf:
-                    buf.pop()
+                start = self._char_before(self._cur)
+                del buf[start:self._cur]
+                self._cur = start
             elif b == _CTRL_U:
-                buf.clear()
+                del buf[:self._cur]
+                self._cur = 0
             elif b == _CTRL_W:
-                while buf and buf[-1] in b" \t":
-                    buf.pop()
-                while buf and buf[-1] not in b" \t":
-                    buf.pop()
+                i = self._cur
+                while i and buf[i - 1] in b" \t":
+                    i -= 1
+                while i and buf[i - 1] not in b" \t":
+                    i -= 1
+                del buf[i:self._cur]
+                self._cur = i
             elif b == _CTRL_C:
                 self.reset()
+            elif b == _CTRL_A:
+                self._cur = 0
+            elif b == _CTRL_E:
+                self._cur = len(buf)
+            elif b == _CTRL_B:
+                self._cur = self._char_before(self._cur)
+            elif b == _CTRL_F:
+                self._cur = self._char_after(self._cur)
+            elif b == _CTRL_K:
+                del buf[self._cur:]
             elif b >= 0x20 or (b == 0x09 and self._paste):
                 self._add(b)
+            else:  # Tab completion, Ctrl-R search …: the shell changes the line in ways not followed
+                self._inexact = True
         return lines
+
+    def _char_before(self, i: int) -> int:
+        buf = self._buf
+        if i <= 0:
+            return 0
+        i -= 1
+        while i and (buf[i] & 0xC0) == 0x80:
+            i -= 1
+        return i
+
+    def _char_after(self, i: int) -> int:
+        buf = self._buf
+        if i >= len(buf):
+            return len(buf)
+        i += 1
+        while i < len(buf) and (buf[i] & 0xC0) == 0x80:
+            i += 1
+        return i
 
     def _add(self, b: int) -> None:
         if len(self._buf) >= self.max_line_bytes:
             self._truncated = True
             return
-        self._buf.append(b)
+        self._buf.insert(self._cur, b)
+        self._cur += 1
+
+    def _key(self, final: int, params: bytes) -> None:
+        """A cursor key (CSI or SS3 ``final``): followed when it only moves along the line."""
+        if final == 0x44:  # Left
+            self._cur = self._char_before(self._cur)
+        elif final == 0x43:  # Right
+            self._cur = self._char_after(self._cur)
+        elif final == 0x48 or (final == 0x7E and params in (b"1", b"7")):  # Home
+            self._cur = 0
+        elif final == 0x46 or (final == 0x7E and params in (b"4", b"8")):  # End
+            self._cur = len(self._buf)
+        elif final == 0x7E and params == b"3":  # Delete
+            del self._buf[self._cur:self._char_after(self._cur)]
+        else:  # Up/Down (history recall), function keys …
+            self._inexact = True
 
     def _escape(self, b: int) -> None:
         if self._esc == 1:
@@ -114,31 +174,97 @@ class LineEditor:
             elif b == 0x4F:  # O: SS3, one more byte
                 self._esc = 3
             else:
-                self._esc = 0  # Alt-key: ESC + one byte
+                self._esc = 0  # Alt-key: ESC + one byte (word moves, edits …)
+                self._inexact = True
         elif self._esc == 2:
             if 0x40 <= b <= 0x7E:
+                params = bytes(self._csi)
                 self._csi.append(b)
                 if self._csi == _PASTE_ON:
                     self._paste = True
                 elif self._csi == _PASTE_OFF:
                     self._paste = False
+                else:
+                    self._key(b, params)
                 self._esc = 0
             elif len(self._csi) < 32:
                 self._csi.append(b)
         else:
             self._esc = 0
+            self._key(b, b"")
 
 
-def visible_text(data: bytes) -> str:
-    """What a line of terminal output shows as text: escapes dropped, backspaces applied."""
-    data = _ESCAPES.sub(b"", data)
-    data = _CONTROLS.sub(b"", data.replace(b"\r", b""))
-    for _ in range(64):
-        if b"\x08" not in data:
-            break
-        data = _ERASE.sub(b"", data)
-    data = data.replace(b"\x08", b"")
-    return data.decode("utf-8", "replace")
+def visible_text(data: bytes, max_lines: int | None = None, cols: int | None = None) -> str:
+    """What terminal output shows, line by line: printed characters at the cursor, with the cursor
+    moves (backspace, carriage return, left/right, column) and line edits (erase, insert, delete
+    characters) a line editor redraws with; other escapes dropped. ``max_lines``: stop after that
+    many. ``cols``: the terminal's width; a line longer than it wraps onto the next screen row and
+    stays one line here (a carriage return then goes to the start of that row, as zle relies on)."""
+    lines: list[str] = []
+    row: list[str] = []
+    cur = 0
+    base = 0  # where the screen row the cursor is on starts, in the (wrapped) line
+    text = data.decode("utf-8", "replace")
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        i += 1
+        if c == "\n":
+            lines.append("".join(row).rstrip())
+            if max_lines is not None and len(lines) >= max_lines:
+                return "\n".join(lines)
+            row, cur, base = [], 0, 0
+        elif c == "\r":
+            cur = base
+        elif c == "\x08":
+            cur = max(base, cur - 1)
+        elif c == "\x1b":
+            m = _ESC_STR.match(text, i - 1)
+            if m is None:
+                continue
+            i = m.end()
+            if m.group(1) is not None:
+                cur = base + _csi(row, cur - base, m.group(1), m.group(2), base)
+        elif c >= " " and c != "\x7f":
+            if cols and cur - base >= cols:
+                base += cols  # autowrap onto the next row of the same line
+            if cur < len(row):
+                row[cur] = c
+            else:
+                row.extend(" " * (cur - len(row)))
+                row.append(c)
+            cur += 1
+    lines.append("".join(row).rstrip())
+    return "\n".join(lines)
+
+
+def _csi(row: list[str], col: int, params: str, final: str, base: int = 0) -> int:
+    """Apply one CSI sequence to the screen row starting at ``base`` of ``row``; the new column."""
+    try:
+        num = int(params.split(";")[0] or 0)
+    except ValueError:
+        num = 0
+    count = max(num, 1)
+    cur = base + col
+    if final == "K":
+        if num == 0:
+            del row[cur:]
+        elif num == 1:
+            upto = min(cur + 1, len(row))
+            row[base:upto] = [" "] * max(0, upto - base)
+        else:
+            del row[base:]
+    elif final == "D":
+        col = max(0, col - count)
+    elif final == "C":
+        col += count
+    elif final == "G":
+        col = count - 1
+    elif final == "P":
+        del row[cur:cur + count]
+    elif final == "@":
+        row[cur:cur] = [" "] * count
+    return col
 
 
 class EchoCheck:
@@ -149,8 +275,10 @@ class EchoCheck:
     multi-line paste must be found that way, in order.
     """
 
-    def __init__(self, max_bytes: int = 262_144) -> None:
+    def __init__(self, max_bytes: int = 262_144, cols: int | None = None) -> None:
         self.max_bytes = max_bytes
+        #: the terminal's width (long lines wrap), when known
+        self.cols = cols
         self._buf = bytearray()
         self._base = 0  # stream offset of _buf[0]
 
@@ -174,12 +302,13 @@ class EchoCheck:
             del self._buf[:cut]
             self._base += cut
 
-    def shown(self, text: str, since: int, index: int = 0) -> bool:
-        """Whether ``text`` was echoed after stream offset ``since`` (``index``: lines ahead of it)."""
+    def shown(self, text: str, since: int, index: int = 0, prefix: bytes = b"") -> bool:
+        """Whether ``text`` was echoed after stream offset ``since`` (``index``: lines ahead of it;
+        ``prefix``: what the screen row held before ``since``, the prompt, for where lines wrap)."""
         start = max(since - self._base, 0)
-        screen = visible_text(bytes(self._buf[start:])).split("\n")
         parts = text.split("\n")
         window = len(parts) + index + 1
+        screen = visible_text(prefix + bytes(self._buf[start:]), max_lines=window + 1, cols=self.cols).split("\n")
         row = 0
         for part in parts:
             part = part.strip()

@@ -26,6 +26,8 @@ from agent.hookclient import HookClient
 
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 SEND_BATCH = 200
+#: how often a deliverer looks for rows left by recorders that are gone
+CLAIM_EVERY_S = 30.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -33,7 +35,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     id TEXT NOT NULL UNIQUE,
     kind TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    owner TEXT
 );
 CREATE TABLE IF NOT EXISTS dead (
     id TEXT PRIMARY KEY,
@@ -44,12 +47,43 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 """
 
 
-class DurableQueue:
-    """Hook messages (``{"op": "emit", "id": …}``) in a SQLite file, oldest first."""
+def process_token(pid: int | None = None) -> str:
+    """A name for a live process that a later process with the same pid cannot take: pid and start time."""
+    pid = os.getpid() if pid is None else pid
+    return f"{pid}.{_start_time(pid)}"
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return "gone"
+    return raw[raw.rfind(b")") + 2:].split()[19].decode()
+
+
+def token_alive(token: str | None) -> bool:
+    """Whether the process a :func:`process_token` names still runs."""
+    if not token or "." not in token:
+        return False
+    pid, _, started = token.partition(".")
+    return pid.isdigit() and started != "gone" and _start_time(int(pid)) == started
+
+
+class DurableQueue:
+    """Hook messages (``{"op": "emit", "id": …}``) in a SQLite file, oldest first.
+
+    Several recorders share one file: each row belongs to the recorder that stored it
+    (``owner``), and each recorder sends only its own rows, so no row is sent twice. Rows of a
+    recorder that is gone are taken over, in one transaction, by the next that looks
+    (:meth:`claim_orphans`)."""
+
+    def __init__(
+        self, path: str | os.PathLike[str], max_bytes: int = DEFAULT_MAX_BYTES, owner: str | None = None
+    ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
+        self.owner = owner or process_token()
         if str(path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -58,6 +92,21 @@ class DurableQueue:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "owner" not in columns:  # a queue file from before rows had owners: theirs are orphans
+            self._db.execute("ALTER TABLE outbox ADD COLUMN owner TEXT")
+
+    def claim_orphans(self) -> int:
+        """Take over the rows of recorders that are gone; how many."""
+        taken = 0
+        with self._tx():
+            owners = [r[0] for r in self._db.execute("SELECT DISTINCT owner FROM outbox WHERE owner IS NOT ?",
+                                                     (self.owner,))]
+            for owner in owners:
+                if not token_alive(owner):
+                    cur = self._db.execute("UPDATE outbox SET owner = ? WHERE owner IS ?", (self.owner, owner))
+                    taken += cur.rowcount
+        return taken
 
     def close(self) -> None:
         self._db.close()
@@ -67,9 +116,11 @@ class DurableQueue:
         rows = []
         for msg in messages:
             body = orjson.dumps(msg)
-            rows.append((msg["id"], msg.get("kind", ""), len(body), body))
+            rows.append((msg["id"], msg.get("kind", ""), len(body), body, self.owner))
         with self._tx():
-            self._db.executemany("INSERT OR IGNORE INTO outbox (id, kind, size, body) VALUES (?,?,?,?)", rows)
+            self._db.executemany(
+                "INSERT OR IGNORE INTO outbox (id, kind, size, body, owner) VALUES (?,?,?,?,?)", rows
+            )
             self._enforce_cap()
 
     def _enforce_cap(self) -> None:
@@ -96,8 +147,8 @@ class DurableQueue:
             )
 
     def peek(self, limit: int = SEND_BATCH) -> list[tuple[int, dict[str, Any]]]:
-        """The oldest ``limit`` messages with their row numbers."""
-        cur = self._db.execute("SELECT seq, body FROM outbox ORDER BY seq LIMIT ?", (limit,))
+        """This owner's oldest ``limit`` messages with their row numbers."""
+        cur = self._db.execute("SELECT seq, body FROM outbox WHERE owner = ? ORDER BY seq LIMIT ?", (self.owner, limit))
         return [(seq, orjson.loads(body)) for seq, body in cur.fetchall()]
 
     def delete(self, seqs: list[int]) -> None:
@@ -129,6 +180,11 @@ class DurableQueue:
             self._bump("dead_evicted", len(drop))
 
     def __len__(self) -> int:
+        """This owner's queued messages."""
+        return int(self._db.execute("SELECT COUNT(*) FROM outbox WHERE owner = ?", (self.owner,)).fetchone()[0])
+
+    def total(self) -> int:
+        """Every queued message, whoever owns it."""
         return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
     def counter(self, name: str) -> int:
@@ -178,6 +234,7 @@ class Deliverer(threading.Thread):
         self.error: str | None = None
         self.queue_error: str | None = None
         self.left = 0
+        self.claimed = 0
 
     def submit(self, msg: dict[str, Any]) -> None:
         """Hand a message over; returns at once."""
@@ -198,9 +255,16 @@ class Deliverer(threading.Thread):
             self.queue_error = f"queue {self.queue_path}: {exc}"
             q = DurableQueue(":memory:", self.max_bytes)
         attempt = 0
+        claimed_at = 0.0
         try:
             while True:
                 self._store(q)
+                if time.monotonic() - claimed_at > CLAIM_EVERY_S:
+                    claimed_at = time.monotonic()
+                    try:
+                        self.claimed += q.claim_orphans()
+                    except sqlite3.Error:
+                        pass
                 failed = False
                 more = False
                 try:

@@ -24,18 +24,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import RecorderError
+from agent.errors import RecorderError  # noqa: F401 - the name callers imported from here
 from agent.events import format_ts, stable_id
+from collectors.websh import procinfo
 from collectors.websh.asciicast import AsciicastWriter
 from collectors.websh.child import ShellChild, winsize, write_all
-from collectors.websh.inputline import EchoCheck, LineEditor
-from collectors.websh.integration import SHELL_NAMES, ShellLaunch, new_nonce, plan_shell
+from collectors.websh.clip import clip_data
+from collectors.websh.exectrail import ExecTrail
+from collectors.websh.integration import SHELL_NAMES, new_nonce
+from collectors.websh.keys import TypedInput
 from collectors.websh.marks import MarkParser, alt_screen_change
 from collectors.websh.tracker import CommandRecord, CommandTracker
+from collectors.websh.witnessed import Observed, WitnessedRecords
 
 READ_SIZE = 65_536
 BURST_READS = 8
-ECHO_WAIT_S = 2.0
 @dataclass
 class SessionInfo:
     """The session's metadata, as the Websh runtime passed it."""
@@ -59,17 +62,8 @@ class RecorderOptions:
     record_input: bool = False
     record_io_max_bytes: int = 64 * 1024 * 1024
     hooks_lost_after_s: float = 2.0
-
-
-@dataclass
-class _Awaiting:
-    text: str
-    truncated: bool
-    since: int
-    index: int
-    at: float
-    top_level: bool
-    cwd: str | None
+    #: follow the session's process tree through the kernel (see ``exectrail.py``)
+    exec_trail: bool = True
 
 
 class Recorder:
@@ -96,37 +90,15 @@ class Recorder:
         self.child = ShellChild(opts.user)
         self.nonce = new_nonce()
         self.parser = MarkParser(self.nonce.encode())
-        self.editor = LineEditor()
-        self.echo = EchoCheck()
         self.tracker: CommandTracker | None = None
-        self._awaiting: list[_Awaiting] = []
+        self.typed: TypedInput | None = None
+        self.trail: ExecTrail | None = ExecTrail() if opts.exec_trail else None
+        self.records: WitnessedRecords | None = None
         self._alt = False
         self._cast: AsciicastWriter | None = None
         self._flags: set[int] = set()
-        self._line_start = 0
         self._shell_path: str | None = None
         self._tty: str | None = None
-
-    # -- setup -------------------------------------------------------------------------------
-
-    def _plan(self) -> tuple[ShellLaunch, dict[str, str]]:
-        env = self.child.environment()
-        pw = self.child.pw
-        cmd = list(self.opts.command)
-        if cmd:
-            shell, args = cmd[0], cmd[1:]
-            if "/" not in shell:
-                from shutil import which
-
-                found = which(shell, path=env.get("PATH"))
-                if found is None:
-                    raise RecorderError(f"command not found: {shell}")
-                shell = found
-        else:
-            shell, args = (pw.pw_shell or "/bin/sh"), []
-        launch = plan_shell(shell, args, nonce=self.nonce, login=self.opts.login, env=env, owner_uid=pw.pw_uid)
-        env.update(launch.env)
-        return launch, env
 
     # -- records -----------------------------------------------------------------------------
 
@@ -145,6 +117,9 @@ class Recorder:
             "tty": self._tty,
         }
         data.update(more)
+        clipped = clip_data("websh_session", data)
+        if clipped:
+            data["clipped"] = clipped
         return data
 
     def _send(self, kind: str, data: dict[str, Any], ts: str, *id_parts: Any) -> None:
@@ -153,39 +128,49 @@ class Recorder:
         self.deliver(msg)
 
     def _on_record(self, rec: CommandRecord) -> None:
-        data: dict[str, Any] = {
-            "session_id": self.info.session_id,
-            "seq": rec.seq,
-            "command": self.redact(rec.command),
-            "started_at": format_ts(rec.started_at),
-            "duration_ms": rec.duration_ms,
-            "exit_code": rec.exit_code,
-            "cwd": rec.cwd,
-            "source": rec.source,
-        }
-        if rec.truncated:
-            data["truncated"] = True
-        self._send("websh_command", data, data["started_at"], "cmd", rec.seq)
+        """A command from the tracker: to the witnesses, which hand it on once the kernel is heard."""
+        assert self.records is not None
+        self.records.add(Observed.of(rec, self.child.pw.pw_uid, self.child.pw.pw_name))
+
+    def _on_command(self, seq: int, data: dict[str, Any]) -> None:
+        clipped = clip_data("websh_command", data)
+        if clipped:
+            data["clipped"] = clipped
+        self._send("websh_command", data, data["started_at"], "cmd", seq)
 
     # -- the relay ---------------------------------------------------------------------------
 
     def run(self) -> int:
         """Start the shell, relay until it ends, report the session; the shell's exit status."""
-        launch, env = self._plan()
+        launch, env = self.child.plan(self.opts.command, nonce=self.nonce, login=self.opts.login)
         self._shell_path = launch.path
         is_tty = os.isatty(self.stdin)
         size = winsize(self.stdin) if is_tty else None
         self.tracker = CommandTracker(
             self._on_record, integrated=launch.hooked, hooks_lost_after_s=self.opts.hooks_lost_after_s
         )
+        self.typed = TypedInput(self.tracker.line)
+        self.typed.echo.cols = struct.unpack("HHHH", size)[1] if size else 80
+        trail = self.trail
+        self.records = WitnessedRecords(self._on_command, session_id=self.info.session_id, redact=self.redact,
+                                        trail=trail, shell_pid=lambda: self.child.pid, format_ts=format_ts,
+                                        path=env.get("PATH"),
+                                        waiting=lambda: self._typed.waiting_since() + self._tracker.waiting_since())
         started = time.time()
         saved = termios.tcgetattr(self.stdin) if is_tty else None
         try:
-            self.child.spawn(launch, env, size, self.opts.login)
+            uid = self.child.pw.pw_uid
+            if trail is not None:
+                trail.prepare()  # before the fork: no event of the shell's tree is missed
+            self.child.spawn(launch, env, size, self.opts.login,
+                             before_exec=None if trail is None else (lambda: trail.child_setup(uid)))
+            if trail is not None:
+                trail.follow(self.child.pid)
             if self.on_spawned is not None:
                 self.on_spawned()  # threads may start now that the fork is done
             self._tty = self.child.tty_name()
-            self._send("websh_session", self._session_data("open", started), format_ts(started), "open")
+            opened = self._session_data("open", started, exec_trail=self.records.trail_summary())
+            self._send("websh_session", opened, format_ts(started), "open")
             if self.opts.record_io:
                 rows, cols = (struct.unpack("HHHH", size)[:2] if size else (24, 80))
                 self._cast = AsciicastWriter(self.opts.record_io, cols, rows, max_bytes=self.opts.record_io_max_bytes,
@@ -203,9 +188,12 @@ class Recorder:
             launch.cleanup()
         ended = time.time()
         self.tracker.close(ended, status)
+        self.records.close()
         closed = self._session_data("closed", started, ended_at=format_ts(ended),
                                     duration_ms=max(0, int(round((ended - started) * 1000))),
-                                    command_count=self.tracker.count, exit_status=status)
+                                    command_count=self.records.count, exit_status=status,
+                                    exec_trail=self.records.trail_summary(),
+                                    tampered_count=self.tracker.forged + self.records.tampered)
         self._send("websh_session", closed, format_ts(ended), "close")
         self.exit_status = status
         return status
@@ -214,6 +202,22 @@ class Recorder:
     def _tracker(self) -> CommandTracker:
         assert self.tracker is not None, "run() makes the tracker first"
         return self.tracker
+
+    @property
+    def _typed(self) -> TypedInput:
+        assert self.typed is not None, "run() makes the input witness first"
+        return self.typed
+
+    def _busy(self) -> bool:
+        """Something waits for time to pass: an echo, a mark, the kernel's records."""
+        held = self.records is not None and bool(self.records._held)
+        return bool(self._typed.awaiting) or bool(self._tracker._pending) or held
+
+    def _from_kernel(self) -> None:
+        if self.trail is None or self.records is None:
+            return
+        self.trail.pump()
+        self.records.flush()
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._flags.add(signum)
@@ -230,6 +234,9 @@ class Recorder:
         poller.register(rfd, select.POLLIN)
         stdin_open = True
         poller.register(self.stdin, select.POLLIN)
+        trail_fds = set(self.trail.fds()) if self.trail is not None else set()
+        for fd in trail_fds:
+            poller.register(fd, select.POLLIN)
         kill_at: float | None = None
         drain_until = 0.0
         master = self.child.master
@@ -238,7 +245,7 @@ class Recorder:
             while True:
                 if status is not None:
                     timeout = 50  # the shell is gone: drain what is left, briefly
-                elif self._awaiting or self._tracker._pending:
+                elif self._busy():
                     timeout = 250
                 else:
                     timeout = 100 if kill_at else -1
@@ -261,6 +268,8 @@ class Recorder:
                             stdin_open = False
                             self.child.hangup()
                             kill_at = time.monotonic() + 5.0
+                    elif fd in trail_fds:
+                        self._from_kernel()
                     elif fd == rfd:
                         try:
                             while os.read(rfd, 512):
@@ -282,10 +291,11 @@ class Recorder:
                 if kill_at is not None and status is None and time.monotonic() > kill_at:
                     self.child.kill(signal.SIGKILL)
                     kill_at = time.monotonic() + 5.0
-                if self._awaiting or self._tracker._pending:
+                if self._busy():
                     now = time.time()
-                    self._expire_awaiting(now)
+                    self._typed.expire(now)
                     self._tracker.tick(now)
+                    self._from_kernel()
         finally:
             signal.set_wakeup_fd(old_wakeup)
             for s, h in old_handlers.items():
@@ -303,6 +313,7 @@ class Recorder:
         ws = winsize(self.stdin)
         if ws is None or not self.child.resize(ws):
             return
+        self._typed.echo.cols = struct.unpack("HHHH", ws)[1] or None
         if self._cast is not None:
             rows, cols = struct.unpack("HHHH", ws)[:2]
             self._cast.resize(cols, rows)
@@ -332,16 +343,17 @@ class Recorder:
             alt = alt_screen_change(visible)
             if alt is not None:
                 self._alt = alt
-            if self._awaiting or not self.editor.empty:
-                self.echo.add(visible)
-                if self._awaiting:
-                    self._confirm(time.time())
+            if self._typed.wants_output:
+                self._typed.shown(visible)
+            self._typed.output(visible)
             if self._cast is not None:
                 self._cast.output(visible)
         if marks:
             now = time.time()
             for m in marks:
                 self._tracker.mark(m, now)
+            if self.records is not None and self.records.startup_end is None and any(m.type == "D" for m in marks):
+                self.records.prompt_seen(now)
 
     def _from_user(self) -> bool:
         try:
@@ -362,41 +374,26 @@ class Recorder:
         top_level = fg == child.pid
         if top_level:
             child.forget_comm()
-        to_shell = not self._alt and (top_level or (fg is not None and child.comm(fg) in SHELL_NAMES))
-        cwd = child.cwd(fg) if (to_shell and fg and (b"\r" in data or b"\n" in data)) else None
+        nested: int | None = None
+        if not self._alt and not top_level and fg is not None:
+            nested = fg if child.comm(fg) in SHELL_NAMES else procinfo.nested_shell(fg)
+        to_shell = not self._alt and (top_level or nested is not None)
+        enter = b"\r" in data or b"\n" in data
+        if enter and self.records is not None:
+            self.records.prompt_seen(time.time())
+        who: procinfo.Identity | None = None
+        if to_shell and fg and enter:
+            who = procinfo.identity(fg if nested is None else procinfo.shell_behind(nested))
         write_all(child.master, data)
         echo_on = bool(lflag & termios.ECHO)
         secret = not echo_on and bool(lflag & termios.ICANON)
         if self._cast is not None and self.opts.record_input and echo_on:
             self._cast.input(data)
         if not to_shell:
-            self.editor.reset()  # keys for a program (vim, top, a REPL …), not for a shell
+            self._typed.not_for_a_shell()
             return True
-        if self.editor.empty:
-            self._line_start = self.echo.offset
-        lines = self.editor.feed(data, secret=secret)
-        if lines:
-            now = time.time()
-            for i, line in enumerate(lines):
-                self._awaiting.append(_Awaiting(line.text, line.truncated, self._line_start, i, now, top_level, cwd))
-            self._confirm(now)
+        self._typed.keys(data, time.time(), secret=secret, top_level=top_level, cwd=who.cwd if who else None,
+                         uid=None if top_level or who is None else who.uid,
+                         user=None if top_level or who is None else who.user,
+                         shell_pid=child.pid if top_level or who is None else who.pid)
         return True
-
-    def _confirm(self, now: float) -> None:
-        """Hand on the typed lines the screen has shown by now, in the order they were typed."""
-        keep: list[_Awaiting] = []
-        for a in self._awaiting:
-            if self.echo.shown(a.text, a.since, a.index):
-                self._tracker.line(a.text, a.at, top_level=a.top_level, cwd=a.cwd, truncated=a.truncated)
-            else:
-                keep.append(a)
-        self._awaiting = keep
-        if not keep and self.editor.empty:
-            self.echo.trim(self.echo.offset)
-
-    def _expire_awaiting(self, now: float) -> None:
-        if self._awaiting and now - self._awaiting[0].at > ECHO_WAIT_S:
-            # never shown on screen (typed at a prompt that does not echo): not recorded
-            self._awaiting = [a for a in self._awaiting if now - a.at <= ECHO_WAIT_S]
-        if not self._awaiting and self.editor.empty:
-            self.echo.trim(self.echo.offset)

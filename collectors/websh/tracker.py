@@ -12,6 +12,12 @@ Lines typed at the PTY fill in where the hooks are silent: a ``D`` with no ``S``
 non-empty line means PS0/preexec is gone; lines with no mark at all for a while mean both hooks
 are gone; lines typed to a nested shell are recorded as they are. Those records say
 ``source: "input"``.
+
+Marks are written by code the session's user can change, so they are checked against the keys:
+a start mark while a command runs and no line was typed since cannot be the shell's own (the
+hooks print one per line read) and is dropped as forged, with the end mark printed with it; the
+open command is flagged ``tampered``. Every record keeps both the marks' text and the typed
+text, for the witnesses to be weighed (``witnessed.py``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from collectors.websh.marks import Mark
 
@@ -41,6 +48,16 @@ class CommandRecord:
     cwd: str | None
     source: str
     truncated: bool = False
+    marks_text: str | None = None
+    typed_text: str | None = None
+    typed_exact: bool = False
+    typed_at: float | None = None
+    tampered: str | None = None
+    uid: int | None = None
+    user: str | None = None
+    shell_pid: int | None = None
+    #: the cwd the recorder read from /proc when the line was typed (the marks' cwd may be forged)
+    typed_cwd: str | None = None
 
 
 @dataclass(slots=True)
@@ -50,6 +67,12 @@ class _Open:
     cwd: str | None
     source: str
     truncated: bool
+    marks_text: str | None = None
+    typed_text: str | None = None
+    typed_exact: bool = False
+    typed_at: float | None = None
+    tampered: str | None = None
+    typed_cwd: str | None = None
 
 
 @dataclass(slots=True)
@@ -59,6 +82,12 @@ class _Pending:
     cwd: str | None
     truncated: bool
     marks_seen: int = field(default=0)
+    exact: bool = True
+    uid: int | None = None
+    user: str | None = None
+    shell_pid: int | None = None
+    #: typed before the command that is running began: it is the shell's next line, not the command's
+    ahead: bool = False
 
 
 def cap_command(text: str, limit: int = MAX_COMMAND_BYTES) -> tuple[str, bool]:
@@ -95,6 +124,9 @@ class CommandTracker:
         self._marks = 0
         self._next_hist: int | None = None
         self._last_hist: int | None = None
+        #: start (and end) marks dropped as forged
+        self.forged = 0
+        self._forged_at: float | None = None
 
     # -- marks -----------------------------------------------------------------------------
 
@@ -109,9 +141,14 @@ class CommandTracker:
         # "C" (continuation) only proves the hooks are alive
 
     def _start(self, m: Mark, now: float) -> None:
-        if self._open is not None:  # the previous command never reported back
-            self._finish(None, now)
-        lines, self._pending = self._pending, []
+        if self._open is not None:
+            if not self._pending:  # no line was read since the open command began: not the hooks'
+                self.forged += 1
+                self._forged_at = now
+                note = f"a forged start mark ({_preview(m)}) was printed while it ran"
+                self._open.tampered = f"{self._open.tampered}; {note}" if self._open.tampered else note
+                return
+            self._finish(None, now)  # the previous command never reported back
         payload = m.b64(0)
         text: str | None = None
         cwd: str | None = None
@@ -124,15 +161,22 @@ class CommandTracker:
                 text = decoded if decoded else None
             else:
                 text = self._from_history(decoded)
+        lines, self._pending = _split_lines(self._pending, text)
+        for p in self._pending:
+            p.ahead = True  # pasted with this command: the shell reads them after it
         source = "shell"
+        typed = [p for p in lines if p.text.strip()]
+        typed_text = "\n".join(p.text for p in typed) or None
+        marks_text = text
         if text is None:
-            typed = [p for p in lines if p.text.strip()]
-            text = "\n".join(p.text for p in typed)
+            text = typed_text or ""
             truncated = truncated or any(p.truncated for p in typed)
             source = "input"
             if cwd is None and typed:
                 cwd = typed[0].cwd
-        self._open = _Open(text, now, cwd, source, truncated)
+        self._open = _Open(text, now, cwd, source, truncated, marks_text, typed_text,
+                           bool(typed) and all(p.exact for p in typed), typed[0].at if typed else None,
+                           typed_cwd=typed[0].cwd if typed else None)
 
     def _from_history(self, line: str) -> str | None:
         m = _HISTORY_LINE.match(line)
@@ -148,35 +192,66 @@ class CommandTracker:
         return text.rstrip("\n")
 
     def _done(self, m: Mark, now: float) -> None:
+        if self._forged_at == now:  # printed with a forged start mark
+            self.forged += 1
+            return
         status = m.int(0)
         nxt = m.int(1)
         if nxt is not None:
             self._next_hist = nxt
         if self._open is not None:
-            self._pending = []  # lines typed meanwhile went to the command, not the shell
+            # lines typed meanwhile went to the command, not the shell (but those typed before it)
+            self._pending = [p for p in self._pending if p.ahead]
             self._finish(status, now)
             return
         if self._pending:
             first = self._pending.pop(0)
             self._pending = []
             if _is_command(first.text):  # the shell ran it, but its preexec hook is gone
-                self._record(first.text, first.at, now, status, first.cwd, "input", first.truncated)
+                self._record_typed(first, now, status)
 
     def _finish(self, status: int | None, now: float) -> None:
         op = self._open
         assert op is not None
         self._open = None
-        self._record(op.command, op.started_at, now, status, op.cwd, op.source, op.truncated)
+        self._record(op.command, op.started_at, now, status, op.cwd, op.source, op.truncated,
+                     marks_text=op.marks_text, typed_text=op.typed_text, typed_exact=op.typed_exact,
+                     typed_at=op.typed_at, tampered=op.tampered, typed_cwd=op.typed_cwd)
+
+    def _record_typed(self, p: _Pending, now: float | None, status: int | None) -> None:
+        self._record(p.text, p.at, now, status, p.cwd, "input", p.truncated, typed_text=p.text,
+                     typed_exact=p.exact, typed_at=p.at, uid=p.uid, user=p.user, shell_pid=p.shell_pid)
 
     # -- typed lines -------------------------------------------------------------------------
 
-    def line(self, text: str, now: float, *, top_level: bool, cwd: str | None, truncated: bool = False) -> None:
-        """A line typed and echoed: at the session's own shell (``top_level``) or a nested one."""
+    def line(
+        self,
+        text: str,
+        now: float,
+        *,
+        top_level: bool,
+        cwd: str | None,
+        truncated: bool = False,
+        exact: bool = True,
+        uid: int | None = None,
+        user: str | None = None,
+        shell_pid: int | None = None,
+    ) -> None:
+        """A line typed and echoed: at the session's own shell (``top_level``) or a nested one
+        (``uid``/``user``: who that shell runs as; ``shell_pid``: the shell)."""
+        pending = _Pending(text, now, cwd, truncated, self._marks, exact, uid, user, shell_pid)
         if not top_level or not self.integrated:
             if _is_command(text):
-                self._record(text, now, None, None, cwd, "input", truncated)
+                self._record_typed(pending, None, None)
             return
-        self._pending.append(_Pending(text, now, cwd, truncated, self._marks))
+        self._pending.append(pending)
+
+    def waiting_since(self) -> list[float]:
+        """When each typed line, and the open command, that is not a record yet began."""
+        times = [p.at for p in self._pending]
+        if self._open is not None:
+            times.append(self._open.typed_at or self._open.started_at)
+        return times
 
     def tick(self, now: float) -> None:
         """Notice hooks that went away: typed lines with no mark at all for a while."""
@@ -193,17 +268,17 @@ class CommandTracker:
         lines, self._pending = self._pending, []
         for p in lines:
             if _is_command(p.text):
-                self._record(p.text, p.at, None, None, p.cwd, "input", p.truncated)
+                self._record_typed(p, None, None)
 
     def close(self, now: float, exit_status: int | None) -> None:
-        """The shell ended: the open command (``exit`` …) ends with the shell's status."""
+        """The shell ended: the open command (``exit`` …) ends with the shell's status, and lines
+        the shell read with no mark (its hooks were removed just before) are recorded as typed."""
         if self._open is not None:
             self._finish(exit_status, now)
         lines, self._pending = self._pending, []
-        if not self.integrated:
-            for p in lines:
-                if _is_command(p.text):
-                    self._record(p.text, p.at, None, None, p.cwd, "input", p.truncated)
+        for p in lines:
+            if _is_command(p.text):
+                self._record_typed(p, None, None)
 
     def _record(
         self,
@@ -214,11 +289,34 @@ class CommandTracker:
         cwd: str | None,
         source: str,
         truncated: bool,
+        **more: Any,
     ) -> None:
         text, cut = cap_command(text, self.max_command_bytes)
+        for key in ("marks_text", "typed_text"):
+            if more.get(key) is not None:
+                more[key] = cap_command(more[key], self.max_command_bytes)[0]
         self.count += 1
         duration = None if now is None else max(0, int(round((now - started) * 1000)))
-        self._emit(CommandRecord(self.count, text, started, duration, status, cwd, source, truncated or cut))
+        self._emit(CommandRecord(self.count, text, started, duration, status, cwd, source, truncated or cut, **more))
+
+
+def _split_lines(pending: list[_Pending], text: str | None) -> tuple[list[_Pending], list[_Pending]]:
+    """The typed lines a command with ``text`` is made of (the first ones whose words are its words),
+    and those left for the next commands (a paste of several); all of them when none match."""
+    if text is None or len(pending) < 2:
+        return pending, []
+    want = " ".join(text.split())
+    words: list[str] = []
+    for k, p in enumerate(pending, 1):
+        words += p.text.split()
+        if " ".join(words) == want:
+            return pending[:k], pending[k:]
+    return pending, []
+
+
+def _preview(m: Mark) -> str:
+    payload = m.b64(0) or b""
+    return repr(_decode(payload.partition(b"\0")[0])[:80])
 
 
 def _is_command(text: str) -> bool:
