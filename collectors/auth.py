@@ -29,6 +29,9 @@ pam_unix(<other>:session) opened / closed    session_open /  200     cron, syste
 ==========================================  ==============  ======  =========================
 
 pam_unix ``authentication failure`` lines are skipped: the program's own line counts the attempt.
+
+Only lines whose journal sender fits the program they name become rows (see
+:class:`collectors.derive.Witness`); each row's ``provenance`` says who vouched for it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from typing import Any
 
 from agent.events import make_event, stable_id
 from agent.typing import Event
-from collectors.derive import accepted_data, line_id
+from collectors.derive import Witness, accepted_data, line_id
+from collectors.derivers.bounded import BoundedTable
 
 #: longest message worth parsing; auth lines are short (a sudo COMMAND= line can be long)
 MAX_MESSAGE = 16_384
@@ -130,14 +134,25 @@ class AuthDeriver:
         accept: Callable[[Event], bool] | None = None,
         ignore_services: Iterable[str] = ("cron", "CRON", "crond", "systemd-user", "atd"),
         max_tracked: int = 4096,
+        max_tracked_bytes: int = 4 << 20,
+        witness: Witness | None = None,
+        counter: Callable[..., Any] | None = None,
     ) -> None:
         self.accept = accept
         self.ignore_services = frozenset(ignore_services)
         self.max_tracked = max_tracked
+        self.witness = witness if witness is not None else Witness(counter=counter)
+        self.counter = counter
         #: (host, sshd monitor pid) → (user, ip, port) of its accepted connection
-        self._conn: OrderedDict[tuple[Any, int], tuple[str, str | None, int | None]] = OrderedDict()
+        self._conn: BoundedTable[tuple[Any, int], tuple[str, str | None, int | None]] = BoundedTable(
+            max_tracked, max_tracked_bytes, on_evict=self._evicted)
         #: (host, user, ip, port) of connections whose logout was already reported
-        self._out: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+        self._out: BoundedTable[tuple[Any, ...], bool] = BoundedTable(
+            max_tracked, max_tracked_bytes, on_evict=self._evicted)
+
+    def _evicted(self, n: int) -> None:
+        if self.counter is not None:
+            self.counter("deriver_state_evicted", n, deriver="auth")
 
     # -- entry point -----------------------------------------------------------------------
     def __call__(self, event: Event) -> list[Event]:
@@ -151,12 +166,12 @@ class AuthDeriver:
                 return []
             if len(message) > MAX_MESSAGE or not message:
                 return []
-            extra = data.get("extra")
-            uid = extra.get("uid") if isinstance(extra, dict) else None
-            if uid is not None and uid != "0" and program in SSHD_PROGRAMS:
-                # journald records who sent a line (_UID). sshd logs as root, so an sshd line
-                # from another uid is a forgery (logger -t sshd). sudo and su log with the
-                # invoking user's uid, so the same check cannot be made for them.
+            if program not in self.programs and not message.startswith(self.message_prefixes):
+                return []
+            # the journal vouches, not the text: only a sender that fits the program the line
+            # claims (collectors.derivers.provenance) makes rows, and before any state changes
+            prov = self.witness.vouch(event, program, message)
+            if prov is None:
                 return []
             pid = data.get("pid") if isinstance(data.get("pid"), int) else None
             row = self.parse(program, message, pid=pid, host=data.get("hostname"))
@@ -167,6 +182,7 @@ class AuthDeriver:
         row["details"]["program"] = program
         if pid is not None:
             row["details"]["pid"] = pid
+        row["provenance"] = prov
         return [make_event("user_activity", row, ts=event.get("ts"), id=stable_id("ua", line_id(event)))]
 
     # -- dispatch --------------------------------------------------------------------------

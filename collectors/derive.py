@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.typing import Event
+from collectors.derivers.provenance import RULES, SSHD_NAMES, SenderRules, default_rules, provenance, sender_of
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -99,20 +100,81 @@ def auth_file_paths(cfg: AgentConfig) -> list[str]:
     return [p for p in cfg.collectors.auth.paths if os.path.exists(p)]
 
 
-def build_derivers(cfg: AgentConfig) -> list[Deriver]:
-    """The enabled derivers, each limited to the auth origin chosen by the config."""
+def build_derivers(cfg: AgentConfig, counter: Callable[..., Any] | None = None) -> list[Deriver]:
+    """The enabled derivers, each limited to the auth origin chosen by the config, sharing one
+    :class:`Witness` (the rule table of this system's executables; ``counter`` counts forged lines)."""
     origin = auth_origin(cfg)
     accept = OriginFilter(origin, cfg.collectors.auth.paths)
+    witness = Witness(counter=counter)
     out: list[Deriver] = []
     if cfg.collectors.auth.enabled:
         from collectors.auth import AuthDeriver
 
-        out.append(AuthDeriver(accept=accept, ignore_services=cfg.collectors.auth.ignore_pam_services))
+        out.append(AuthDeriver(accept=accept, ignore_services=cfg.collectors.auth.ignore_pam_services,
+                               witness=witness, counter=counter))
     if cfg.collectors.sftp.enabled:
         from collectors.sftp import SftpDeriver
 
-        out.append(SftpDeriver(accept=accept, max_sessions=cfg.collectors.sftp.max_sessions))
+        out.append(SftpDeriver(accept=accept, max_sessions=cfg.collectors.sftp.max_sessions,
+                               witness=witness, counter=counter))
     return out
+
+
+class Witness:
+    """Decides whether a line may become an audit row: whose sender fits the program it claims.
+
+    A line read from a file carries no sender: its rows say ``provenance.source: file``. A
+    journal line's sender (``data.extra.sender``) must fit the rule of its program
+    (:class:`~collectors.derivers.provenance.SenderRules`); a line that does not fit yields no
+    row, stays a ``system_log`` line, and is counted once (``forged_lines``, by program) however
+    many derivers look at it.
+    """
+
+    def __init__(self, rules: SenderRules | None = None, counter: Callable[..., Any] | None = None) -> None:
+        self._rules = rules
+        self.counter = counter
+        #: forged lines seen, by program label
+        self.forged: dict[str, int] = {}
+        self._last_forged: str | None = None
+
+    @property
+    def rules(self) -> SenderRules:
+        if self._rules is None:  # found on first use: building derivers stays cheap
+            self._rules = default_rules()
+        return self._rules
+
+    def vouch(self, event: Event, program: str, message: str) -> dict[str, Any] | None:
+        """The ``provenance`` of a line whose sender fits, or None (counted as forged, except the
+        unprivileged sshd session child, whose facts the root monitor logs)."""
+        origin, path = event_origin(event)
+        data = event.get("data") or {}
+        if origin == "file":
+            src = data.get("source")
+            return provenance(None, path or (src if isinstance(src, str) else None))
+        sender = sender_of(data)
+        why = self.rules.check(program, message, sender)
+        if why is None:
+            return provenance(sender)
+        if program in SSHD_NAMES and not message.startswith("pam_unix(") and self.rules.is_sshd_child(sender):
+            return None
+        self.forged_line(event, program, message)
+        return None
+
+    def forged_line(self, event: Event, program: str, message: str = "") -> None:
+        """Count one line whose sender does not fit (once per line, by a bounded program label)."""
+        lid = line_id(event)
+        if lid == self._last_forged:
+            return
+        self._last_forged = lid
+        if program in RULES:
+            label = program
+        elif message.startswith("pam_unix("):
+            label = "pam_unix"
+        else:
+            label = "other"
+        self.forged[label] = self.forged.get(label, 0) + 1
+        if self.counter is not None:
+            self.counter("forged_lines", 1, program=label)
 
 
 def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:

@@ -20,6 +20,17 @@ through it) by host and pid:
   guessed. At ``-l VERBOSE`` every request is logged and such errors are attributed exactly.
 - ``session closed for local user U from [IP]`` ends the session.
 
+Provenance: a journal line counts only when its sender fits (:class:`collectors.derive.Witness`:
+an sftp-server executable, or sshd for internal-sftp), and a session only when, in addition, the
+sender runs as the uid of the user its opening line names and that user has an ssh connection
+from the address it names, accepted by a root sshd (or, for a session whose connection the agent
+did not see, when the process still runs as the child of sshd's session process). A user running
+sftp-server by hand with a made-up ``SSH_CONNECTION`` fits neither: the session's lines stay
+``system_log`` lines and are counted in ``forged_lines``. Every row carries its ``provenance``.
+
+Memory: sessions, their open files and the connections are :class:`BoundedTable` s with a
+count and a byte cap; what they evict is counted (``deriver_state_evicted``).
+
 scp since OpenSSH 9 rides on SFTP and gives the same lines. Each row's id is
 ``stable_id("ftp", <line id>)`` of the line that completed it. A session whose opening line
 was never seen (the agent started mid-session) takes its user from the live process when it
@@ -28,21 +39,29 @@ still runs on this host, else its rows are dropped and counted: no row with a gu
 
 from __future__ import annotations
 
+import os
 import posixpath
 import pwd
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
-from collectors.derive import accepted_data, line_id
+from collectors.derive import Witness, accepted_data, line_id
+from collectors.derivers.bounded import BoundedTable, approx_size
+from collectors.derivers.provenance import SSHD_NAMES
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
 MAX_PATH = 4096
+#: open files kept per session, and their bytes (sftp-server itself keeps few handles open)
+MAX_OPEN_FILES = 1024
+MAX_SESSION_BYTES = 1 << 20
+#: all sessions together, and the ssh connections tracked to vouch for them
+MAX_STATE_BYTES = 32 << 20
+MAX_CONNECTIONS = 4096
 
 # sftp-server logs a path between quotes as it is (a quote in it is not escaped; the syslog
 # layer only doubles a backslash): the greedy match ends at the *last* fixed suffix, which the
@@ -61,6 +80,8 @@ RE_RENAME = re.compile(r'^(?:posix-)?rename old "(?P<both>.*)"$')
 RE_MKDIR = re.compile(r"^mkdir name " + _Q.format("path") + r"(?: mode (?P<mode>\d+))?$")
 RE_RMDIR = re.compile(r"^rmdir name " + _Q.format("path") + r"$")
 RE_STATUS = re.compile(r"^sent status (?P<status>.+)$")
+RE_SSH_ACCEPTED = re.compile(r"^Accepted \S+ for (?P<user>.+) from (?P<ip>\S+) port \d{1,5}\b")
+RE_SSH_CLOSED = re.compile(r"^pam_unix\(sshd:session\): session closed for user ")
 RE_VERBOSE_ONLY = re.compile(r'^(?:realpath|l?stat name|fstat|received client version|opendir|readlink) ')
 
 #: statuses that are not errors
@@ -101,12 +122,22 @@ class _Session:
     ip: str | None = None
     #: the server logs at VERBOSE (stat/lstat/realpath too): every error status is attributable
     verbose: bool = False
-    open_files: dict[str, _Open] = field(default_factory=dict)
+    open_files: BoundedTable[str, _Open] = field(
+        default_factory=lambda: BoundedTable(MAX_OPEN_FILES, MAX_SESSION_BYTES, _open_size))
     #: an open whose error status was seen and that was not closed (yet)
     failed_open: str | None = None
     #: the last request whose failure the next line ("sent status …") would report:
     #: (what, row, ts, line id)
     pending: tuple[str, dict[str, Any], str | None, str] | None = None
+
+
+def _open_size(path: str, f: _Open) -> int:
+    return approx_size(path, f.flags, f.error, f.ts)
+
+
+def _session_size(key: Any, s: _Session) -> int:
+    pending = approx_size(*s.pending[1].values()) if s.pending is not None else 0
+    return approx_size(key, s.user, s.ip, s.failed_open) + s.open_files.bytes + pending
 
 
 class SftpDeriver:
@@ -123,16 +154,32 @@ class SftpDeriver:
         max_sessions: int = 4096,
         lookup_user: Callable[[int], str | None] | None = None,
         counter: Callable[..., Any] | None = None,
+        witness: Witness | None = None,
+        max_bytes: int = MAX_STATE_BYTES,
+        uid_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self.accept = accept
         self.max_sessions = max_sessions
         self.lookup_user = lookup_user if lookup_user is not None else _process_user
+        self.uid_of = uid_of if uid_of is not None else _uid_of
         self.counter = counter
-        self._sessions: OrderedDict[tuple[Any, str, int], _Session] = OrderedDict()
+        self.witness = witness if witness is not None else Witness(counter=counter)
+        self._sessions: BoundedTable[tuple[Any, str, int], _Session] = BoundedTable(
+            max_sessions, max_bytes, _session_size, self._evicted)
+        #: sessions whose opening line did not fit: their lines make no rows and no state
+        self._forged: BoundedTable[tuple[Any, str, int], str] = BoundedTable(
+            max_sessions, max_bytes // 8, on_evict=self._evicted)
+        #: (host, root sshd pid) -> (user, ip) of the ssh connections it accepted
+        self._conns: BoundedTable[tuple[Any, int], tuple[str, str]] = BoundedTable(
+            MAX_CONNECTIONS, max_bytes // 8, on_evict=self._evicted)
 
     def _count(self, name: str) -> None:
         if self.counter is not None:
             self.counter(name, 1, deriver="sftp")
+
+    def _evicted(self, n: int) -> None:
+        if self.counter is not None:
+            self.counter("deriver_state_evicted", n, deriver="sftp")
 
     # -- session table ---------------------------------------------------------------------
     def _session(self, key: tuple[Any, str, int], create: bool = True) -> _Session | None:
@@ -142,9 +189,8 @@ class SftpDeriver:
             return s
         if not create:
             return None
-        s = self._sessions[key] = _Session()
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        s = _Session(open_files=BoundedTable(MAX_OPEN_FILES, MAX_SESSION_BYTES, _open_size, self._evicted))
+        self._sessions[key] = s
         return s
 
     # -- entry point -----------------------------------------------------------------------
@@ -158,12 +204,62 @@ class SftpDeriver:
                 return []
             if not message or len(message) > MAX_MESSAGE:
                 return []
-            key = (data.get("hostname"), program, pid)
-            rows = self.feed(key, message.rstrip("\r\n"), event.get("ts"), line_id(event))
+            message = message.rstrip("\r\n")
+            host = data.get("hostname")
+            if program in SSHD_NAMES and self._track_connection(event, host, program, message, pid):
+                return []
+            key = (host, program, pid)
+            if key in self._forged:
+                if RE_CLOSED.match(message):
+                    self._forged.pop(key, None)
+                self.witness.forged_line(event, program, message)
+                return []
+            # sshd itself writes the lines of internal-sftp, running as the session's user
+            prov = self.witness.vouch(event, "internal-sftp" if program in SSHD_NAMES else program, message)
+            if prov is None:
+                return []
+            if prov["source"] == "journal" and (m := RE_OPENED.match(message)):
+                why = self._session_unfit(host, m["user"], m["ip"], prov)
+                if why is not None:
+                    self._sessions.pop(key, None)
+                    self._forged[key] = why
+                    self.witness.forged_line(event, program, message)
+                    return []
+            rows = self.feed(key, message, event.get("ts"), line_id(event))
+            self._sessions.resize(key)
         except Exception:  # a deriver must never break its collector
             self._count("deriver_error")
             return []
-        return [make_event("webftp_transfer", row, ts=ts, id=stable_id("ftp", lid)) for row, ts, lid in rows]
+        return [make_event("webftp_transfer", dict(row, provenance=prov), ts=ts, id=stable_id("ftp", lid))
+                for row, ts, lid in rows]
+
+    # -- provenance of sessions ------------------------------------------------------------
+    def _track_connection(self, event: Event, host: Any, program: str, message: str, pid: int) -> bool:
+        """Follow the ssh connections a root sshd accepts and closes; True when the line was one."""
+        m = RE_SSH_ACCEPTED.match(message)
+        if m is None and RE_SSH_CLOSED.match(message) is None:
+            return False
+        prov = self.witness.vouch(event, program, message)
+        if prov is None or prov["source"] != "journal":
+            return True
+        if m is not None:
+            self._conns[(host, pid)] = (m["user"], m["ip"])
+        else:
+            self._conns.pop((host, pid), None)
+        return True
+
+    def _session_unfit(self, host: Any, user: str, ip: str, prov: dict[str, Any]) -> str | None:
+        """Why a journal session's opening line cannot be believed (None: it can)."""
+        uid = self.uid_of(user)
+        # (a chrooted internal-sftp may log through sshd's root monitor: root vouches for itself)
+        if prov.get("uid") != 0 and (uid is None or uid != prov.get("uid")):
+            return f"the session names {user!r} but runs as uid {prov.get('uid')}"
+        if any(k[0] == host and v == (user, ip) for k, v in reversed(self._conns.items())):
+            return None
+        pid = prov.get("pid")
+        if isinstance(pid, int) and self.lookup_user(pid) == user:
+            return None  # a connection from before the agent started: the live process proves it
+        return f"no ssh connection of {user!r} from {ip!r} is known"
 
     def feed(self, key: tuple[Any, str, int], message: str, ts: str | None, lid: str) -> list[Row]:
         """Advance the session ``key`` by one line; returns the finished rows (usually 0 or 1)
@@ -181,7 +277,8 @@ class SftpDeriver:
         if m := RE_OPENED.match(message):
             s = self._session(key)
             assert s is not None
-            s.user, s.ip, s.open_files, s.pending = m["user"], m["ip"] or None, {}, None
+            s.user, s.ip, s.pending = m["user"], m["ip"] or None, None
+            s.open_files.clear()
             return out
         if RE_CLOSED.match(message):
             self._sessions.pop(key, None)
@@ -324,14 +421,29 @@ def _absolute(path: str, user: str) -> str:
     return posixpath.normpath(posixpath.join(home, path)) if home else path
 
 
+def _uid_of(user: str) -> int | None:
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError):
+        return None
+
+
 def _process_user(pid: int) -> str | None:
-    """The owner of a still-running sftp-server process on this host (None when gone)."""
+    """The owner of a still-running sftp-server process on this host that sshd started: its
+    parent is sshd's session process and that one's parent a root sshd (None otherwise)."""
     try:
         import psutil
 
         p = psutil.Process(pid)
         name = p.name()
         if "sftp" not in name and "sshd" not in name:
+            return None
+        chain = [p.parent() if "sftp" in name else p]
+        chain.append(chain[0].parent() if chain[0] is not None else None)
+        session, monitor = chain
+        if session is None or monitor is None or monitor.uids().real != 0:
+            return None
+        if not all(os.path.basename(q.exe()) in SSHD_NAMES for q in (session, monitor)):
             return None
         return p.username()
     except Exception:
