@@ -121,12 +121,38 @@ class SpoolConfig(Section):
     )
 
 
+class PushRule(Section):
+    """Who may push one kind of event: these users and the members of these groups."""
+
+    users: list[str] = ["root"]
+    groups: list[str] = []
+
+
+class PushPolicy(Section):
+    """Per kind, who may push it over the hook socket (``websh`` covers ``websh_session`` and
+    ``websh_command``). By default root may push everything and everyone else nothing."""
+
+    user_activity: PushRule = PushRule()
+    webftp_transfer: PushRule = PushRule()
+    command: PushRule = PushRule()
+    websh: PushRule = PushRule()
+    system_log: PushRule = PushRule()
+    metrics: PushRule = PushRule()
+
+    def rule_for(self, kind: str) -> PushRule:
+        """The rule of an event kind."""
+        return getattr(self, "websh" if kind.startswith("websh_") else kind)  # type: ignore[no-any-return]
+
+
 class HookConfig(Section):
     enabled: bool = True
     socket: str = "/run/alpacon-agent/hook.sock"
     mode: int = 0o660
+    #: who may connect at all
     allow_users: list[str] = ["root"]
     allow_groups: list[str] = []
+    #: who may push which kind, once connected
+    push: PushPolicy = PushPolicy()
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     max_connections: int = Field(default=256, ge=1)
 
