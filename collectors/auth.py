@@ -56,6 +56,8 @@ SSHD_PROGRAMS = frozenset({"sshd", "sshd-session", "sshd-auth"})
 SUDO_PROGRAMS = frozenset({"sudo"})
 SU_PROGRAMS = frozenset({"su"})
 LOGIN_PROGRAMS = frozenset({"login"})
+#: read so that their senders are checked (and forgeries counted); no rows of their own yet
+LOGIND_PROGRAMS = frozenset({"systemd-logind"})
 
 # --- sshd -------------------------------------------------------------------------------
 # user names are matched greedily so that a hostile name containing " from X port N"
@@ -126,7 +128,7 @@ class AuthDeriver:
     name = "auth"
     #: the lines this deriver can use: these programs, or a message starting with a prefix
     #: (collectors skip building event dicts for every other line; see derive.line_gate)
-    programs: frozenset[str] = SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS
+    programs: frozenset[str] = SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS | LOGIND_PROGRAMS
     message_prefixes: tuple[str, ...] = ("pam_unix(",)
 
     def __init__(

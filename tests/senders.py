@@ -1,14 +1,19 @@
-"""Journal senders for unit tests of the derivers: the trusted fields journald would record for
-a real program on this machine (:func:`sender`), or for an unprivileged local user's tool."""
+"""Senders for the derivers' tests: the trusted fields journald would record for a real program
+on this machine (:func:`sender`) or an unprivileged user's tool (:func:`user_tool`), and a real
+throwaway user who writes into a live journald (:class:`Intruder`)."""
 
 from __future__ import annotations
 
+import secrets
+import subprocess
 from functools import cache
 from typing import Any
 
 from collectors.derivers.provenance import PAM_PROGRAMS, PAM_RULES, RULES, SenderRules, default_rules
+from tests.parts import LiveJournald
 
 FULL_CAPS = "1ffffffffff"
+DEV_LOG = "/run/systemd/journal/dev-log"
 
 
 @cache
@@ -33,3 +38,28 @@ def user_tool(uid: int = 1000, comm: str = "logger", exe: str = "/usr/bin/logger
     """What journald records for a line an unprivileged user's tool sent."""
     return {"uid": uid, "gid": uid, "pid": 4242, "comm": comm, "exe": exe, "transport": "syslog",
             "cap_effective": "0", **fields}
+
+
+class Intruder:
+    """A throwaway unprivileged user (removed afterwards) acting inside journald's namespace."""
+
+    def __init__(self, jd: LiveJournald) -> None:
+        self.jd = jd
+        self.name = f"forg{secrets.token_hex(3)}"
+        subprocess.run(["useradd", "-M", "-s", "/bin/sh", self.name], check=True, capture_output=True)
+        self.uid = int(subprocess.run(["id", "-u", self.name], capture_output=True, text=True, check=True).stdout)
+
+    def run(self, args: list[str], input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        r = self.jd.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups", "--reset-env",
+                         *args], input=input, check=False)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        return r
+
+    def logger(self, tag: str, *messages: str, size: int | None = None) -> None:
+        args = ["logger", "--socket", DEV_LOG, "--socket-errors=on", "-t", tag]
+        if size is not None:
+            args += ["--size", str(size)]
+        self.run(args, input="".join(m + "\n" for m in messages).encode())
+
+    def remove(self) -> None:
+        subprocess.run(["userdel", self.name], capture_output=True)

@@ -26,11 +26,12 @@ from typing import Any
 import pytest
 
 from agent.hookclient import HookClient
+from collectors.derivers.provenance import SenderRules
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
+from tests.senders import DEV_LOG, Intruder
 from tests.support import need, need_binary, need_root, wait_until
 
-DEV_LOG = "/run/systemd/journal/dev-log"
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
@@ -58,31 +59,6 @@ JOURNAL_SEND = (
     "import sys\nfrom systemd import journal\n"
     "journal.send(sys.argv[1], SYSLOG_IDENTIFIER=sys.argv[2], SYSLOG_PID='1', _UID='0', _EXE='/usr/sbin/sshd')\n"
 )
-
-
-class Intruder:
-    """A throwaway unprivileged user (removed afterwards) acting inside journald's namespace."""
-
-    def __init__(self, jd: LiveJournald) -> None:
-        self.jd = jd
-        self.name = f"forg{secrets.token_hex(3)}"
-        subprocess.run(["useradd", "-M", "-s", "/bin/sh", self.name], check=True, capture_output=True)
-        self.uid = int(subprocess.run(["id", "-u", self.name], capture_output=True, text=True, check=True).stdout)
-
-    def run(self, args: list[str], input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-        r = self.jd.run(["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--init-groups", "--reset-env",
-                         *args], input=input, check=False)
-        assert r.returncode == 0, r.stderr.decode(errors="replace")
-        return r
-
-    def logger(self, tag: str, *messages: str, size: int | None = None) -> None:
-        args = ["logger", "--socket", DEV_LOG, "--socket-errors=on", "-t", tag]
-        if size is not None:
-            args += ["--size", str(size)]
-        self.run(args, input="".join(m + "\n" for m in messages).encode())
-
-    def remove(self) -> None:
-        subprocess.run(["userdel", self.name], capture_output=True)
 
 
 class ForgeryLab:
@@ -357,3 +333,98 @@ class TestHookSender:
         finally:
             subprocess.run(["groupdel", group], capture_output=True)
 
+
+
+# ----------------------------------------------------------------------------- the rule table
+
+RULES = SenderRules({"sshd": frozenset({"/usr/sbin/sshd"}), "sudo": frozenset({"/usr/bin/sudo"}),
+                     "su": frozenset({"/usr/bin/su"}), "login": frozenset({"/usr/bin/login"}),
+                     "sftp-server": frozenset({"/usr/lib/openssh/sftp-server"}),
+                     "systemd-logind": frozenset({"/usr/lib/systemd/systemd-logind"})})
+CAPS = "1fffeffffff"  # what journald recorded for root and setuid programs in a container
+
+
+def _who(uid: int, exe: str | None, comm: str, caps: str = "0", transport: str = "syslog") -> dict[str, Any]:
+    out: dict[str, Any] = {"uid": uid, "gid": uid, "pid": 4000, "comm": comm, "cap_effective": caps,
+                           "transport": transport}
+    if exe is not None:
+        out["exe"] = exe
+    return out
+
+
+class TestSenderRules:
+    """Senders as journald recorded them for real OpenSSH 9, sudo 1.9 and su on Debian 12, and
+    for an unprivileged user's tools."""
+
+    @pytest.mark.parametrize(("program", "message", "who"), [
+        ("sshd", ACCEPTED, _who(0, "/usr/sbin/sshd", "sshd", CAPS)),
+        ("sshd", ACCEPTED, _who(0, "/usr/sbin/sshd (deleted)", "sshd", CAPS)),  # after a package upgrade
+        ("sshd", ACCEPTED, _who(0, None, "sshd", CAPS)),  # exited before journald read /proc
+        ("sudo", "u : PWD=/ ; USER=root ; COMMAND=/usr/bin/id", _who(1002, "/usr/bin/sudo", "sudo", CAPS)),
+        ("sudo", "u : command not allowed ; PWD=/ ; USER=root ; COMMAND=/bin/cat", _who(1002, None, "sudo", CAPS)),
+        ("su", "(to t) u on pts/0", _who(1002, "/usr/bin/su", "su", CAPS)),
+        ("sudo", "pam_unix(sudo:session): session opened for user root(uid=0) by (uid=1002)",
+         _who(1002, "/usr/bin/sudo", "sudo", CAPS)),
+        ("login", "FAILED LOGIN (1) on '/dev/tty1' FOR 'root', x", _who(0, "/usr/bin/login", "login", CAPS)),
+        ("sftp-server", "session opened for local user u from [127.0.0.1]",
+         _who(1001, "/usr/lib/openssh/sftp-server", "sftp-server")),
+        ("vsftpd", "pam_unix(vsftpd:session): session opened for user u(uid=1001) by (uid=0)",
+         _who(0, "/usr/sbin/vsftpd", "vsftpd", CAPS)),
+    ])
+    def test_real_senders_fit(self, program: str, message: str, who: dict[str, Any]) -> None:
+        """Each real program's own lines fit its rule."""
+        assert RULES.check(program, message, who) is None
+
+    @pytest.mark.parametrize(("program", "message", "who", "why"), [
+        ("sshd", ACCEPTED, _who(1000, "/usr/bin/logger", "logger"), "runs as root"),
+        ("sshd", ACCEPTED, _who(0, "/usr/bin/logger", "logger", CAPS), "not a sshd"),  # even root's logger
+        ("sshd", ACCEPTED, _who(1000, None, "sshd"), "runs as root"),  # a renamed copy that exited
+        ("sudo", "root : PWD=/ ; USER=root ; COMMAND=/bin/sh", _who(1000, None, "sudo"), "not privileged"),
+        ("sudo", "root : PWD=/ ; USER=root ; COMMAND=/bin/sh", _who(1000, "/home/u/sudo", "sudo"), "not a sudo"),
+        ("sudo", "root : PWD=/ ; USER=root ; COMMAND=/bin/sh", _who(1000, "/usr/bin/sudo", "sudo", CAPS, "stdout"),
+         "logs through syslog"),  # its stderr on a stream the user opened (systemd-cat)
+        ("su", "(to root) root on pts/0", _who(1000, "/usr/bin/logger", "logger"), "not a su"),
+        ("cron", "pam_unix(login:session): session opened for user root(uid=0)", _who(1000, "/usr/bin/logger",
+                                                                                      "logger"), "runs as root"),
+        ("x", "pam_unix(vsftpd:session): session opened for user root(uid=0)", _who(1000, "/usr/bin/logger",
+                                                                                    "logger"), "may not run PAM"),
+        ("sftp-server", "session opened for local user root from [1.2.3.4]", _who(1000, "/usr/bin/logger",
+                                                                                 "logger"), "not a sftp-server"),
+        ("sftp-server", "session opened for local user u from [1.2.3.4]",
+         _who(1000, "/usr/lib/openssh/sftp-server", "sftp-server", transport="stdout"), "logs through syslog"),
+        ("systemd-logind", "New session 1 of user root.", _who(1000, "/usr/bin/logger", "logger"), "runs as root"),
+        ("sshd", ACCEPTED, None, "no sender"),
+    ])
+    def test_forgeries_do_not_fit(self, program: str, message: str, who: dict[str, Any] | None, why: str) -> None:
+        """An unprivileged user's tools, renamed copies and inherited streams do not fit, with a reason."""
+        reason = RULES.check(program, message, who)
+        assert reason is not None and why in reason, reason
+
+    def test_sshd_session_child_is_neither_row_nor_forgery(self) -> None:
+        """sshd's session child (running as the user) logs 'Disconnected from user': no row, not
+        counted; the root monitor's pam line is the logout."""
+        from collectors.auth import AuthDeriver
+        from collectors.derive import Witness
+
+        d = AuthDeriver(witness=Witness(RULES))
+        child = {"id": "jd-1", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
+                 "data": {"program": "sshd", "pid": 17660, "level": "info", "hostname": "h",
+                          "message": "Disconnected from user alice 127.0.0.1 port 47308",
+                          "extra": {"sender": _who(1001, None, "sshd")}}}
+        assert d(child) == [] and d.witness.forged == {}
+        child["id"], child["data"]["extra"] = "jd-2", {"sender": _who(1001, "/usr/bin/logger", "logger")}
+        assert d(child) == [] and d.witness.forged == {"sshd": 1}
+
+    def test_executables_are_found_where_they_are(self, tmp_path: Path) -> None:
+        """Executables are looked up in the known directories and extra ones, in resolved form too."""
+        from collectors.derivers.provenance import discover_executables
+
+        (tmp_path / "real").mkdir()
+        exe = tmp_path / "real" / "sshd-session"
+        exe.write_bytes(b"#!/bin/sh\n")
+        exe.chmod(0o755)
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+        found = discover_executables([str(tmp_path / "link")])
+        assert {str(tmp_path / "link" / "sshd-session"), str(exe)} <= found["sshd-session"]
+        assert os.path.realpath(subprocess.run(["which", "su"], capture_output=True, text=True).stdout.strip()) \
+            in found["su"]
