@@ -428,3 +428,65 @@ class TestSenderRules:
         assert {str(tmp_path / "link" / "sshd-session"), str(exe)} <= found["sshd-session"]
         assert os.path.realpath(subprocess.run(["which", "su"], capture_output=True, text=True).stdout.strip()) \
             in found["su"]
+
+    def test_sftp_server_named_in_sshd_config(self) -> None:
+        """The sftp-server an sshd configuration names counts as one (wherever it is installed)."""
+        from collectors.derivers.provenance import sftp_servers_in
+
+        conf = "Port 22\n  subsystem   sftp /opt/ssh/libexec/sftp-server -l INFO\nSubsystem sftp internal-sftp\n"
+        assert sftp_servers_in(conf) == {"/opt/ssh/libexec/sftp-server"}
+
+
+def _sftp(n: int, message: str, who: dict[str, Any], program: str = "sftp-server") -> dict[str, Any]:
+    return {"id": f"jd-{n:06d}", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
+            "data": {"program": program, "pid": who["pid"], "level": "info", "hostname": "h", "message": message,
+                     "extra": {"sender": who}}}
+
+
+class TestSftpSessions:
+    """An sftp session is believed when its sender runs as the user it names, inside an ssh
+    connection a root sshd accepted from the address it names."""
+
+    SSHD = _who(0, "/usr/sbin/sshd", "sshd", CAPS)
+    ALICE, BOB = 1001, 1002
+
+    def _deriver(self) -> Any:
+        from collectors.derive import Witness
+        from collectors.sftp import SftpDeriver
+
+        users = {"alice": self.ALICE, "bob": self.BOB}
+        d = SftpDeriver(witness=Witness(RULES), uid_of=users.get, lookup_user=lambda pid: None)
+        assert d(_sftp(1, "Accepted publickey for alice from 192.0.2.1 port 5 ssh2", {**self.SSHD, "pid": 100},
+                       "sshd")) == []
+        return d
+
+    def _session(self, d: Any, user: str, ip: str, uid: int) -> list[dict[str, Any]]:
+        who = {**_who(uid, "/usr/lib/openssh/sftp-server", "sftp-server"), "pid": 5000 + uid}
+        out = []
+        for i, m in enumerate([f"session opened for local user {user} from [{ip}]", 'open "/etc/hostname" flags READ',
+                               'close "/etc/hostname" bytes read 9 written 0',
+                               f"session closed for local user {user} from [{ip}]"]):
+            out += d(_sftp(10 + i + uid, m, who))
+        return out
+
+    def test_a_real_session_gives_rows_with_provenance(self) -> None:
+        """alice's sftp-server inside alice's ssh connection from that address: a row naming alice."""
+        rows = self._session(self._deriver(), "alice", "192.0.2.1", self.ALICE)
+        assert [(r["data"]["username"], r["data"]["size"]) for r in rows] == [("alice", 9)]
+        assert rows[0]["data"]["provenance"] == {"source": "journal", "uid": self.ALICE, "gid": self.ALICE,
+                                                 "pid": 5000 + self.ALICE, "exe": "/usr/lib/openssh/sftp-server",
+                                                 "comm": "sftp-server"}
+
+    def test_a_session_naming_another_user_is_forged(self) -> None:
+        """bob's sftp-server (under LD_PRELOAD, say) claiming alice's session: no row, every line counted."""
+        d = self._deriver()
+        assert self._session(d, "alice", "192.0.2.1", self.BOB) == []
+        assert d.witness.forged == {"sftp-server": 4}
+
+    def test_a_session_outside_any_ssh_connection_is_forged(self) -> None:
+        """alice running sftp-server by hand with a made-up SSH_CONNECTION: no row, every line counted."""
+        d = self._deriver()
+        assert self._session(d, "alice", "203.0.113.66", self.ALICE) == []
+        assert d.witness.forged == {"sftp-server": 4}
+        # once forged, a later real session of the same user is still believed
+        assert len(self._session(d, "alice", "192.0.2.1", self.ALICE)) == 1

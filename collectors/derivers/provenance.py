@@ -236,6 +236,12 @@ def _running_sshd() -> tuple[set[str], set[str]]:
     return exes, configs
 
 
+def sftp_servers_in(sshd_config: str) -> set[str]:
+    """The sftp-server executables an sshd configuration names (``Subsystem sftp PATH …``)."""
+    return {m[1] for m in _SUBSYSTEM.finditer(sshd_config)
+            if m[1].startswith("/") and os.path.basename(m[1]) == "sftp-server"}
+
+
 def discover_executables(extra_dirs: Iterable[str] = ()) -> dict[str, frozenset[str]]:
     """Every executable the rules name, found on this system: ``{name: {absolute paths}}`` (each
     path also in its resolved form, which is what ``_EXE`` shows)."""
@@ -259,9 +265,7 @@ def discover_executables(extra_dirs: Iterable[str] = ()) -> dict[str, frozenset[
                 text = f.read(1 << 20)
         except OSError:
             continue
-        for m in _SUBSYSTEM.finditer(text):
-            if m[1].startswith("/") and os.path.basename(m[1]) == "sftp-server":
-                found["sftp-server"].add(m[1])
+        found["sftp-server"] |= sftp_servers_in(text)
     return {n: frozenset(ps | {os.path.realpath(p) for p in ps}) for n, ps in found.items()}
 
 
@@ -281,4 +285,5 @@ __all__ = [
     "privileged",
     "provenance",
     "sender_of",
+    "sftp_servers_in",
 ]
