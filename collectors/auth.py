@@ -184,7 +184,7 @@ class AuthDeriver:
         row["details"]["program"] = program
         if pid is not None:
             row["details"]["pid"] = pid
-        row["provenance"] = prov
+        row["provenance"] = prov.data()
         return [make_event("user_activity", row, ts=event.get("ts"), id=stable_id("ua", line_id(event)))]
 
     # -- dispatch --------------------------------------------------------------------------

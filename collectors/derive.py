@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.typing import Event
-from collectors.derivers.provenance import RULES, SSHD_NAMES, SenderRules, default_rules, provenance, sender_of
+from collectors.derivers.provenance import RULES, SSHD_NAMES, SenderRules, Voucher, default_rules, sender_of
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -143,18 +143,18 @@ class Witness:
             self._rules = default_rules()
         return self._rules
 
-    def vouch(self, event: Event, program: str, message: str) -> dict[str, Any] | None:
-        """The ``provenance`` of a line whose sender fits, or None (counted as forged, except the
+    def vouch(self, event: Event, program: str, message: str) -> Voucher | None:
+        """Who vouches for a line whose sender fits, or None (counted as forged, except the
         unprivileged sshd session child, whose facts the root monitor logs)."""
         origin, path = event_origin(event)
         data = event.get("data") or {}
         if origin == "file":
             src = data.get("source")
-            return provenance(None, path or (src if isinstance(src, str) else None))
+            return Voucher(None, path or (src if isinstance(src, str) else None))
         sender = sender_of(data)
         why = self.rules.check(program, message, sender)
         if why is None:
-            return provenance(sender)
+            return Voucher(sender)
         if program in SSHD_NAMES and not message.startswith("pam_unix(") and self.rules.is_sshd_child(sender):
             return None
         self.forged_line(event, program, message)

@@ -51,7 +51,7 @@ from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
 from collectors.derive import Witness, accepted_data, line_id
 from collectors.derivers.bounded import BoundedTable, approx_size
-from collectors.derivers.provenance import SSHD_NAMES
+from collectors.derivers.provenance import SSHD_NAMES, Voucher
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
@@ -80,6 +80,11 @@ RE_RENAME = re.compile(r'^(?:posix-)?rename old "(?P<both>.*)"$')
 RE_MKDIR = re.compile(r"^mkdir name " + _Q.format("path") + r"(?: mode (?P<mode>\d+))?$")
 RE_RMDIR = re.compile(r"^rmdir name " + _Q.format("path") + r"$")
 RE_STATUS = re.compile(r"^sent status (?P<status>.+)$")
+#: how every line of sftp-server (at INFO and VERBOSE) begins: sshd's own lines are passed over
+SFTP_PREFIXES = ("session opened for local user ", "session closed for local user ", "open ", "close ",
+                 "forced close ", "sent status ", "remove name ", "rename old ", "posix-rename old ",
+                 "mkdir name ", "rmdir name ", "realpath ", "stat name ", "lstat name ", "fstat ",
+                 "received client version ", "opendir ", "readlink ")
 RE_SSH_ACCEPTED = re.compile(r"^Accepted \S+ for (?P<user>.+) from (?P<ip>\S+) port \d{1,5}\b")
 RE_SSH_CLOSED = re.compile(r"^pam_unix\(sshd:session\): session closed for user ")
 RE_VERBOSE_ONLY = re.compile(r'^(?:realpath|l?stat name|fstat|received client version|opendir|readlink) ')
@@ -136,8 +141,11 @@ def _open_size(path: str, f: _Open) -> int:
 
 
 def _session_size(key: Any, s: _Session) -> int:
-    pending = approx_size(*s.pending[1].values()) if s.pending is not None else 0
-    return approx_size(key, s.user, s.ip, s.failed_open) + s.open_files.bytes + pending
+    n = 512 + s.open_files.bytes + len(s.user or "") + len(s.ip or "") + len(s.failed_open or "")
+    if s.pending is not None:
+        row = s.pending[1]
+        n += len(row.get("path") or "") + len((row.get("extra") or {}).get("old_path") or "")
+    return n
 
 
 class SftpDeriver:
@@ -206,7 +214,8 @@ class SftpDeriver:
                 return []
             message = message.rstrip("\r\n")
             host = data.get("hostname")
-            if program in SSHD_NAMES and self._track_connection(event, host, program, message, pid):
+            if program in SSHD_NAMES and (self._track_connection(event, host, program, message, pid)
+                                          or not message.startswith(SFTP_PREFIXES)):
                 return []
             key = (host, program, pid)
             if key in self._forged:
@@ -218,7 +227,7 @@ class SftpDeriver:
             prov = self.witness.vouch(event, "internal-sftp" if program in SSHD_NAMES else program, message)
             if prov is None:
                 return []
-            if prov["source"] == "journal" and (m := RE_OPENED.match(message)):
+            if prov.sender is not None and (m := RE_OPENED.match(message)):
                 why = self._session_unfit(host, m["user"], m["ip"], prov)
                 if why is not None:
                     self._sessions.pop(key, None)
@@ -230,7 +239,7 @@ class SftpDeriver:
         except Exception:  # a deriver must never break its collector
             self._count("deriver_error")
             return []
-        return [make_event("webftp_transfer", dict(row, provenance=prov), ts=ts, id=stable_id("ftp", lid))
+        return [make_event("webftp_transfer", dict(row, provenance=prov.data()), ts=ts, id=stable_id("ftp", lid))
                 for row, ts, lid in rows]
 
     # -- provenance of sessions ------------------------------------------------------------
@@ -240,7 +249,7 @@ class SftpDeriver:
         if m is None and RE_SSH_CLOSED.match(message) is None:
             return False
         prov = self.witness.vouch(event, program, message)
-        if prov is None or prov["source"] != "journal":
+        if prov is None or prov.sender is None:
             return True
         if m is not None:
             self._conns[(host, pid)] = (m["user"], m["ip"])
@@ -248,15 +257,15 @@ class SftpDeriver:
             self._conns.pop((host, pid), None)
         return True
 
-    def _session_unfit(self, host: Any, user: str, ip: str, prov: dict[str, Any]) -> str | None:
+    def _session_unfit(self, host: Any, user: str, ip: str, prov: Voucher) -> str | None:
         """Why a journal session's opening line cannot be believed (None: it can)."""
         uid = self.uid_of(user)
         # (a chrooted internal-sftp may log through sshd's root monitor: root vouches for itself)
-        if prov.get("uid") != 0 and (uid is None or uid != prov.get("uid")):
-            return f"the session names {user!r} but runs as uid {prov.get('uid')}"
+        if prov.uid != 0 and (uid is None or uid != prov.uid):
+            return f"the session names {user!r} but runs as uid {prov.uid}"
         if any(k[0] == host and v == (user, ip) for k, v in reversed(self._conns.items())):
             return None
-        pid = prov.get("pid")
+        pid = prov.pid
         if isinstance(pid, int) and self.lookup_user(pid) == user:
             return None  # a connection from before the agent started: the live process proves it
         return f"no ssh connection of {user!r} from {ip!r} is known"

@@ -140,6 +140,32 @@ def provenance(sender: Mapping[str, Any] | None, path: str | None = None) -> dic
     return out
 
 
+class Voucher:
+    """Who vouched for a line: a journal sender (``sender``) or a file (``path``; no sender).
+    :meth:`data` is the ``provenance`` object of the rows made from the line."""
+
+    __slots__ = ("path", "sender")
+
+    def __init__(self, sender: Mapping[str, Any] | None, path: str | None = None) -> None:
+        self.sender = sender
+        self.path = path
+
+    @property
+    def source(self) -> str:
+        return "file" if self.sender is None else "journal"
+
+    @property
+    def uid(self) -> int | None:
+        return None if self.sender is None else _int(self.sender.get("uid"))
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.sender is None else _int(self.sender.get("pid"))
+
+    def data(self) -> dict[str, Any]:
+        return provenance(self.sender, self.path)
+
+
 def _exe_path(sender: Mapping[str, Any]) -> str | None:
     exe = sender.get("exe")
     if not isinstance(exe, str) or not exe:
@@ -153,12 +179,14 @@ class SenderRules:
     """The rule table bound to the executables found on this system (name -> absolute paths)."""
 
     executables: dict[str, frozenset[str]] = field(default_factory=dict)
+    _paths: dict[tuple[str, ...], frozenset[str]] = field(default_factory=dict, repr=False)
 
-    def paths(self, names: Iterable[str]) -> frozenset[str]:
-        out: set[str] = set()
-        for n in names:
-            out |= self.executables.get(n, frozenset())
-        return frozenset(out)
+    def paths(self, names: tuple[str, ...]) -> frozenset[str]:
+        """The executables of any of ``names``."""
+        found = self._paths.get(names)
+        if found is None:
+            found = self._paths[names] = frozenset().union(*(self.executables.get(n, ()) for n in names))
+        return found
 
     def rule_for(self, program: str, message: str) -> Rule | None:
         """The rule a line is judged by: its ``pam_unix(SERVICE:…)`` service's program, else its own."""
@@ -280,6 +308,7 @@ __all__ = [
     "SENDER_FIELDS",
     "Rule",
     "SenderRules",
+    "Voucher",
     "default_rules",
     "discover_executables",
     "privileged",
