@@ -19,14 +19,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+
+import structlog
 
 from agent.typing import Event
 from collectors.derivers.provenance import RULES, SSHD_NAMES, SenderRules, Voucher, default_rules, sender_of
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+
+log = structlog.get_logger("derivers")
+
+#: a forged line is logged at most this often per program (every one is counted)
+FORGED_LOG_INTERVAL_S = 60.0
 
 Origin = Literal["journald", "file"]
 Deriver = Callable[[Event], list[Event]]
@@ -136,6 +144,7 @@ class Witness:
         #: forged lines seen, by program label
         self.forged: dict[str, int] = {}
         self._last_forged: str | None = None
+        self._logged: dict[str, float] = {}
 
     @property
     def rules(self) -> SenderRules:
@@ -157,10 +166,10 @@ class Witness:
             return Voucher(sender)
         if program in SSHD_NAMES and not message.startswith("pam_unix(") and self.rules.is_sshd_child(sender):
             return None
-        self.forged_line(event, program, message)
+        self.forged_line(event, program, message, why)
         return None
 
-    def forged_line(self, event: Event, program: str, message: str = "") -> None:
+    def forged_line(self, event: Event, program: str, message: str = "", why: str | None = None) -> None:
         """Count one line whose sender does not fit (once per line, by a bounded program label)."""
         lid = line_id(event)
         if lid == self._last_forged:
@@ -175,6 +184,15 @@ class Witness:
         self.forged[label] = self.forged.get(label, 0) + 1
         if self.counter is not None:
             self.counter("forged_lines", 1, program=label)
+        now = time.monotonic()
+        if now - self._logged.get(label, -FORGED_LOG_INTERVAL_S) >= FORGED_LOG_INTERVAL_S:
+            # loud, but a flood of forgeries is one warning a minute per program, not one per line
+            self._logged[label] = now
+            data = event.get("data") or {}
+            sender = sender_of(data) or {}
+            log.warning("forged_line", program=label, forged_so_far=self.forged[label], line_id=lid,
+                        sender_uid=sender.get("uid"), sender_exe=sender.get("exe"), sender_comm=sender.get("comm"),
+                        why=why)
 
 
 def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:

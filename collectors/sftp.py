@@ -219,9 +219,10 @@ class SftpDeriver:
                 return []
             key = (host, program, pid)
             if key in self._forged:
+                why = self._forged.get(key)
                 if RE_CLOSED.match(message):
                     self._forged.pop(key, None)
-                self.witness.forged_line(event, program, message)
+                self.witness.forged_line(event, program, message, why)
                 return []
             # sshd itself writes the lines of internal-sftp, running as the session's user
             prov = self.witness.vouch(event, "internal-sftp" if program in SSHD_NAMES else program, message)
@@ -232,7 +233,7 @@ class SftpDeriver:
                 if why is not None:
                     self._sessions.pop(key, None)
                     self._forged[key] = why
-                    self.witness.forged_line(event, program, message)
+                    self.witness.forged_line(event, program, message, why)
                     return []
             rows = self.feed(key, message, event.get("ts"), line_id(event))
             self._sessions.resize(key)

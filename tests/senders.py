@@ -10,6 +10,7 @@ from functools import cache
 from typing import Any
 
 from collectors.derivers.provenance import PAM_PROGRAMS, PAM_RULES, RULES, SenderRules, default_rules
+from tests.harness import AgentProcess
 from tests.parts import LiveJournald
 
 FULL_CAPS = "1ffffffffff"
@@ -63,3 +64,12 @@ class Intruder:
 
     def remove(self) -> None:
         subprocess.run(["userdel", self.name], capture_output=True)
+
+
+def internal_count(agent: AgentProcess, name: str, source: str) -> float:
+    """The agent's ``alpacon_agent_internal_events_total{name=…, source=…}`` (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(agent.metrics_text()) for s in fam.samples
+               if s.name == "alpacon_agent_internal_events_total" and s.labels.get("name") == name
+               and s.labels.get("source") == source)

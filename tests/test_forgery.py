@@ -29,7 +29,7 @@ from agent.hookclient import HookClient
 from collectors.derivers.provenance import SenderRules
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
-from tests.senders import DEV_LOG, Intruder
+from tests.senders import DEV_LOG, Intruder, internal_count
 from tests.support import need, need_binary, need_root, wait_until
 
 SFTP_SERVER = "/usr/lib/openssh/sftp-server"
@@ -105,8 +105,7 @@ class ForgeryLab:
 
     def forged(self, program: str) -> float:
         assert self.agent is not None
-        return self.agent.metric("alpacon_agent_internal_events_total", name="forged_lines",
-                                 source=f"program={program}")
+        return internal_count(self.agent, "forged_lines", f"program={program}")
 
     def audit_rows(self) -> list[dict[str, Any]]:
         return self.receiver.view("user-activity") + self.receiver.view("webftp-transfers")
@@ -133,6 +132,11 @@ def _logger(tag: str, *messages: str) -> Any:
     return lambda lab: lab.intruder.logger(tag, *messages)
 
 
+def _logger_arg(tag: str, message: str) -> Any:
+    """logger with the message as its argument: one datagram, newlines and all."""
+    return lambda lab: lab.intruder.run(["logger", "--socket", DEV_LOG, "--socket-errors=on", "-t", tag, message])
+
+
 def _systemd_cat(tag: str, message: str) -> Any:
     return lambda lab: lab.intruder.run(["systemd-cat", "-t", tag], input=message.encode() + b"\n")
 
@@ -155,8 +159,8 @@ CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("logger-sshd", _logger("sshd", ACCEPTED), "sshd", (ACCEPTED,)),
     ("logger-sshd-session", _logger("sshd-session", "Accepted publickey for root from 203.0.113.9 port 1 ssh2"),
      "sshd-session", ("Accepted publickey for root from 203.0.113.9 port 1 ssh2",)),
-    ("logger-sudo", _logger("sudo", "root : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/id"), "sudo",
-     ("root : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/id",)),
+    ("logger-sudo", _logger("sudo", "root : TTY=pts/0 ; USER=root ; COMMAND=/usr/bin/id"), "sudo",
+     ("root : TTY=pts/0 ; USER=root ; COMMAND=/usr/bin/id",)),
     ("logger-su", _logger("su", "(to root) root on pts/0"), "su", ("(to root) root on pts/0",)),
     ("logger-login", _logger("login", "FAILED LOGIN (1) on '/dev/tty1' FOR 'root', Authentication failure"),
      "login", ("FAILED LOGIN (1) on '/dev/tty1' FOR 'root', Authentication failure",)),
@@ -172,8 +176,8 @@ CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
     ("journal-send-sshd", _journal_send("sshd", ACCEPTED), "sshd", (ACCEPTED,)),
     ("embedded-newline", _journal_send("sshd", "Connection from 203.0.113.5\n" + ACCEPTED), "sshd",
      ("Connection from 203.0.113.5\n" + ACCEPTED,)),
-    ("logger-embedded-newline", _logger("sudo", "x : y\nroot : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/sh"),
-     "sudo", ("x : y\nroot : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/sh",)),
+    ("logger-embedded-newline", _logger_arg("sudo", "x : y\nroot : TTY=pts/0 ; USER=root ; COMMAND=/bin/sh"),
+     "sudo", ("x : y\nroot : TTY=pts/0 ; USER=root ; COMMAND=/bin/sh",)),
     ("sftp-server-by-hand", _sftp_by_hand, "sftp-server", ()),
 ]
 
@@ -196,7 +200,8 @@ class TestForgedLines:
             assert sorted(set(got)) == sorted(set(messages)), [r["message"] for r in mine][-10:]
             n = len(messages)
         else:  # the real sftp-server, run by the intruder: its own lines, naming the intruder
-            own = [r for r in mine if r["program"] == "sftp-server" and "203.0.113.66" in r["message"]]
+            own = [r for r in mine if r["program"] == "sftp-server" and "203.0.113.66" in r["message"]
+                   and r["extra"]["sender"].get("exe") == SFTP_SERVER]
             assert {r["message"] for r in own} == {
                 f"session opened for local user {lab.intruder.name} from [203.0.113.66]",
                 f"session closed for local user {lab.intruder.name} from [203.0.113.66]"}
@@ -490,3 +495,26 @@ class TestSftpSessions:
         assert d.witness.forged == {"sftp-server": 4}
         # once forged, a later real session of the same user is still believed
         assert len(self._session(d, "alice", "192.0.2.1", self.ALICE)) == 1
+
+
+class TestOutOfReach:
+    def test_root_can_forge_anything(self, tmp_path: Path, agent_factory: Any, receiver: ReceiverProcess) -> None:
+        """Root can write journal files with any 'trusted' field (here with systemd-journal-remote):
+        the agent believes them, as docs/security.md says; the row names the sender it was given."""
+        from tests.parts import write_journal_file
+
+        need(os.access("/lib/systemd/systemd-journal-remote", os.X_OK), "systemd-journal-remote")
+        jdir = tmp_path / "journal"
+        write_journal_file(jdir / "forged.journal", [{
+            "MESSAGE": "Accepted password for root from 203.0.113.250 port 4242 ssh2", "SYSLOG_IDENTIFIER": "sshd",
+            "PRIORITY": "6", "_PID": "4242", "_UID": "0", "_GID": "0", "_COMM": "sshd", "_EXE": "/usr/sbin/sshd",
+            "_CAP_EFFECTIVE": "1ffffffffff", "_TRANSPORT": "syslog", "_HOSTNAME": "web-01"}])
+        agent = agent_factory(receiver, collectors={
+            "journald": {"enabled": True, "directory": str(jdir), "start_at": "beginning"},
+            "auth": {"enabled": True}})
+        agent.start()
+        rows = wait_until(lambda: receiver.view("user-activity"), 30, what="the row root forged")
+        assert [(r["user"], r["ip"], r["provenance"]["uid"], r["provenance"]["pid"]) for r in rows] == [
+            ("root", "203.0.113.250", 0, 4242)]
+        line = receiver.view("system-logs", program="sshd")[0]
+        assert line["extra"]["sender"]["exe"] == "/usr/sbin/sshd"

@@ -15,7 +15,7 @@ from collectors.derive import Witness
 from collectors.sftp import MAX_OPEN_FILES, MAX_STATE_BYTES, SftpDeriver
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
-from tests.senders import Intruder, sender
+from tests.senders import Intruder, internal_count, sender
 from tests.support import need, need_binary, need_root, wait_until
 
 MiB = 1 << 20
@@ -73,7 +73,7 @@ class TestDeriverBounds:
             return int(receiver.stats()["stored_by_kind"].get("system_log", 0))
 
         wait_until(lambda: shipped() >= n, 120, what=f"{n} lines at the receiver (have {shipped()})")
-        forged = agent.metric("alpacon_agent_internal_events_total", name="forged_lines", source="program=sftp-server")
+        forged = internal_count(agent, "forged_lines", "program=sftp-server")
         assert forged == n
         assert receiver.stats()["stored_by_kind"].get("webftp_transfer", 0) == 0
         assert agent.proc is not None
