@@ -20,13 +20,9 @@ through it) by host and pid:
   guessed. At ``-l VERBOSE`` every request is logged and such errors are attributed exactly.
 - ``session closed for local user U from [IP]`` ends the session.
 
-Provenance: a journal line counts only when its sender fits (:class:`collectors.derive.Witness`:
-an sftp-server executable, or sshd for internal-sftp), and a session only when, in addition, the
-sender runs as the uid of the user its opening line names and that user has an ssh connection
-from the address it names, accepted by a root sshd (or, for a session whose connection the agent
-did not see, when the process still runs as the child of sshd's session process). A user running
-sftp-server by hand with a made-up ``SSH_CONNECTION`` fits neither: the session's lines stay
-``system_log`` lines and are counted in ``forged_lines``. Every row carries its ``provenance``.
+Provenance: only lines of sessions :class:`collectors.derivers.sftp_sessions.SessionGate` believes
+(a fitting sender, running as the user the session names, inside a known ssh connection) make
+rows; every row carries its ``provenance``.
 
 Memory: sessions, their open files and the connections are :class:`BoundedTable` s with a
 count and a byte cap; what they evict is counted (``deriver_state_evicted``).
@@ -39,7 +35,6 @@ still runs on this host, else its rows are dropped and counted: no row with a gu
 
 from __future__ import annotations
 
-import os
 import posixpath
 import pwd
 import re
@@ -51,7 +46,8 @@ from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
 from collectors.derive import Witness, accepted_data, line_id
 from collectors.derivers.bounded import BoundedTable, approx_size
-from collectors.derivers.provenance import SSHD_NAMES, Voucher
+from collectors.derivers.sftp_sessions import SessionGate, process_user
+from collectors.derivers.sftp_sessions import uid_of as default_uid_of
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
@@ -59,9 +55,8 @@ MAX_PATH = 4096
 #: open files kept per session, and their bytes (sftp-server itself keeps few handles open)
 MAX_OPEN_FILES = 1024
 MAX_SESSION_BYTES = 1 << 20
-#: all sessions together, and the ssh connections tracked to vouch for them
+#: all sessions together
 MAX_STATE_BYTES = 32 << 20
-MAX_CONNECTIONS = 4096
 
 # sftp-server logs a path between quotes as it is (a quote in it is not escaped; the syslog
 # layer only doubles a backslash): the greedy match ends at the *last* fixed suffix, which the
@@ -80,13 +75,6 @@ RE_RENAME = re.compile(r'^(?:posix-)?rename old "(?P<both>.*)"$')
 RE_MKDIR = re.compile(r"^mkdir name " + _Q.format("path") + r"(?: mode (?P<mode>\d+))?$")
 RE_RMDIR = re.compile(r"^rmdir name " + _Q.format("path") + r"$")
 RE_STATUS = re.compile(r"^sent status (?P<status>.+)$")
-#: how every line of sftp-server (at INFO and VERBOSE) begins: sshd's own lines are passed over
-SFTP_PREFIXES = ("session opened for local user ", "session closed for local user ", "open ", "close ",
-                 "forced close ", "sent status ", "remove name ", "rename old ", "posix-rename old ",
-                 "mkdir name ", "rmdir name ", "realpath ", "stat name ", "lstat name ", "fstat ",
-                 "received client version ", "opendir ", "readlink ")
-RE_SSH_ACCEPTED = re.compile(r"^Accepted \S+ for (?P<user>.+) from (?P<ip>\S+) port \d{1,5}\b")
-RE_SSH_CLOSED = re.compile(r"^pam_unix\(sshd:session\): session closed for user ")
 RE_VERBOSE_ONLY = re.compile(r'^(?:realpath|l?stat name|fstat|received client version|opendir|readlink) ')
 
 #: statuses that are not errors
@@ -168,18 +156,14 @@ class SftpDeriver:
     ) -> None:
         self.accept = accept
         self.max_sessions = max_sessions
-        self.lookup_user = lookup_user if lookup_user is not None else _process_user
-        self.uid_of = uid_of if uid_of is not None else _uid_of
+        self.lookup_user = lookup_user if lookup_user is not None else process_user
+        self.uid_of = uid_of if uid_of is not None else default_uid_of
         self.counter = counter
         self.witness = witness if witness is not None else Witness(counter=counter)
         self._sessions: BoundedTable[tuple[Any, str, int], _Session] = BoundedTable(
             max_sessions, max_bytes, _session_size, self._evicted)
-        #: sessions whose opening line did not fit: their lines make no rows and no state
-        self._forged: BoundedTable[tuple[Any, str, int], str] = BoundedTable(
-            max_sessions, max_bytes // 8, on_evict=self._evicted)
-        #: (host, root sshd pid) -> (user, ip) of the ssh connections it accepted
-        self._conns: BoundedTable[tuple[Any, int], tuple[str, str]] = BoundedTable(
-            MAX_CONNECTIONS, max_bytes // 8, on_evict=self._evicted)
+        self.gate = SessionGate(self.witness, self.uid_of, self.lookup_user, max_sessions, max_bytes // 8,
+                                self._evicted, lambda key: self._sessions.pop(key, None))
 
     def _count(self, name: str) -> None:
         if self.counter is not None:
@@ -213,28 +197,10 @@ class SftpDeriver:
             if not message or len(message) > MAX_MESSAGE:
                 return []
             message = message.rstrip("\r\n")
-            host = data.get("hostname")
-            if program in SSHD_NAMES and (self._track_connection(event, host, program, message, pid)
-                                          or not message.startswith(SFTP_PREFIXES)):
-                return []
-            key = (host, program, pid)
-            if key in self._forged:
-                why = self._forged.get(key)
-                if RE_CLOSED.match(message):
-                    self._forged.pop(key, None)
-                self.witness.forged_line(event, program, message, why)
-                return []
-            # sshd itself writes the lines of internal-sftp, running as the session's user
-            prov = self.witness.vouch(event, "internal-sftp" if program in SSHD_NAMES else program, message)
+            key = (data.get("hostname"), program, pid)
+            prov = self.gate.screen(event, key, message)
             if prov is None:
                 return []
-            if prov.sender is not None and (m := RE_OPENED.match(message)):
-                why = self._session_unfit(host, m["user"], m["ip"], prov)
-                if why is not None:
-                    self._sessions.pop(key, None)
-                    self._forged[key] = why
-                    self.witness.forged_line(event, program, message, why)
-                    return []
             rows = self.feed(key, message, event.get("ts"), line_id(event))
             self._sessions.resize(key)
         except Exception:  # a deriver must never break its collector
@@ -242,34 +208,6 @@ class SftpDeriver:
             return []
         return [make_event("webftp_transfer", dict(row, provenance=prov.data()), ts=ts, id=stable_id("ftp", lid))
                 for row, ts, lid in rows]
-
-    # -- provenance of sessions ------------------------------------------------------------
-    def _track_connection(self, event: Event, host: Any, program: str, message: str, pid: int) -> bool:
-        """Follow the ssh connections a root sshd accepts and closes; True when the line was one."""
-        m = RE_SSH_ACCEPTED.match(message)
-        if m is None and RE_SSH_CLOSED.match(message) is None:
-            return False
-        prov = self.witness.vouch(event, program, message)
-        if prov is None or prov.sender is None:
-            return True
-        if m is not None:
-            self._conns[(host, pid)] = (m["user"], m["ip"])
-        else:
-            self._conns.pop((host, pid), None)
-        return True
-
-    def _session_unfit(self, host: Any, user: str, ip: str, prov: Voucher) -> str | None:
-        """Why a journal session's opening line cannot be believed (None: it can)."""
-        uid = self.uid_of(user)
-        # (a chrooted internal-sftp may log through sshd's root monitor: root vouches for itself)
-        if prov.uid != 0 and (uid is None or uid != prov.uid):
-            return f"the session names {user!r} but runs as uid {prov.uid}"
-        if any(k[0] == host and v == (user, ip) for k, v in reversed(self._conns.items())):
-            return None
-        pid = prov.pid
-        if isinstance(pid, int) and self.lookup_user(pid) == user:
-            return None  # a connection from before the agent started: the live process proves it
-        return f"no ssh connection of {user!r} from {ip!r} is known"
 
     def feed(self, key: tuple[Any, str, int], message: str, ts: str | None, lid: str) -> list[Row]:
         """Advance the session ``key`` by one line; returns the finished rows (usually 0 or 1)
@@ -429,35 +367,6 @@ def _absolute(path: str, user: str) -> str:
     except (KeyError, ValueError):
         return path
     return posixpath.normpath(posixpath.join(home, path)) if home else path
-
-
-def _uid_of(user: str) -> int | None:
-    try:
-        return pwd.getpwnam(user).pw_uid
-    except (KeyError, ValueError):
-        return None
-
-
-def _process_user(pid: int) -> str | None:
-    """The owner of a still-running sftp-server process on this host that sshd started: its
-    parent is sshd's session process and that one's parent a root sshd (None otherwise)."""
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        name = p.name()
-        if "sftp" not in name and "sshd" not in name:
-            return None
-        chain = [p.parent() if "sftp" in name else p]
-        chain.append(chain[0].parent() if chain[0] is not None else None)
-        session, monitor = chain
-        if session is None or monitor is None or monitor.uids().real != 0:
-            return None
-        if not all(os.path.basename(q.exe()) in SSHD_NAMES for q in (session, monitor)):
-            return None
-        return p.username()
-    except Exception:
-        return None
 
 
 __all__ = ["SftpDeriver"]
