@@ -29,7 +29,7 @@ from agent.errors import SpoolFull
 from agent.events import KINDS, format_ts, parse_ts
 from agent.hookpeer import Peer, Pushers, peer_of, resolve_ids
 from agent.metrics import AgentMetrics
-from agent.pipeline import Batcher
+from agent.pipeline.batcher import Batcher
 from agent.schema import SchemaError, validate_data
 
 log = structlog.get_logger("hook")
@@ -204,7 +204,9 @@ class HookServer:
             if type(item) is tuple and item[2].done() and item[2].exception() is None:
                 # the common case, without a coroutine per answer: already spooled
                 self._ok_counter.inc()
-                ans = {"status": "ok", "id": item[0]} if item[1] is None else {"status": "ok", "id": item[0], "ref": item[1]}
+                ans = {"status": "ok", "id": item[0]}
+                if item[1] is not None:
+                    ans["ref"] = item[1]
             else:
                 ans = await self._resolve_answer(item)
             if closed:
@@ -241,7 +243,7 @@ class HookServer:
         # an awaitable op answer
         return await item
 
-    def _handle_line(self, line: bytes, peer: Peer) -> Any:
+    def _handle_line(self, line: bytes | bytearray, peer: Peer) -> Any:
         try:
             msg = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

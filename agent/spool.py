@@ -16,6 +16,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,14 @@ class SpoolStats:
     dead_letters: int
     dead_events: int
     max_bytes: int
+
+    @classmethod
+    def of(cls, db: sqlite3.Connection, max_bytes: int) -> SpoolStats:
+        n, events, oldest, nbytes, dn, devents = db.execute(
+            "SELECT COUNT(*), TOTAL(n_events), MIN(created), TOTAL(bytes), (SELECT COUNT(*) FROM dead_letters),"
+            " (SELECT TOTAL(n_events) FROM dead_letters) FROM batches").fetchone()
+        age = None if oldest is None else time.time() - oldest
+        return cls(n, int(nbytes), int(events), age, dn, int(devents), max_bytes)
 
 
 class Spool:
@@ -382,16 +391,10 @@ class Spool:
         return len(rows)
 
     def stats(self) -> SpoolStats:
-        n, events, oldest = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n_events), 0), MIN(created) FROM batches"
-        ).fetchone()
-        dn, devents = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n_events), 0) FROM dead_letters").fetchone()
-        return SpoolStats(
-            batches=n,
-            bytes=self.bytes,
-            events=events,
-            oldest_age_s=(time.time() - oldest) if oldest is not None else None,
-            dead_letters=dn,
-            dead_events=devents,
-            max_bytes=self.max_bytes,
-        )
+        return SpoolStats.of(self._db, self.max_bytes)
+
+    @staticmethod
+    def read_stats(path: str | os.PathLike[str], max_bytes: int) -> tuple[list[str], SpoolStats]:
+        """A spool file opened read-only (the agent may be running): ``PRAGMA quick_check``'s rows and its counts."""
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+            return [str(r[0]) for r in db.execute("PRAGMA quick_check")], SpoolStats.of(db, max_bytes)

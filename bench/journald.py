@@ -1,13 +1,17 @@
-"""Benchmark: journald -> agent -> HTTP sink, against ``journalctl -o export`` in the same run.
+"""Benchmark: a realistic journal -> agent -> HTTP sink, beside ``journalctl -o export`` and Fluent Bit.
 
-Writes N realistic entries into a journal directory with systemd-journal-remote, then
-1. times ``journalctl -D DIR -o export > /dev/null`` (the baseline),
-2. times systemd-python's default ``Reader`` iteration and the low-level ``_Reader`` with
-   ``_get_all`` (the reader the collector uses), and
-3. runs a real agent reading the directory from the beginning and shipping to the reference
-   receiver in ``--mode count`` (decompress, count, check ``seq=N``), and reports events/s,
-   the agent's CPU seconds, peak RSS and peak anonymous RSS (journal files are mmapped, so the
-   plain RSS includes page cache).
+Writes N entries as journald records them on a web server (20-26 fields each, see
+``bench/journal_gen.py``) into a journal directory with systemd-journal-remote, then, in the
+same run:
+1. ``journalctl -D DIR -o export > /dev/null`` (the read-only baseline: libsystemd's read ceiling),
+2. systemd-python's default ``Reader`` iteration and the low-level ``_Reader`` with ``_get_all``,
+3. a real agent at its defaults reading the directory from the beginning and shipping to the
+   reference receiver in ``--mode count`` (decompress, count, check ``seq=N``),
+4. where Fluent Bit is installed (``FLUENT_BIT``, default ``/tmp/feas/fbbuild/bin/fluent-bit``),
+   Fluent Bit's ``systemd`` input on the same directory posting JSON lines to a counting sink.
+Each prints entries/s, CPU seconds, entries per CPU-second and peak anonymous RSS (journal
+files are mmapped, so the plain RSS includes page cache), and the agent's figures as ratios
+to the others'.
 
 Usage: ``.venv/bin/python bench/journald.py [--entries 200000] [--keep DIR]``
 """
@@ -15,47 +19,48 @@ Usage: ``.venv/bin/python bench/journald.py [--entries 200000] [--keep DIR]``
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.journal_gen import write_journal  # noqa: E402
 from tests.harness import AgentProcess, ReceiverProcess, agent_config  # noqa: E402
-from tests.parts import JournalFileWriter  # noqa: E402
+from tests.support import free_port  # noqa: E402
 
-PROGRAMS = [
-    ("sshd", "/usr/sbin/sshd", "ssh.service", "Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: "
-     "ED25519 SHA256:{h}"),
-    ("CRON", "/usr/sbin/cron", "cron.service", "(root) CMD (command -v debian-sa1 > /dev/null && debian-sa1 1 1)"),
-    ("nginx", "/usr/sbin/nginx", "nginx.service", "10.0.{a}.{b} - - \"GET /api/v1/items?page={p} HTTP/1.1\" 200 "
-     "5123 \"-\" \"Mozilla/5.0\""),
-    ("kernel", None, None, "audit: type=1400 audit({p}.123:{a}): apparmor=\"DENIED\" operation=\"open\" "
-     "profile=\"snap.x\" name=\"/proc/{b}/mounts\""),
-    ("systemd", "/usr/lib/systemd/systemd", "init.scope", "Started session-{p}.scope - Session {p} of User deploy."),
-]
-
-
-def realistic_entry(i: int) -> dict[str, str]:
-    """A journal entry shaped like a real server's (about 20 fields), with ``seq=i`` in MESSAGE."""
-    prog, exe, unit, fmt = PROGRAMS[i % len(PROGRAMS)]
-    msg = fmt.format(a=i % 256, b=i % 200, p=40000 + i % 20000, h=random.randbytes(24).hex())
-    e = {
-        "_HOSTNAME": "web-01", "_MACHINE_ID": "3d1219c7c4c5404aaa1f6d2a48adfda4", "_RUNTIME_SCOPE": "system",
-        "_TRANSPORT": "syslog" if exe else "kernel", "PRIORITY": str((i * 7) % 8), "SYSLOG_FACILITY": "3",
-        "SYSLOG_IDENTIFIER": prog, "_UID": "0", "_GID": "0", "_CAP_EFFECTIVE": "1ffffffffff",
-        "MESSAGE": f"seq={i} {msg}",
-    }
-    if exe:
-        e.update({"_PID": str(1000 + i % 300), "_COMM": prog.lower(), "_EXE": exe, "_CMDLINE": f"{exe} -D",
-                  "_SYSTEMD_UNIT": unit, "_SYSTEMD_CGROUP": f"/system.slice/{unit}",
-                  "_SYSTEMD_SLICE": "system.slice", "_SYSTEMD_INVOCATION_ID": random.randbytes(16).hex(),
-                  "_SOURCE_REALTIME_TIMESTAMP": str(1795728000000000 + i)})
-    return e
+FLUENT_BIT = os.environ.get("FLUENT_BIT", "/tmp/feas/fbbuild/bin/fluent-bit")
+#: the batch settings the file benchmark has always used (the journald one runs at the defaults)
+FILE_BENCH_BATCH = {"max_events": 1000, "max_wait_ms": 200}
+FLUENT_BIT_CONF = """\
+[SERVICE]
+    Flush             1
+    Grace             2
+    Log_Level         warn
+[INPUT]
+    Name              systemd
+    Tag               journal
+    Path              {directory}
+    Read_From_Tail    Off
+    DB                {state}/fb-systemd.db
+    DB.Sync           Normal
+    Max_Entries       5000
+[OUTPUT]
+    Name              http
+    Match             *
+    Host              127.0.0.1
+    Port              {port}
+    URI               /ingest/fluent-bit
+    Format            json_lines
+    Json_Date_Key     date
+    Json_Date_Format  iso8601
+    Retry_Limit       False
+"""
 
 
 def proc_status(pid: int) -> dict[str, int]:
@@ -94,14 +99,18 @@ def time_reader(directory: Path, default: bool) -> tuple[int, float]:
     return n, time.process_time() - t0
 
 
-def run_agent(tmp: Path, collectors: dict, n: int) -> dict[str, float]:
+def run_agent(tmp: Path, collectors: dict, n: int, batch: dict | None = None) -> dict[str, float]:
     """Run an agent with ``collectors`` until a counting receiver holds ``n`` events; its figures.
+    ``batch``: the batch settings (None: the agent's defaults).
 
     (Shared by the benchmarks of the collectors that read from the start of a source.)"""
     (tmp / "agent").mkdir(parents=True, exist_ok=True)
     with ReceiverProcess(tmp / "receiver", mode="count") as rcv:
-        cfg = agent_config(tmp / "agent", rcv, collectors=collectors,
-                           batch={"max_events": 1000, "max_wait_ms": 200})
+        cfg = agent_config(tmp / "agent", rcv, collectors=collectors)
+        if batch is None:
+            del cfg["batch"]
+        else:
+            cfg["batch"] = batch
         agent = AgentProcess(tmp / "agent", cfg)
         t0 = time.monotonic()
         agent.start(wait=False)
@@ -127,9 +136,72 @@ def run_agent(tmp: Path, collectors: dict, n: int) -> dict[str, float]:
         sink_cpu = cpu_seconds(rcv.proc.pid)
         agent.stop()
         src = next(iter(stats.get("sources", {}).values()), {})
-        return {"wall": wall, "cpu": cpu, "sink_cpu": sink_cpu, "hwm": st["VmHWM"] / 1024, "anon": max(peak_anon, st["RssAnon"]) / 1024,
+        return {"wall": wall, "cpu": cpu, "sink_cpu": sink_cpu, "hwm": st["VmHWM"] / 1024,
+                "anon": max(peak_anon, st["RssAnon"]) / 1024,
                 "missing": src.get("missing", -1), "dups": stats.get("duplicates", -1) + src.get("duplicates", 0),
                 "stored": stats.get("stored", 0)}
+
+
+def run_journalctl(directory: Path, n: int) -> dict[str, float]:
+    """``journalctl -D DIR -o export > /dev/null``: wall and CPU (from wait4)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["journalctl", "-D", str(directory), "-o", "export", "--no-pager"],
+                            stdout=subprocess.DEVNULL)
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"journalctl failed ({proc.returncode})")
+    return {"wall": time.monotonic() - t0, "cpu": ru.ru_utime + ru.ru_stime, "anon": 0.0, "stored": n}
+
+
+def run_fluent_bit(state: Path, conf: str, n: int, **fields: str) -> dict[str, float] | None:
+    """Fluent Bit with the config ``conf`` (``{state}``, ``{port}`` and ``fields`` filled in) until
+    the sink has every seq; None when Fluent Bit is not installed."""
+    if not os.access(FLUENT_BIT, os.X_OK):
+        return None
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (state / "fb.conf").write_text(conf.format(state=state, port=port, **fields))
+    sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("line_sink.py")), str(port),
+                             "--expect", str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stats() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    try:
+        for _ in range(100):
+            try:
+                stats()
+                break
+            except OSError:
+                time.sleep(0.05)
+        t0 = time.time()
+        fb = subprocess.Popen([FLUENT_BIT, "-c", str(state / "fb.conf")], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+        peak_anon, cpu = 0, 0.0
+        while True:
+            st = proc_status(fb.pid)
+            peak_anon = max(peak_anon, st.get("RssAnon", 0))
+            cpu = cpu_seconds(fb.pid)
+            got = stats()
+            if got["done_at"] is not None:
+                break
+            if fb.poll() is not None or time.time() - t0 > 600:
+                raise RuntimeError(f"fluent-bit stopped or timed out at {got}")
+            time.sleep(0.01)
+        fb.terminate()
+        fb.wait(30)
+        return {"wall": got["done_at"] - t0, "cpu": cpu, "anon": peak_anon / 1024, "stored": got["distinct"],
+                "dups": got["duplicates"]}
+    finally:
+        sink.terminate()
+        sink.wait(30)
+
+
+def line(name: str, r: dict[str, float], n: int) -> str:
+    return (f"{name:<34} {n / r['wall']:>10,.0f} {r['cpu']:>7.2f} {n / r['cpu']:>12,.0f} "
+            f"{r['anon']:>8.0f}")
 
 
 def main() -> None:
@@ -142,25 +214,33 @@ def main() -> None:
     directory = Path(args.keep) if args.keep else tmp / "journal"
     if not any(directory.glob("*.journal")):
         t = time.monotonic()
-        with JournalFileWriter(directory / "bench.journal", start_usec=1795728000000000) as w:
-            for i in range(n):
-                w.add(realistic_entry(i))
-        print(f"wrote {n} entries in {time.monotonic() - t:.1f}s "
+        write_journal(directory, n)
+        print(f"wrote {n} realistic entries in {time.monotonic() - t:.1f}s "
               f"({sum(p.stat().st_size for p in directory.glob('*.journal')) / 2**20:.0f} MiB)")
-    t = time.monotonic()
-    subprocess.run(["journalctl", "-D", str(directory), "-o", "export"], stdout=subprocess.DEVNULL, check=True)
-    base = n / (time.monotonic() - t)
-    print(f"baseline journalctl -o export > /dev/null: {base:,.0f} entries/s")
+    base = run_journalctl(directory, n)
     nd, td = time_reader(directory, default=True)
     nl, tl = time_reader(directory, default=False)
     print(f"reader: journal.Reader iteration {nd / td:,.0f}/s; _Reader+_get_all {nl / tl:,.0f}/s "
           f"({(nl / tl) / (nd / td):.1f}x)")
     r = run_agent(tmp, {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}, n)
-    rate = r["stored"] / r["wall"]
-    print(f"agent end to end: {rate:,.0f} events/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s; the sink {r['sink_cpu']:.1f} CPU s), "
-          f"peak RSS {r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
-          f"sink: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates")
-    print(f"ratio agent / journalctl: {rate / base:.2f}  (aim: >= 60,000/s, anon RSS < 60 MiB)")
+    if r["missing"] or r["dups"] or r["stored"] < n:
+        print(f"AGENT LOST OR DOUBLED EVENTS: {r}")
+    fb = run_fluent_bit(tmp / "fluent-bit", FLUENT_BIT_CONF, n, directory=str(directory))
+    print(f"{'system':<34} {'entries/s':>10} {'CPU s':>7} {'entries/CPU-s':>12} {'anon MiB':>8}")
+    print(line("journalctl -o export > /dev/null", base, n))
+    if fb is not None:
+        print(line("Fluent Bit (systemd -> http)", fb, n))
+    print(line("alpacon-agent (journald -> http)", r, n))
+    print(f"agent / journalctl: entries/s {base['wall'] / r['wall']:.2f}, "
+          f"entries per CPU-s {base['cpu'] / r['cpu']:.2f}")
+    if fb is not None:
+        print(f"agent / Fluent Bit: entries/s {fb['wall'] / r['wall']:.2f}, entries per CPU-s "
+              f"{fb['cpu'] / r['cpu']:.2f}, anon RSS {r['anon'] / max(fb['anon'], 1):.2f} "
+              f"(Fluent Bit: {fb['stored']:.0f} distinct, {fb['dups']:.0f} duplicates)")
+    else:
+        print(f"(Fluent Bit not found at {FLUENT_BIT}: set FLUENT_BIT to compare)")
+    print(f"agent: {r['stored']:.0f} stored, {r['missing']:.0f} missing, {r['dups']:.0f} duplicates; "
+          f"the sink {r['sink_cpu']:.1f} CPU s")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,42 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.journald import run_agent  # noqa: E402
+from bench.journald import FILE_BENCH_BATCH, FLUENT_BIT, line, run_agent, run_fluent_bit  # noqa: E402
+
+#: Fluent Bit's tail input on the file, posting JSON lines; ``{parser}``: none, or the regex
+#: parser below that extracts what the agent does (time, host, program, pid, message)
+FLUENT_BIT_CONF = """\
+[SERVICE]
+    Flush             1
+    Grace             2
+    Log_Level         warn
+    Parsers_File      {state}/parsers.conf
+[INPUT]
+    Name              tail
+    Tag               syslog
+    Path              {path}
+    Read_from_Head    On
+    DB                {state}/tail.db
+    DB.Sync           Normal
+{parser}
+[OUTPUT]
+    Name              http
+    Match             *
+    Host              127.0.0.1
+    Port              {port}
+    URI               /ingest/fluent-bit
+    Format            json_lines
+    Json_Date_Key     date
+    Json_Date_Format  iso8601
+    Retry_Limit       False
+"""
+PARSERS = r"""[PARSER]
+    Name        syslog-iso
+    Format      regex
+    Regex       ^(?<time>[^ ]+) (?<host>[^ ]+) (?<ident>[^ \[:]+)(?:\[(?<pid>[0-9]+)\])?: ?(?<message>.*)$
+    Time_Key    time
+    Time_Format %Y-%m-%dT%H:%M:%S.%L%z
+"""
 
 TEMPLATES = [
     "web-01 sshd[{pid}]: Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: ED25519 SHA256:Qx{p}",
@@ -64,15 +99,30 @@ def main() -> None:
     t = time.monotonic()
     out = subprocess.run(["wc", "-l", str(path)], capture_output=True, text=True, check=True).stdout
     n = int(out.split()[0])
-    base = n / (time.monotonic() - t)
-    print(f"baseline wc -l: {n:,} lines, {base:,.0f} lines/s")
-    r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n)
-    rate = n / r["wall"]
-    print(f"agent end to end: {rate:,.0f} lines/s ({r['wall']:.1f}s wall, {r['cpu']:.1f} CPU s; the sink {r['sink_cpu']:.1f} CPU s), peak RSS "
-          f"{r['hwm']:.0f} MiB, peak anonymous RSS {r['anon']:.0f} MiB; "
-          f"sink: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates")
-    print(f"ratio agent / wc -l: {rate / base:.3f}  (aim: >= 150,000 lines/s)")
-
+    base = {"wall": time.monotonic() - t, "cpu": 0.0, "anon": 0.0}
+    print(f"baseline wc -l: {n:,} lines, {n / base['wall']:,.0f} lines/s")
+    r = run_agent(tmp, {"syslog": {"enabled": True, "paths": [str(path)], "start_at": "beginning"}}, n,
+                  batch=FILE_BENCH_BATCH)
+    peers = {}
+    for name, parser in (("Fluent Bit (tail, no parser)", ""),
+                         ("Fluent Bit (tail, regex parser)", "    Parser            syslog-iso")):
+        state = tmp / f"fluent-bit-{len(peers)}"
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "parsers.conf").write_text(PARSERS)
+        fb = run_fluent_bit(state, FLUENT_BIT_CONF, n, path=str(path), parser=parser)
+        if fb is not None:
+            peers[name] = fb
+    print(f"{'system':<34} {'lines/s':>10} {'CPU s':>7} {'lines/CPU-s':>12} {'anon MiB':>8}")
+    for name, fb in peers.items():
+        print(line(name, fb, n))
+    print(line("alpacon-agent (syslog -> http)", r, n))
+    print(f"agent: {r['stored']} stored, {r['missing']} missing, {r['dups']} duplicates; the sink "
+          f"{r['sink_cpu']:.1f} CPU s; peak RSS {r['hwm']:.0f} MiB")
+    print(f"agent / wc -l: lines/s {base['wall'] / r['wall']:.3f}")
+    for name, fb in peers.items():
+        print(f"agent / {name}: lines/s {fb['wall'] / r['wall']:.2f}, lines per CPU-s {fb['cpu'] / r['cpu']:.2f}")
+    if not peers:
+        print(f"(Fluent Bit not found at {FLUENT_BIT}: set FLUENT_BIT to compare)")
 
 if __name__ == "__main__":
     main()

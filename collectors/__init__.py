@@ -19,26 +19,33 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
 
         out.append(JournaldCollector(c.journald, ctx))
     if c.syslog.enabled:
-        from collectors.syslog import SyslogFileCollector
+        from collectors.syslog.collector import SyslogFileCollector
 
         out.append(SyslogFileCollector(c.syslog, ctx))
-    # the auth log, when the audit derivers read it from a file rather than the journal
-    from collectors.derive import auth_file_paths
+    # the auth log, when the audit derivers read it from a file rather than the journal, and the
+    # FTP servers' transfer logs: file sources of their own, each from its own start_at
+    from collectors.derivers.base import auth_file_paths, ftp_file_paths
 
-    auth_paths = [p for p in auth_file_paths(cfg) if not (c.syslog.enabled and p in c.syslog.paths)]
-    if auth_paths:
-        from collectors.syslog import SyslogFileCollector
+    taken = set(c.syslog.paths) if c.syslog.enabled else set()
+    auth_paths = [p for p in auth_file_paths(cfg) if p not in taken]
+    ftp_paths = [p for p in ftp_file_paths(cfg) if p not in taken and p not in auth_paths]
+    sources = (("authlog", auth_paths, c.auth.start_at, c.syslog.ftp_times), ("ftplog", ftp_paths, c.ftp.start_at,
+                                                                                 c.ftp.times))
+    for name, paths, start_at, ftp_times in sources:
+        if paths:
+            from collectors.syslog.collector import SyslogFileCollector
 
-        authlog = SyslogFileCollector(c.syslog.model_copy(update={"paths": auth_paths, "enabled": True}), ctx)
-        authlog.name = "authlog"  # type: ignore[misc]
-        authlog.source = "authlog"
-        out.append(authlog)
+            files = SyslogFileCollector(c.syslog.model_copy(
+                update={"paths": paths, "enabled": True, "start_at": start_at, "ftp_times": ftp_times}), ctx)
+            files.name = name  # type: ignore[misc]
+            files.source = name
+            out.append(files)
     if c.metrics.enabled:
         from collectors.metrics import MetricsCollector
 
         out.append(MetricsCollector(c.metrics, ctx))
     if c.commands.enabled:
-        from collectors.commands import CommandsCollector
+        from collectors.commands.runner import CommandsCollector
 
         out.append(CommandsCollector(c.commands, ctx))
     return out

@@ -2,8 +2,9 @@
 # Sourced by quickstart.sh, test.sh and .ci/run: the system packages and the Python environment.
 # Debian packages: the build needs of systemd-python, and the real parts the tests drive.
 APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libsystemd-dev systemd systemd-journal-remote
-  rsyslog zsh bash openssh-server openssh-client sshpass sudo util-linux bsdutils procps iproute2 e2fsprogs
-  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint python3-systemd"
+  rsyslog vsftpd zsh bash openssh-server openssh-client sshpass sudo util-linux bsdutils procps iproute2 e2fsprogs
+  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint postgresql postgresql-client
+  python3-systemd"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -10,8 +10,9 @@ import pytest
 from agent.config import parse_config
 from agent.events import stable_id
 from agent.schema import validate_data
-from collectors.auth import AuthDeriver
-from collectors.derive import OriginFilter, auth_file_paths, build_derivers, event_origin
+from collectors.derivers import build_derivers
+from collectors.derivers.auth import AuthDeriver
+from collectors.derivers.base import OriginFilter, auth_file_paths, event_origin
 from collectors.derivers.provenance import RULES
 from tests.senders import sender
 
@@ -82,7 +83,9 @@ CASES = [
     ("sshd", "pam_unix(sshd:auth): check pass; user unknown", None),
     ("sshd", "pam_unix(sshd:session): session opened for user alice(uid=1000) by (uid=0)", None),
     ("sshd", "pam_unix(sshd:session): session opened for user alice by (uid=0)", None),  # RHEL 7
-    ("sshd", "error: maximum authentication attempts exceeded for root from 203.0.113.9 port 22 ssh2 [preauth]", None),
+    # too many keys offered: no "Failed" line per key, so the end of it is the row
+    ("sshd", "error: maximum authentication attempts exceeded for root from 203.0.113.9 port 22 ssh2 [preauth]",
+     ("root", "203.0.113.9", "login_failed", 401)),
     ("sshd", "Postponed keyboard-interactive for alice from 192.0.2.1 port 22 ssh2 [preauth]", None),
     # sudo 1.8 (RHEL 7/8) and 1.9 (Debian 12, RHEL 9)
     ("sudo", "   alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update",
@@ -118,10 +121,10 @@ CASES = [
     ("login", "pam_unix(login:session): session opened for user alice(uid=1000) by LOGIN(uid=0)",
      ("alice", None, "login", 200)),
     ("login", "pam_unix(login:session): session closed for user alice", ("alice", None, "logout", 200)),
-    ("login", "ROOT LOGIN  on '/dev/tty1'", None),
+    ("login", "ROOT LOGIN  on '/dev/tty1'", ("root", None, "login", 200)),
     # other PAM services: sessions; cron and systemd-user are noise
     ("vsftpd", "pam_unix(vsftpd:session): session opened for user ftpuser(uid=1005) by (uid=0)",
-     ("ftpuser", None, "session_open", 200)),
+     ("ftpuser", None, "login", 200)),  # an FTP server's session is a login
     ("CRON", "pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)", None),
     ("crond", "pam_unix(crond:session): session closed for user root", None),  # RHEL
     ("systemd", "pam_unix(systemd-user:session): session opened for user alice(uid=1000) by (uid=0)", None),
@@ -246,12 +249,27 @@ class TestDeriverOrigin:
         assert d(line("sshd", msg, id="f-1", source="/var/log/auth.log")) == []
 
     def test_file_origin_only_auth_paths(self) -> None:
-        """With files as the origin, only the auth log paths count (not /var/log/syslog copies)."""
-        d = AuthDeriver(accept=OriginFilter("file", ["/var/log/auth.log", "/var/log/secure"]))
+        """With files as the origin and the auth log named in the config, only its paths count
+        (not a catch-all /var/log/syslog's copies)."""
+        d = AuthDeriver(accept=OriginFilter("file", ["/var/log/auth.log", "/var/log/secure"], named=True))
         msg = "Accepted password for alice from 192.0.2.10 port 52144 ssh2"
         assert len(d(line("sshd", msg, id="f-1", source="/var/log/secure"))) == 1
         assert d(line("sshd", msg, id="f-2", source="/var/log/syslog")) == []
         assert d(line("sshd", msg, id="jd-2", source="journald:system")) == []
+
+    def test_any_file_unless_the_auth_log_is_named(self) -> None:
+        """Without auth.paths in the config, a copied old auth log read as a syslog file yields its
+        rows, whichever origin; the host's own auth log does not while the journal is the origin;
+        the FTP transfer logs always do."""
+        msg = "Accepted password for alice from 192.0.2.10 port 52144 ssh2"
+        for origin in ("file", "journald"):
+            d = AuthDeriver(accept=OriginFilter(origin, ["/var/log/auth.log", "/var/log/secure"]))  # type: ignore[arg-type]
+            assert len(d(line("sshd", msg, id="f-1", source="/srv/old/secure-2019"))) == 1
+            own = d(line("sshd", msg, id="f-2", source="/var/log/auth.log"))
+            assert len(own) == (1 if origin == "file" else 0)
+        f = OriginFilter("file", ["/var/log/secure"], named=True, always=["/var/log/xferlog"])
+        assert f(line("xferlog", "1 h 1 /a b _ o r u ftp 0 * c", id="f-3", source="/var/log/xferlog"))
+        assert not f(line("xferlog", "1 h 1 /a b _ o r u ftp 0 * c", id="f-4", source="/var/log/other"))
 
     def test_build_derivers(self, tmp_path: Any) -> None:
         """build_derivers returns the enabled derivers; auth_file_paths names the files to tail."""
@@ -260,12 +278,13 @@ class TestDeriverOrigin:
         cfg = parse_config({"collectors": {"journald": {"enabled": False}, "sftp": {"enabled": False},
                                            "auth": {"paths": [str(auth), str(tmp_path / "secure")]}}})
         names = [d.name for d in build_derivers(cfg)]  # type: ignore[attr-defined]
-        assert names == ["auth"]
+        assert names == ["auth", "ftp"]
         assert auth_file_paths(cfg) == [str(auth)]
         cfg2 = parse_config({"collectors": {"journald": {"enabled": True}}})
-        assert sorted(d.name for d in build_derivers(cfg2)) == ["auth", "sftp"]  # type: ignore[attr-defined]
+        assert sorted(d.name for d in build_derivers(cfg2)) == ["auth", "ftp", "sftp"]  # type: ignore[attr-defined]
         assert auth_file_paths(cfg2) == []
-        cfg3 = parse_config({"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False}}})
+        cfg3 = parse_config({"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False},
+                                            "ftp": {"enabled": False}}})
         assert build_derivers(cfg3) == []
 
 

@@ -408,8 +408,8 @@ class TestSenderRules:
     def test_sshd_session_child_is_neither_row_nor_forgery(self) -> None:
         """sshd's session child (running as the user) logs 'Disconnected from user': no row, not
         counted; the root monitor's pam line is the logout."""
-        from collectors.auth import AuthDeriver
-        from collectors.derive import Witness
+        from collectors.derivers.auth import AuthDeriver
+        from collectors.derivers.base import Witness
 
         d = AuthDeriver(witness=Witness(RULES))
         child = {"id": "jd-1", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
@@ -456,8 +456,8 @@ class TestSftpSessions:
     ALICE, BOB = 1001, 1002
 
     def _deriver(self) -> Any:
-        from collectors.derive import Witness
-        from collectors.sftp import SftpDeriver
+        from collectors.derivers.base import Witness
+        from collectors.derivers.sftp import SftpDeriver
 
         users = {"alice": self.ALICE, "bob": self.BOB}
         d = SftpDeriver(witness=Witness(RULES), uid_of=users.get, lookup_user=lambda pid: None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.redact import Redactor
+from agent.pipeline.redact import Redactor
 
 R = Redactor()
 
@@ -71,7 +71,7 @@ class TestTriggerPrefilter:
         import random
         import re
 
-        from agent.redact import BUILTIN_TRIGGERS, _trie_pattern
+        from agent.pipeline.redact import BUILTIN_TRIGGERS, _trie_pattern
 
         words = {t for ts in BUILTIN_TRIGGERS for t in ts}
         trie = re.compile(_trie_pattern(words))
@@ -85,3 +85,99 @@ class TestTriggerPrefilter:
                 i = rng.randint(0, len(text))
                 text = text[:i] + w + text[i:]
             assert bool(trie.search(text)) == bool(flat.search(text)), text
+
+
+class TestManyTextsAtOnce:
+    @pytest.mark.parametrize("redactor,redacts", [(Redactor(), True),
+                                                  (Redactor(patterns=[r"seq=(?P<secret>\d+)"]), True),
+                                                  (Redactor(builtin=False), False),
+                                                  (Redactor(replacement="***"), True)])
+    def test_changed_texts_is_redact_text_on_each(self, redactor: Redactor, redacts: bool) -> None:
+        """``changed_texts`` answers exactly what ``redact_text`` gives on each text: secrets
+        anywhere (first, last, after a newline inside a text), case and Unicode that change
+        length when lower-cased, triggers split across two texts, and texts without any."""
+        import random
+
+        rng = random.Random(20261201)
+        pieces = ["password=hunter2", "PASSWD: 'x y'", "--token abc", "Authorization: Bearer abcdefghijklmnop",
+                  "mysql -pS3cret", "https://u:pw@h/x", "AKIAIOSFODNN7EXAMPLE", "İstanbul", "ǅ", "ß", "\u0130pass=1",
+                  "pa", "ss=nope", "\n", "line\nsecret: s", "seq=42", "plain words", "", "é" * 30, "PWD=/home/a",
+                  "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----", "\x00\x1f", "☃ token: ☃"]
+        texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 5))) for _ in range(2000)]
+        texts += ["pa", "ss=split across texts", "tok", "en: x"]
+        want = {i: r for i, t in enumerate(texts) if (r := redactor.redact_text(t)) != t}
+        assert redactor.changed_texts(texts) == want
+        assert bool(want) is redacts, "the corpus holds secrets"
+        assert redactor.changed_texts([]) == {}
+
+
+class TestSecretsInCommands:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("export DB_PASSWORD=DbSecret1 GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+             "export DB_PASSWORD=[REDACTED] GITHUB_TOKEN=[REDACTED]"),
+            ("MYSQL_PWD=hunter2 mysql -u root app", "MYSQL_PWD=[REDACTED] mysql -u root app"),
+            ("PGPASSWORD='pg pass' psql -h 192.0.2.5 -U app", "PGPASSWORD=[REDACTED] psql -h 192.0.2.5 -U app"),
+            ("curl -u admin:SECRET https://192.0.2.5/api", "curl -u admin:[REDACTED] https://192.0.2.5/api"),
+            ("curl -s --user 'deploy:S3cr3t' https://x", "curl -s --user 'deploy:[REDACTED]' https://x"),
+            ("sshpass -p SECRET ssh deploy@192.0.2.7", "sshpass -p [REDACTED] ssh deploy@192.0.2.7"),
+            ("sshpass -p 'two words' ssh h", "sshpass -p [REDACTED] ssh h"),
+            ("mysql -u root -p'two words' app", "mysql -u root -p[REDACTED] app"),
+            ("git clone https://alice:Pa55@git.example.com/r.git", "git clone https://alice:[REDACTED]@git.example.com/r.git"),
+            ("redis-cli -u redis://:RedisPw@127.0.0.1:6379", "redis-cli -u redis://:[REDACTED]@127.0.0.1:6379"),
+            ("T=github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123 x", "T=[REDACTED] x"),
+            ("notify xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx now", "notify [REDACTED] now"),
+            ("aws configure set aws_access_key_id AKIAIOSFODNN7EXAMPLE", "aws configure set aws_access_key_id [REDACTED]"),
+            ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY aws s3 ls", "AWS_SECRET_ACCESS_KEY=[REDACTED] aws s3 ls"),
+            ("curl -H 'X-Auth: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXZhbHVl' https://x",
+             "curl -H 'X-Auth: [REDACTED]' https://x"),
+            ("echo '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----' > k",
+             "echo '-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]-----END OPENSSH PRIVATE KEY-----' > k"),
+            ("-----BEGIN EC PRIVATE KEY----- MHcCAQEEIIrYSSNQFaA", "-----BEGIN EC PRIVATE KEY-----[REDACTED]"),
+            ('{"password": "x y", "user": "bob"}', '{"password": [REDACTED], "user": "bob"}'),
+            ("openssl enc -aes256 -pass pass:Secr3t -in f", "openssl enc -aes256 -pass pass:[REDACTED] -in f"),
+            ("wget --http-password=hunter2 https://x", "wget --http-password=[REDACTED] https://x"),
+        ],
+    )
+    def test_secret_is_hidden_and_the_rest_kept(self, text: str, expected: str):
+        """Each form of secret a command line carries is replaced, and only it."""
+        assert R.redact_text(text) == expected
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "alice : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/systemctl restart nginx",
+            "OLDPWD=/home/alice PWD=/srv/app make",
+            "cd /tmp && pwd",
+            "pam_unix(passwd:chauthtok): password changed for alice",
+            "Failed password for invalid user admin from 203.0.113.9 port 22022 ssh2",
+            "Accepted password for alice from 192.0.2.10 port 52144 ssh2",
+            "bypass=1 compass=north max_tokens=100 password_file=/etc/app/pw",
+            "psql --no-password -h db",
+            "mysql -p -u root",
+            "curl -u admin https://192.0.2.5/api",
+            "docker run -u 1000:1000 alpine id",
+            "http://example.com:8080/path?q=1",
+        ],
+    )
+    def test_audit_data_is_not_over_redacted(self, text: str):
+        """Working directories, PAM's own words, key names that merely contain a keyword, prompts
+        without a value: nothing is hidden."""
+        assert R.redact_text(text) == text
+
+    def test_sudo_line_as_a_system_log_keeps_its_directory(self):
+        """sudo's log line through the redaction of system logs keeps PWD=/root, like the derived row."""
+        ev = {"kind": "system_log", "data": {"program": "sudo", "message":
+              "   alice : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/env DB_PASSWORD=DbSecret1 app"}}
+        R(ev)
+        assert ev["data"]["message"] == ("   alice : TTY=pts/0 ; PWD=/root ; USER=root ; "
+                                         "COMMAND=/usr/bin/env DB_PASSWORD=[REDACTED] app")
+
+    def test_changed_lines_agrees_with_redact_text(self):
+        """The whole-block path finds the same secrets as line by line."""
+        lines = ["ls", "export GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789", "cd /root; PWD=/root",
+                 "sshpass -p X ssh h", "curl -u a:b https://x"]
+        changed = R.changed_lines("\n".join(lines))
+        assert changed == {i: R.redact_text(t) for i, t in enumerate(lines) if R.redact_text(t) != t}
+        assert set(changed) == {1, 3, 4}

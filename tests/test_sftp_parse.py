@@ -10,7 +10,7 @@ import pytest
 from agent.events import stable_id
 from agent.schema import validate_data
 from collectors.derivers.provenance import RULES
-from collectors.sftp import SftpDeriver
+from collectors.derivers.sftp import SftpDeriver
 from tests.senders import sender
 
 USER = "root"  # a user that exists everywhere, for relative-path resolution

@@ -12,13 +12,17 @@ import orjson
 
 from agent.config import JournaldConfig, SyslogConfig
 from agent.events import stable_id
-from agent.pipeline import Enrich, Filter, Prepared, Validate
-from agent.redact import Redactor
+from agent.pipeline.encode import Prepared
+from agent.pipeline.processors import Enrich, Filter, Validate
+from agent.pipeline.redact import Redactor
 from agent.schema import validate_event
 from collectors.journald import TRUNCATION_MARKER, JournaldCollector
-from collectors.syslog import _BULK_ISO, _BULK_TRAD, SyslogFileCollector
-from collectors.syslog_parse import SyslogLineParser
-from collectors.tail import fingerprint, line_id
+from collectors.syslog.bulk import BULK_ISO as _BULK_ISO
+from collectors.syslog.bulk import BULK_TRAD as _BULK_TRAD
+from collectors.syslog.collector import SyslogFileCollector
+from collectors.syslog.parse import SyslogLineParser
+from collectors.syslog.tail import fingerprint, line_id
+from collectors.syslog.year import first_year, stamps_in
 from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
 from tests.support import need
 
@@ -82,7 +86,8 @@ def _slow_syslog(path: Path, content: bytes) -> list[dict[str, Any] | None]:
     st = os.stat(path)
     with open(path, "rb") as f:
         fp, _ = fingerprint(f.fileno())
-    parser = SyslogLineParser()
+    parser = SyslogLineParser()  # anchored as the collector anchors each file it reads
+    parser.set_anchor(st.st_mtime, first_year(stamps_in([content]), st.st_mtime))
     out: list[dict[str, Any] | None] = []
     off = 0
     for raw in content[:-1].split(b"\n"):
@@ -137,6 +142,13 @@ class TestSyslogFastPath:
                 "2026-11-26T21:22:41.5+09:00 web-01 app[7]: \u2028 line separator \x85 and NEL".encode(),
             ],
             "badutf8": BULK_ISO_LINES * 3 + [b"2026-11-26T21:22:41.5+00:00 web-01 app[7]: bad \xff\xfe bytes"],
+            "crlf": [line + b"\r" for line in BULK_ISO_LINES * 5],
+            "crlf_trad": [line + b"\r" for line in BULK_TRAD_LINES * 20],
+            "tags": [b"Dec  1 09:00:00 oldbox syslogd 1.4.1: restart.", b"Dec  1 09:00:01 oldbox  -- root[2421]: ROOT",
+                     b"Dec  1 09:00:02 rhel4 sshd(pam_unix)[1234]: session opened for user alice by (uid=0)",
+                     b"Dec  1 09:00:03 ws-01 gdm-password][607]: x", b"Dec  1 09:00:04 oldbox -- MARK --",
+                     b"Dec  1 09:00:05 mac-07 launchd[1] (com.example.job[42]): exited", b"Dec  1 09:00:06 h (sd-pam)[9]: y",
+                     ] * 20,
         }
         seen: list[str] = []
 
@@ -174,7 +186,7 @@ class TestSyslogFastPath:
                     assert got["data"]["message"] == "an impossible date" and got["ts"].endswith("Z")
                     continue
                 assert got == want, (name, got, want)
-            if name in ("iso", "trad", "utf8"):
+            if name in ("iso", "trad", "utf8", "crlf", "crlf_trad", "tags"):  # CRLF files and every tag form in bulk too
                 # segments of at most 7 events, halved while over the byte cap
                 assert sum(segments) == len(lines), (name, segments)
                 assert (max(segments) < 7) if name == "iso" else (max(segments) == 7), (name, segments)
@@ -187,7 +199,7 @@ class TestSyslogFastPath:
     async def test_blocks_parsed_in_pieces_give_the_same_events(self, tmp_path: Path, monkeypatch) -> None:
         """A read block is parsed in pieces cut at line ends (a line longer than a piece makes a
         piece of its own): the same events as the line parser, pieces bulk or not."""
-        import collectors.syslog as syslog_mod
+        import collectors.syslog.collector as syslog_mod
 
         monkeypatch.setattr(syslog_mod, "_PIECE_BYTES", 500)
         longer = b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"y" * 800  # longer than a piece
@@ -266,7 +278,7 @@ class TestSegments:
     def test_runs_of_single_events_become_segments_in_order(self) -> None:
         """Runs of one kind are joined up to the event and byte limits; segments already made,
         other kinds and the order stay as they are."""
-        from collectors.journald import segmented
+        from agent.pipeline.encode import segmented
 
         def ev(i: int, kind: str = "system_log") -> tuple[str, bytes, int]:
             return (kind, orjson.dumps({"id": f"e{i:03d}", "kind": kind}), 1)
@@ -284,3 +296,31 @@ class TestSegments:
         assert ids == [f"e{i:03d}" for i in range(18)]
         small = segmented(items[:10], Prepared("s", r.redact_text, Filter(), r.changed_lines, 100, 70))
         assert all(len(blob) <= 70 for _, blob, n in small if n > 1) and sum(n for _, _, n in small) == 10
+
+
+class TestYearsInTheCollector:
+    async def test_each_file_dated_from_its_own_mtime_and_bad_dates_counted(self, tmp_path: Path) -> None:
+        """Two files read by one collector: each is dated from its own mtime (one last written in
+        January, one now); impossible dates keep their text, take the line before's time and are
+        counted; a CRLF file loses its CRs."""
+        import time as _time
+
+        year = _time.localtime().tm_year
+        old = tmp_path / "old.log"
+        old.write_bytes(b"Dec 20 10:00:00 h a[1]: one\r\nFeb 31 10:00:00 h a[1]: impossible\r\n"
+                        b"Dec 31 23:00:00 h a[1]: two\r\n")
+        jan = _time.mktime((year, 1, 4, 9, 0, 0, 0, 0, -1))
+        os.utime(old, (jan, jan))
+        new = tmp_path / "new.log"
+        stamp = _time.strftime("%b %e %H:%M:%S", _time.localtime(_time.time() - 60)).encode()
+        new.write_bytes(stamp + b" h b[2]: fresh\n")
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(old), str(new)], start_at="beginning")
+        await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
+        by_msg = {e["data"]["message"]: e for e in rec.events}
+        assert set(by_msg) == {"one", "impossible", "two", "fresh"}
+        assert by_msg["one"]["ts"].startswith(f"{year - 1}-12-20") and by_msg["two"]["ts"].startswith(f"{year - 1}-12-31")
+        assert by_msg["impossible"]["ts"] == by_msg["one"]["ts"]
+        assert by_msg["impossible"]["data"]["extra"] == {"raw_timestamp": "Feb 31 10:00:00"}
+        assert by_msg["fresh"]["ts"].startswith(str(year)) or _time.localtime().tm_yday == 1
+        assert rec.counts.get("syslog_bad_timestamp") == 1

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import time
 
+from agent.events import parse_ts
 from agent.schema import validate_data
-from collectors.syslog_parse import SyslogLineParser, parse_line, parse_structured_data
+from collectors.syslog.parse import SyslogLineParser, parse_line, parse_structured_data
 
 
 def _valid(data: dict) -> dict:
@@ -28,11 +29,11 @@ class TestSyslogLineParser:
         assert (d["program"], d["pid"], d["message"]) == ("CRON", 77, "(root) CMD (true)")
 
     def test_traditional_timestamp(self):
-        """RFC 3164 with 'Mmm dd hh:mm:ss' is read in local time of the current year."""
+        """RFC 3164 with 'Mmm dd hh:mm:ss' alone is read in local time, in the 12 months up to now."""
         ts, d = parse_line("Feb  3 04:05:06 web-01 kernel: [ 12.345] eth0: link up")
         assert ts is not None and ts.endswith("Z")
         expect = time.mktime((time.localtime().tm_year, 2, 3, 4, 5, 6, 0, 0, -1))
-        if expect > time.time() + 7 * 86400:
+        if expect > time.time() + 86400:
             expect = time.mktime((time.localtime().tm_year - 1, 2, 3, 4, 5, 6, 0, 0, -1))
         assert ts == time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(expect))
         assert (d["program"], d["pid"], d["hostname"], d["message"]) == ("kernel", None, "web-01",
@@ -96,9 +97,12 @@ class TestSyslogLineParser:
         assert d["message"] == body and d["pid"] == 5
 
     def test_line_without_newline_at_eof(self):
-        """The parser takes a line without its newline; a trailing CR stays in the message."""
+        """The parser takes a line without its newline; the CR of a CRLF line end is not kept,
+        a CR inside the message is."""
         _, d = parse_line("Nov 26 21:22:36 web-01 app: last line\r")
-        assert d["message"] == "last line\r"
+        assert d["message"] == "last line"
+        _, d = parse_line("Nov 26 21:22:36 web-01 app: a\rb \r\r")
+        assert d["message"] == "a\rb \r"
 
     def test_odd_pri_and_pid(self):
         """An out-of-range PRI or a huge/odd PID is not trusted."""
@@ -110,11 +114,14 @@ class TestSyslogLineParser:
         assert d["pid"] is None and d["message"] == "b"
 
     def test_bad_dates_fall_back(self):
-        """A timestamp that looks right but is impossible gives ts None, never an error."""
+        """A timestamp that looks right but is impossible is kept as text, the line dated from
+        its context (here: now), never an error."""
+        before = time.time()
         ts, d = parse_line("Feb 31 25:61:61 h a: b")
-        assert ts is None and d["message"]
+        assert ts is not None and parse_ts(ts) >= before - 1 and d["message"] == "b"
+        assert d["extra"] == {"raw_timestamp": "Feb 31 25:61:61"}
         ts, d = parse_line("2026-13-45T99:99:99Z h a: b")
-        assert ts is None and d["program"] == "a"
+        assert ts is not None and d["program"] == "a" and d["extra"]["raw_timestamp"] == "2026-13-45T99:99:99Z"
 
     def test_structured_data_parser_alone(self):
         """parse_structured_data returns None for malformed elements."""

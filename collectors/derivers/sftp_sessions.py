@@ -37,7 +37,7 @@ Key = tuple[Any, str, int]
 
 
 class LineWitness(Protocol):
-    """What the gate needs of the derivers' witness (``collectors.derive.Witness``)."""
+    """What the gate needs of the derivers' witness (``collectors.derivers.base.Witness``)."""
 
     def vouch(self, event: Event, program: str, message: str) -> Voucher | None: ...
 

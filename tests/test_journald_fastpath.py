@@ -1,0 +1,153 @@
+"""The journald fast path (finished JSON built in the reader thread) against the slow one.
+
+The slow path here is the plain mapping of the data contract: every field of an entry read
+with ``_get_all`` and no size limit, turned into an event dict field by field and run through
+the pipeline's chain. Journals hold what the fast path finds hardest: binary and non-UTF-8
+messages, multi-line ones, a 100 KB one (kept whole, and cut at ``max_message_bytes``),
+realistic entries of 20-26 fields, and hostile identifiers.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import LEVELS, JournaldConfig
+from agent.events import stable_id
+from agent.pipeline.encode import TRUNCATION_MARKER, Prepared
+from agent.pipeline.processors import Enrich, Filter, Validate
+from agent.pipeline.redact import Redactor
+from collectors.journald import FACILITIES, JournaldCollector
+from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
+from tests.support import need
+
+BIG = ("line one of a big message password=hunter2\n" + "é" * 20_000 + "x" * 60_000).encode()
+assert len(BIG) > 100_000
+
+
+def _realistic(i: int) -> dict[str, Any]:
+    """An entry with the fields journald records for a unit's syslog line (24 fields)."""
+    return {
+        "MESSAGE": f"Accepted publickey for deploy from 10.0.0.{i} port {40000 + i} ssh2 seq={i}",
+        "PRIORITY": str(i % 8), "SYSLOG_FACILITY": "4", "SYSLOG_IDENTIFIER": "sshd", "SYSLOG_PID": str(800 + i),
+        "SYSLOG_TIMESTAMP": "Nov 26 21:22:36 ", "_PID": str(800 + i), "_UID": "0", "_GID": "0", "_COMM": "sshd",
+        "_EXE": "/usr/sbin/sshd", "_CMDLINE": "sshd: deploy [priv]", "_CAP_EFFECTIVE": "1ffffffffff",
+        "_SELINUX_CONTEXT": "unconfined\n", "_SYSTEMD_CGROUP": "/system.slice/ssh.service",
+        "_SYSTEMD_UNIT": "ssh.service", "_SYSTEMD_SLICE": "system.slice",
+        "_SYSTEMD_INVOCATION_ID": f"{i:032x}", "_TRANSPORT": "syslog", "_HOSTNAME": "web-01",
+        "_MACHINE_ID": "5c2d1f0e8b7a4c3d9e6f1a2b3c4d5e6f", "_RUNTIME_SCOPE": "system",
+        "_SOURCE_REALTIME_TIMESTAMP": str(1795728000000000 + i),
+    }
+
+
+ENTRIES: list[dict[str, Any]] = [
+    *(_realistic(i) for i in range(12)),
+    {"MESSAGE": b"binary\x00\x01\x1f\x7f \xff\xfe\xfd end", "SYSLOG_IDENTIFIER": "bin", "_PID": "7"},
+    {"MESSAGE": "multi\nline\r\n\tmessage\nwith token: abc123\n", "SYSLOG_IDENTIFIER": "app", "PRIORITY": "3"},
+    {"MESSAGE": BIG, "SYSLOG_IDENTIFIER": "big", "_PID": "9", "_HOSTNAME": "web-01"},
+    {"MESSAGE": "caf\xe9 latin-1 and \x80\x81".encode("latin-1"), "_COMM": "latin", "SYSLOG_FACILITY": "23"},
+    {"MESSAGE": "mixed \u2028 separators \x85 ☃ 로그인 password=비밀", "SYSLOG_IDENTIFIER": "utf"},
+    {"MESSAGE": "", "SYSLOG_IDENTIFIER": b"\xff\xfe" * 200, "_PID": "0099", "PRIORITY": "9"},
+    {"SYSLOG_IDENTIFIER": "nomessage", "_PID": "-1", "SYSLOG_FACILITY": "24"},
+    {"MESSAGE": "quotes \" and \\ back", "SYSLOG_IDENTIFIER": "q\"u\\o", "_SYSTEMD_UNIT": "a\"b.service",
+     "_PID": "99999999999", "PRIORITY": "0", "_UID": "1000"},
+    {"MESSAGE": "Authorization: Bearer abcdefghijklmnopqrstuvwxyz", "_COMM": "curl", "SYSLOG_PID": "x1"},
+]
+
+
+def _slow(directory: Path, cfg: JournaldConfig, chain: list[Any]) -> list[dict[str, Any]]:
+    """The events the data contract gives for every entry, through ``chain``; dropped ones left out."""
+    from systemd import journal
+
+    r = journal._Reader(0, str(directory))
+    r.data_threshold = 0  # everything, whatever its size
+    out: list[dict[str, Any]] = []
+    max_bytes = cfg.max_message_bytes
+
+    def name(value: bytes | None) -> str | None:
+        return None if value is None else value.decode("utf-8", "replace")[:256]
+
+    while r._next():
+        d = r._get_all()
+        pri = int(d["PRIORITY"]) if d.get("PRIORITY") in [str(i).encode() for i in range(8)] else 6
+        if pri > LEVELS.index(cfg.min_level):
+            continue
+        raw = d.get("MESSAGE") or b""
+        cut = len(raw) > max_bytes
+        message = raw[:max_bytes].decode("utf-8", "replace") + (TRUNCATION_MARKER if cut else "")
+        pid: int | None = None
+        pid_b = d.get("_PID") or d.get("SYSLOG_PID")
+        if pid_b is not None:
+            try:
+                pid = int(pid_b)
+            except ValueError:
+                pid = None
+            if pid is not None and not 0 <= pid < 1 << 31:
+                pid = None
+        fac_b = d.get("SYSLOG_FACILITY")
+        facility = FACILITIES[int(fac_b)] if fac_b in [str(i).encode() for i in range(24)] else None
+        extra = {k: name(d.get(f)) for f, k in (("_SYSTEMD_UNIT", "unit"), ("_HOSTNAME", "hostname"),
+                                                ("_TRANSPORT", "transport"), ("_BOOT_ID", "boot_id"),
+                                                ("_UID", "uid")) if d.get(f) is not None}
+        if facility:
+            extra["facility"] = facility
+        data: dict[str, Any] = {
+            "program": name(d.get("SYSLOG_IDENTIFIER") or d.get("_COMM")) or "unknown", "pid": pid,
+            "facility": facility, "hostname": extra.get("hostname"), "source": cfg.directory,
+            "extra": extra, "level": LEVELS[pri], "message": message,
+        }
+        if cut:
+            data["truncated"] = True
+        sec, usec = divmod(r._get_realtime(), 1_000_000)
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{usec // 1000:03d}Z"
+        ev: dict[str, Any] = {"id": stable_id("jd", r._get_cursor()), "kind": "system_log", "ts": ts, "data": data}
+        for proc in chain:
+            ev = proc(ev)
+        out.append(ev)
+    r.close()
+    return out
+
+
+@pytest.fixture
+def journal(tmp_path: Path) -> Path:
+    need(os.access(JOURNAL_REMOTE, os.X_OK), "systemd-journal-remote (apt systemd-journal-remote)")
+    write_journal_file(tmp_path / "j" / "a.journal", ENTRIES)
+    return tmp_path / "j"
+
+
+CASES = {
+    "defaults": ({}, {}),
+    "whole": ({"max_message_bytes": 200_000}, {}),
+    "small": ({"max_message_bytes": 256, "min_level": "warning"}, {}),
+    "custom": ({}, {"patterns": [r"seq=(?P<secret>\d+)", "line"]}),
+    "no-builtin": ({}, {"builtin": False}),
+}
+
+
+class TestJournaldFastPathEqualsSlowPath:
+    @pytest.mark.parametrize("case", list(CASES))
+    async def test_same_events(self, journal: Path, case: str) -> None:
+        """Each entry gives, on the fast path, the event the plain mapping plus the chain gives."""
+        cfg_extra, redact = CASES[case]
+        cfg = JournaldConfig(directory=str(journal), start_at="beginning", **cfg_extra)
+        r = Redactor(**redact)
+        filt = Filter(min_level=cfg.min_level)
+        rec = EmitRecorder()
+        rec.prepared_settings = Prepared("test", r.redact_text, filt, r.changed_lines, 5, 300_000)
+        await run_once(JournaldCollector(cfg, rec.context(once=True)))
+        expected = _slow(journal, cfg, [Enrich("test"), filt, r, Validate()])
+        assert rec.prepared_calls and len(rec.events) == len(expected) > 0
+        for got, want in zip(rec.events, expected, strict=True):
+            assert got == want, (case, got["data"].get("program"), want["data"].get("program"))
+        big = [e for e in rec.events if e["data"]["program"] == "big"]
+        if case == "whole":
+            assert big[0]["data"]["message"].endswith("x" * 1000) and "truncated" not in big[0]["data"]
+        elif big:
+            assert big[0]["data"]["truncated"] is True
+        if redact.get("builtin", True):
+            assert not any("hunter2" in e["data"]["message"] or "abcdefghijklmnop" in e["data"]["message"]
+                           for e in rec.events)
