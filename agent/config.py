@@ -167,6 +167,7 @@ class SinkConfig(Section):
             raise ValueError(f"{shown} cannot be read: {exc.strerror}") from None
         except TokenError as exc:
             raise ValueError(f"{shown}: {exc}") from None
+        return v
 
     @field_validator("headers")
     @classmethod
