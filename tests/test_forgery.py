@@ -102,6 +102,9 @@ class ForgeryLab:
         marker = f"forgery-marker-{secrets.token_hex(4)}"
         self.jd.logger(marker, tag="marker")
         wait_until(lambda: self.receiver.view("system-logs", program="marker", q=marker), 60, what="marker")
+        # audit rows travel in a lane of their own: everything spooled before the marker is shipped
+        assert self.agent is not None
+        self.agent.wait_drained()
 
     def forged(self, program: str) -> float:
         assert self.agent is not None
@@ -516,5 +519,5 @@ class TestOutOfReach:
         rows = wait_until(lambda: receiver.view("user-activity"), 30, what="the row root forged")
         assert [(r["user"], r["ip"], r["provenance"]["uid"], r["provenance"]["pid"]) for r in rows] == [
             ("root", "203.0.113.250", 0, 4242)]
-        line = receiver.view("system-logs", program="sshd")[0]
+        line = wait_until(lambda: receiver.view("system-logs", program="sshd"), 30, what="the line")[0]
         assert line["extra"]["sender"]["exe"] == "/usr/sbin/sshd"

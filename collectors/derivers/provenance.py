@@ -10,7 +10,9 @@ audit row only when :meth:`SenderRules.check` says the sender fits the program t
 program (or message)          the sender must be
 ============================  ================================================================
 sshd, sshd-session, sshd-auth uid 0, running an sshd executable
-login, systemd-logind         uid 0, running that executable
+login, systemd-logind, ftpd,  uid 0, running that executable
+vsftpd, proftpd, klogind,
+gdm, kdm, xdm
 sudo, su                      running that (setuid) executable, logging through syslog or the
                               native protocol (its uid is the invoking user's: the executable
                               is what proves the line)
@@ -81,6 +83,11 @@ RULES: dict[str, Rule] = {
     "su": Rule(("su",), setuid=True),
     "sftp-server": Rule(("sftp-server",)),
     "internal-sftp": Rule(SSHD_NAMES),
+    # FTP servers, Kerberos rlogin and display managers log logins as root daemons
+    **{n: Rule((n,), root=True) for n in ("ftpd", "in.ftpd", "wu-ftpd", "wu.ftpd", "vsftpd", "proftpd",
+                                          "klogind", "kdm", "xdm")},
+    "ftp": Rule(("ftpd", "in.ftpd", "vsftpd", "proftpd"), root=True),
+    "gdm": Rule(("gdm", "gdm3"), root=True),
 }
 #: PAM service -> the program that runs it (pam_unix lines are judged by that program's rule)
 PAM_PROGRAMS: dict[str, str] = {
