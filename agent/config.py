@@ -27,6 +27,7 @@ from pydantic import (
 
 from agent import safeyaml
 from agent.errors import ConfigError
+from agent.hookpeer import PushPolicy
 from agent.tokenfile import TokenError, check_token_file, read_token
 
 DEFAULT_CONFIG_PATH = "/etc/alpacon-agent/agent.yaml"
@@ -221,29 +222,6 @@ class SpoolConfig(Section):
         default="normal",
         description="SQLite synchronous mode in WAL: normal survives a process crash; full also power loss",
     )
-
-
-class PushRule(Section):
-    """Who may push one kind of event: these users and the members of these groups."""
-
-    users: list[str] = ["root"]
-    groups: list[str] = []
-
-
-class PushPolicy(Section):
-    """Per kind, who may push it over the hook socket (``websh`` covers ``websh_session`` and
-    ``websh_command``). By default root may push everything and everyone else nothing."""
-
-    user_activity: PushRule = PushRule()
-    webftp_transfer: PushRule = PushRule()
-    command: PushRule = PushRule()
-    websh: PushRule = PushRule()
-    system_log: PushRule = PushRule()
-    metrics: PushRule = PushRule()
-
-    def rule_for(self, kind: str) -> PushRule:
-        """The rule of an event kind."""
-        return getattr(self, "websh" if kind.startswith("websh_") else kind)  # type: ignore[no-any-return]
 
 
 class HookConfig(Section):

@@ -18,11 +18,39 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, ConfigDict
 
-from agent.config import PushPolicy
 from agent.events import KINDS
 
 log = structlog.get_logger("hook")
+
+
+class PushRule(BaseModel):
+    """Who may push one kind of event: these users and the members of these groups."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    users: list[str] = ["root"]
+    groups: list[str] = []
+
+
+class PushPolicy(BaseModel):
+    """Per kind, who may push it over the hook socket (``websh`` covers ``websh_session`` and
+    ``websh_command``). By default root may push everything and everyone else nothing. (The
+    ``hook.push`` section of the config: ``agent.config`` takes it from here.)"""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    user_activity: PushRule = PushRule()
+    webftp_transfer: PushRule = PushRule()
+    command: PushRule = PushRule()
+    websh: PushRule = PushRule()
+    system_log: PushRule = PushRule()
+    metrics: PushRule = PushRule()
+
+    def rule_for(self, kind: str) -> PushRule:
+        """The rule of an event kind."""
+        return getattr(self, "websh" if kind.startswith("websh_") else kind)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,4 +138,4 @@ class Pushers:
         return f"uid {peer.uid} ({peer.user}) may not push {kind} (hook.push.{rule}.users / hook.push.{rule}.groups)"
 
 
-__all__ = ["Peer", "Pushers", "peer_of", "push_rule_name", "resolve_ids"]
+__all__ = ["Peer", "PushPolicy", "PushRule", "Pushers", "peer_of", "push_rule_name", "resolve_ids"]

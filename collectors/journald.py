@@ -26,7 +26,7 @@ from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
 from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented
 from agent.typing import Checkpoint, Event, Item, LineGate
-from collectors.derivers.provenance import SENDER_FIELDS, SENDER_INTS
+from collectors.derivers.provenance import with_journal_sender
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
 FACILITIES: tuple[str, ...] = (
@@ -50,10 +50,6 @@ _EXTRA_FIELDS = (
     ("_BOOT_ID", "boot_id"),
     ("_UID", "uid"),
 )
-#: journald's record of who sent an entry (fields the sender cannot set), read for the lines a
-#: deriver may use only: ``data.extra.sender`` (collectors.derivers.provenance)
-_SENDER_FIELDS = tuple((name, key, key in SENDER_INTS) for name, key in SENDER_FIELDS)
-_SENDER_MAX = 4096
 #: ``stable_id("jd", cursor)`` is blake2b over ``b"jd\x1f" + cursor``; the seed holds the prefix
 _ID_SEED = hashlib.blake2b(b"jd\x1f", digest_size=16)
 _NAME_CACHE_MAX = 4096
@@ -79,26 +75,6 @@ def cursor_seqnum(cursor: str) -> tuple[str, int] | None:
         return parts["s"], int(parts["i"], 16)
     except (KeyError, ValueError):
         return None
-
-
-def sender_of(entry: dict[Any, Any], redact: Any) -> dict[str, Any]:
-    """What journald recorded about an entry's sender: uid, gid, pid, comm, exe, cmdline (redacted),
-    effective capabilities, unit and transport (each cut to 4096 bytes)."""
-    out: dict[str, Any] = {}
-    get = entry.get
-    for name, key, number in _SENDER_FIELDS:
-        raw = get(name)
-        if type(raw) is list:
-            raw = raw[0]
-        if not isinstance(raw, bytes):
-            continue
-        text = raw[:_SENDER_MAX].decode("utf-8", "replace")
-        if number:
-            if text.isdigit():
-                out[key] = int(text)
-        else:
-            out[key] = redact(text) if key == "cmdline" else text
-    return out
 
 
 def _second_prefix(sec: int) -> bytes:
@@ -290,20 +266,15 @@ class JournaldCollector(Collector):
             ts = ts_prefix + ms_of[usec // 1000]
             tpl = templates[pri]
             tail = frag[1]
-            wanted = gate is not None and gate(frag[2], message)
-            if wanted:
-                # the sender goes along, in the line's extra and to the derivers
-                fields = dict(frag[3], extra={**frag[3]["extra"], "sender": sender_of(d, prepared.redact)})
-                tail = tail[:len(tail) - len(orjson.dumps(frag[3]["extra"]))] + orjson.dumps(fields["extra"])
+            if gate is not None and gate(frag[2], message):  # with journald's record of its sender
+                tail, fields = with_journal_sender(frag[1], frag[3], d, prepared.redact)
+                data = dict(fields, pid=pid[1], level=LEVELS[pri], message=message,
+                            **({"truncated": True} if truncated else {}))
+                derive.append((len(rows) + (tpl is not None), {"id": "jd-" + eid.decode(), "kind": "system_log",
+                                                               "ts": ts.decode(), "data": data}))
             if tpl is not None:
                 rows.append((tpl, eid, ts, frag[0], pid[0], tail, _TRUNCATED if truncated else b""))
                 messages.append(message)
-            if wanted:
-                data = dict(fields, pid=pid[1], level=LEVELS[pri], message=message)
-                if truncated:
-                    data["truncated"] = True
-                derive.append((len(rows), {"id": "jd-" + eid.decode(), "kind": "system_log",
-                                           "ts": ts.decode(), "data": data}))
         changed = prepared.changed_texts(messages)
         dumps = orjson.dumps
         if changed:

@@ -39,9 +39,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 #: journal field -> key in ``data.extra.sender`` (all set by journald, none by the sender)
 SENDER_FIELDS: tuple[tuple[str, str], ...] = (
@@ -115,6 +117,35 @@ def sender_of(data: Mapping[str, Any]) -> dict[str, Any] | None:
     extra = data.get("extra")
     sender = extra.get("sender") if isinstance(extra, dict) else None
     return sender if isinstance(sender, dict) else None
+
+
+def journal_sender(entry: Mapping[str, Any], redact: Callable[[str], str]) -> dict[str, Any]:
+    """``data.extra.sender`` of a journal entry (``_Reader._get_all()``): its :data:`SENDER_FIELDS`,
+    numbers as numbers, each cut to 4096 bytes, the command line redacted."""
+    out: dict[str, Any] = {}
+    for name, key in SENDER_FIELDS:
+        raw = entry.get(name)
+        if type(raw) is list:
+            raw = raw[0]
+        if not isinstance(raw, bytes):
+            continue
+        text = raw[:4096].decode("utf-8", "replace")
+        if key in SENDER_INTS:
+            if text.isdigit():
+                out[key] = int(text)
+        else:
+            out[key] = redact(text) if key == "cmdline" else text
+    return out
+
+
+def with_journal_sender(tail: bytes, fields: dict[str, Any], entry: Mapping[str, Any],
+                        redact: Callable[[str], str]) -> tuple[bytes, dict[str, Any]]:
+    """A line's serialized data fields ending in its ``extra`` (``tail``) and those fields, both
+    with the entry's sender added to ``extra`` (the journald collector's lines for the derivers)."""
+    extra = fields["extra"]
+    with_sender = {**extra, "sender": journal_sender(entry, redact)}
+    dumps = orjson.dumps
+    return tail[:-len(dumps(extra))] + dumps(with_sender), dict(fields, extra=with_sender)
 
 
 def capabilities(sender: Mapping[str, Any]) -> int:
@@ -318,6 +349,8 @@ __all__ = [
     "Voucher",
     "default_rules",
     "discover_executables",
+    "journal_sender",
+    "with_journal_sender",
     "privileged",
     "provenance",
     "sender_of",
