@@ -2,7 +2,7 @@
 
 A throwaway user writes, into a live journald of the test's own, every line the derivers know:
 ``logger`` with the tags of sshd, its split processes, sudo, su, login, systemd-logind and
-sftp-server, any tag with a ``pam_unix(…)`` message, ``systemd-cat`` and ``journal.send`` with
+sftp-server and vsftpd, any tag with a ``pam_unix(…)`` message, ``systemd-cat`` and ``journal.send`` with
 ``SYSLOG_IDENTIFIER=sshd``, a message whose embedded newline carries a second line, and the real
 sftp-server run by hand with a made-up ``SSH_CONNECTION``. The agent reads that journal and ships
 to the reference receiver: no audit row appears, every line is a ``system_log`` row carrying its
@@ -156,6 +156,7 @@ def _sftp_by_hand(lab: ForgeryLab) -> None:
 SFTP_LINES = ("session opened for local user root from [203.0.113.66]", 'open "/etc/shadow" flags READ mode 0666',
               'close "/etc/shadow" bytes read 1337 written 0', "session closed for local user root from [203.0.113.66]")
 ACCEPTED = "Accepted password for root from 203.0.113.99 port 4242 ssh2"
+VSFTPD_LINE = '[root] OK DOWNLOAD: Client "203.0.113.5", "/etc/shadow", 1337 bytes, 1.00Kbyte/sec'
 
 # (case, how the intruder writes, the program it claims, the messages that reach the journal)
 CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
@@ -175,6 +176,7 @@ CASES: list[tuple[str, Any, str, tuple[str, ...]]] = [
      ("pam_unix(login:session): session opened for user root(uid=0) by LOGIN(uid=0)",)),
     ("logger-pam-sshd", _logger("sshd", "pam_unix(sshd:session): session opened for user root(uid=0) by (uid=0)"),
      "sshd", ("pam_unix(sshd:session): session opened for user root(uid=0) by (uid=0)",)),
+    ("logger-vsftpd", _logger("vsftpd", VSFTPD_LINE), "vsftpd", (VSFTPD_LINE,)),
     ("systemd-cat-sshd", _systemd_cat("sshd", ACCEPTED), "sshd", (ACCEPTED,)),
     ("journal-send-sshd", _journal_send("sshd", ACCEPTED), "sshd", (ACCEPTED,)),
     ("embedded-newline", _journal_send("sshd", "Connection from 203.0.113.5\n" + ACCEPTED), "sshd",
@@ -521,3 +523,25 @@ class TestOutOfReach:
             ("root", "203.0.113.250", 0, 4242)]
         line = wait_until(lambda: receiver.view("system-logs", program="sshd"), 30, what="the line")[0]
         assert line["extra"]["sender"]["exe"] == "/usr/sbin/sshd"
+
+
+class TestVsftpdJournalLines:
+    """vsftpd's transfer lines (syslog_enable=YES) come from its session process as the user."""
+
+    def _line(self, n: int, who: dict[str, Any]) -> dict[str, Any]:
+        return {"id": f"jd-{n:04d}", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
+                "data": {"program": "vsftpd", "pid": who["pid"], "level": "info", "hostname": "h",
+                         "message": VSFTPD_LINE.replace("[root]", "[alice]"), "extra": {"sender": who}}}
+
+    def test_only_vsftpd_as_the_user_it_names(self) -> None:
+        """alice's vsftpd session: a row with provenance; bob's vsftpd naming alice, or logger: none."""
+        from collectors.derivers.base import Witness
+        from collectors.derivers.ftp import FtpTransferDeriver
+
+        rules = SenderRules({"vsftpd": frozenset({"/usr/sbin/vsftpd"})})
+        d = FtpTransferDeriver(witness=Witness(rules), uid_of={"alice": 1001}.get)
+        rows = d(self._line(1, _who(1001, "/usr/sbin/vsftpd", "vsftpd")))
+        assert [(r["data"]["username"], r["data"]["provenance"]["uid"]) for r in rows] == [("alice", 1001)]
+        assert d(self._line(2, _who(1002, "/usr/sbin/vsftpd", "vsftpd"))) == []
+        assert d(self._line(3, _who(1001, "/usr/bin/logger", "logger"))) == []
+        assert sum(d.witness.forged.values()) == 2

@@ -39,5 +39,5 @@ def build_derivers(cfg: AgentConfig, counter: Callable[..., Any] | None = None) 
     if cfg.collectors.ftp.enabled:
         from collectors.derivers.ftp import FtpTransferDeriver
 
-        out.append(FtpTransferDeriver(accept=accept))
+        out.append(FtpTransferDeriver(accept=accept, witness=witness))
     return out

@@ -89,6 +89,8 @@ RULES: dict[str, Rule] = {
     **{n: Rule((n,), root=True) for n in ("ftpd", "in.ftpd", "wu-ftpd", "wu.ftpd", "vsftpd", "proftpd",
                                           "klogind", "kdm", "xdm")},
     "ftp": Rule(("ftpd", "in.ftpd", "vsftpd", "proftpd"), root=True),
+    # vsftpd's transfer lines come from its session process, running as the logged-in user
+    "vsftpd-session": Rule(("vsftpd",)),
     "gdm": Rule(("gdm", "gdm3"), root=True),
 }
 #: PAM service -> the program that runs it (pam_unix lines are judged by that program's rule)
