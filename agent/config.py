@@ -27,6 +27,7 @@ from pydantic import (
 
 from agent import safeyaml
 from agent.errors import ConfigError
+from agent.hookpeer import PushPolicy
 from agent.tokenfile import TokenError, check_token_file, read_token
 
 DEFAULT_CONFIG_PATH = "/etc/alpacon-agent/agent.yaml"
@@ -227,8 +228,11 @@ class HookConfig(Section):
     enabled: bool = True
     socket: str = "/run/alpacon-agent/hook.sock"
     mode: int = 0o660
+    #: who may connect at all
     allow_users: list[str] = ["root"]
     allow_groups: list[str] = []
+    #: who may push which kind, once connected
+    push: PushPolicy = PushPolicy()
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
     max_connections: int = Field(default=256, ge=1)
 

@@ -1,7 +1,10 @@
 """The hook API server: a Unix socket speaking JSON lines for local producers.
 
 See :mod:`agent.hookclient` for the protocol. Each connection's peer is identified with
-SO_PEERCRED and checked against ``hook.allow_users`` / ``hook.allow_groups``. Lines are
+SO_PEERCRED and checked against ``hook.allow_users`` / ``hook.allow_groups``; each pushed event
+against ``hook.push`` (who may push which kind: ``denied`` with the reason otherwise), and it is
+stamped with its sender (``data.provenance``: uid, gid, pid and executable from SO_PEERCRED and
+``/proc``), which the producer cannot set: a ``sender`` or ``provenance`` it sends is dropped. Lines are
 size-capped (an oversize line is discarded up to its newline and answered ``invalid``),
 parsed, schema-checked per kind and answered in order; ``ok`` is sent only once the event is
 durably spooled. Components add operations with :meth:`HookServer.register_op`.
@@ -11,15 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import grp
 import os
-import pwd
 import re
-import socket
 import stat
-import struct
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import structlog
 from agent.config import HookConfig
 from agent.errors import SpoolFull
 from agent.events import KINDS, format_ts, parse_ts
+from agent.hookpeer import Peer, Pushers, peer_of, resolve_ids
 from agent.metrics import AgentMetrics
 from agent.pipeline.batcher import Batcher
 from agent.schema import SchemaError, validate_data
@@ -37,39 +36,12 @@ log = structlog.get_logger("hook")
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{7,127}")
 MAX_PENDING_ANSWERS = 4096
-_EMIT_FIELDS = frozenset({"op", "kind", "data", "ts", "id", "ref"})
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """The process at the other end of a connection."""
-
-    pid: int
-    uid: int
-    gid: int
-    groups: frozenset[int]
-
-    @property
-    def user(self) -> str:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return str(self.uid)
+_EMIT_FIELDS = frozenset({"op", "kind", "data", "ts", "id", "ref", "sender"})
+#: what a producer may not say about itself: the agent writes it from the socket's credentials
+_SENDER_FIELDS = ("sender", "provenance")
 
 
 OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
-
-
-def _peer_of(sock: socket.socket) -> Peer:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", creds)
-    groups: set[int] = {gid}
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("Groups:"):
-                groups.update(int(g) for g in line.split()[1:])
-                break
-    return Peer(pid, uid, gid, frozenset(groups))
 
 
 def _answer(status: str, ref: Any = None, **fields: Any) -> dict[str, Any]:
@@ -90,23 +62,9 @@ class HookServer:
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
         self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
-        self.allowed_uids, self.allowed_gids = self._resolve(cfg)
+        self.allowed_uids, self.allowed_gids = resolve_ids(cfg.allow_users, cfg.allow_groups, "hook.allow_")
+        self.pushers = Pushers(cfg.push)
         self._ok_counter = metrics.hook_requests.labels("emit", "ok")
-
-    @staticmethod
-    def _resolve(cfg: HookConfig) -> tuple[frozenset[int], frozenset[int]]:
-        uids, gids = set(), set()
-        for u in cfg.allow_users:
-            try:
-                uids.add(int(u) if u.isdigit() else pwd.getpwnam(u).pw_uid)
-            except KeyError:
-                log.warning("hook.allow_users names an unknown user; ignored", user=u)
-        for g in cfg.allow_groups:
-            try:
-                gids.add(int(g) if g.isdigit() else grp.getgrnam(g).gr_gid)
-            except KeyError:
-                log.warning("hook.allow_groups names an unknown group; ignored", group=g)
-        return frozenset(uids), frozenset(gids)
 
     def register_op(self, name: str, handler: OpHandler) -> None:
         """Serve ``{"op": name, …}`` with ``handler(msg, peer) -> answer``."""
@@ -176,7 +134,7 @@ class HookServer:
 
     async def _serve_conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
-        peer = _peer_of(sock)
+        peer = peer_of(sock)
         if len(self._conns) > self.cfg.max_connections:
             writer.write(orjson.dumps(_answer("busy", reason="too many connections")) + b"\n")
             await writer.drain()
@@ -299,7 +257,7 @@ class HookServer:
             ref = None
         op = msg.get("op", "emit")
         if op == "emit":
-            return self._emit(msg, ref)
+            return self._emit(msg, ref, peer)
         handler = self._ops.get(op) if isinstance(op, str) else None
         if handler is None:
             self.metrics.hook_requests.labels("unknown", "invalid").inc()
@@ -317,7 +275,7 @@ class HookServer:
             ans.setdefault("ref", ref)
         return ans
 
-    def _emit(self, msg: dict[str, Any], ref: Any) -> Any:
+    def _emit(self, msg: dict[str, Any], ref: Any, peer: Peer) -> Any:
         def invalid(reason: str) -> dict[str, Any]:
             self.metrics.hook_requests.labels("emit", "invalid").inc()
             return _answer("invalid", ref, reason=reason)
@@ -327,9 +285,15 @@ class HookServer:
         kind = msg.get("kind")
         if not isinstance(kind, str) or kind not in KINDS:
             return invalid(f"unknown kind {kind!r}; one of {', '.join(KINDS)}")
+        if not self.pushers.allows(peer, kind):
+            self.metrics.hook_requests.labels("emit", "denied").inc()
+            return _answer("denied", ref, reason=self.pushers.refusal(peer, kind))
         data = msg.get("data")
         if not isinstance(data, dict):
             return invalid("'data' must be an object")
+        for f in _SENDER_FIELDS:  # the producer does not say who it is: the socket does
+            data.pop(f, None)
+        data["provenance"] = peer.provenance()
         try:
             validate_data(kind, data)
         except SchemaError as exc:

@@ -112,7 +112,7 @@ class Agent:
         from collectors.derivers import build_derivers
         from collectors.derivers.base import line_gate
 
-        derivers = build_derivers(self.cfg)
+        derivers = build_derivers(self.cfg, counter=self.metrics.count)
         return CollectorContext(
             server=self.cfg.server,
             emit_fn=self._emit_for("collector"),

@@ -26,6 +26,7 @@ from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
 from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented
 from agent.typing import Checkpoint, Event, Item, LineGate
+from collectors.derivers.provenance import with_journal_sender
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
 FACILITIES: tuple[str, ...] = (
@@ -47,7 +48,7 @@ _EXTRA_FIELDS = (
     ("_HOSTNAME", "hostname"),
     ("_TRANSPORT", "transport"),
     ("_BOOT_ID", "boot_id"),
-    ("_UID", "uid"),  # trusted (set by journald): the auth deriver believes only root's lines
+    ("_UID", "uid"),
 )
 #: ``stable_id("jd", cursor)`` is blake2b over ``b"jd\x1f" + cursor``; the seed holds the prefix
 _ID_SEED = hashlib.blake2b(b"jd\x1f", digest_size=16)
@@ -264,15 +265,16 @@ class JournaldCollector(Collector):
                 ts_sec, ts_prefix = sec, fmt_ts(sec)
             ts = ts_prefix + ms_of[usec // 1000]
             tpl = templates[pri]
+            tail = frag[1]
+            if gate is not None and gate(frag[2], message):  # with journald's record of its sender
+                tail, fields = with_journal_sender(frag[1], frag[3], d, prepared.redact)
+                data = dict(fields, pid=pid[1], level=LEVELS[pri], message=message,
+                            **({"truncated": True} if truncated else {}))
+                derive.append((len(rows) + (tpl is not None), {"id": "jd-" + eid.decode(), "kind": "system_log",
+                                                               "ts": ts.decode(), "data": data}))
             if tpl is not None:
-                rows.append((tpl, eid, ts, frag[0], pid[0], frag[1], _TRUNCATED if truncated else b""))
+                rows.append((tpl, eid, ts, frag[0], pid[0], tail, _TRUNCATED if truncated else b""))
                 messages.append(message)
-            if gate is not None and gate(frag[2], message):
-                data = dict(frag[3], pid=pid[1], level=LEVELS[pri], message=message)
-                if truncated:
-                    data["truncated"] = True
-                derive.append((len(rows), {"id": "jd-" + eid.decode(), "kind": "system_log",
-                                           "ts": ts.decode(), "data": data}))
         changed = prepared.changed_texts(messages)
         dumps = orjson.dumps
         if changed:

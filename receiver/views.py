@@ -1,6 +1,8 @@
 """The receiver's read side: query parameters of each view and how stored events become view rows.
 
-Simple views (system logs, WebFTP transfers, user activity, metrics) are one row per event.
+Simple views (system logs, WebFTP transfers, user activity, metrics) are one row per event;
+each row shows the ``provenance`` its event carries (who vouched for it: the journal's sender,
+a log file, or a hook producer's credentials), and the audit views filter on it.
 Merged views fold several events into one record: a Websh session is its open/closed events
 merged (closed wins) plus its commands ordered by their ``seq``; a command is its status events
 merged, the latest status winning, with a ``history`` of every status change in order.
@@ -33,6 +35,8 @@ class ViewSpec:
     #: filters matching a substring of a data field (param -> field)
     contains: Mapping[str, str] = field(default_factory=dict)
     merged: bool = False
+    #: equality filters on nested data fields (param -> dotted field)
+    nested: Mapping[str, str] = field(default_factory=dict)
 
 
 VIEWS: dict[str, ViewSpec] = {
@@ -66,6 +70,7 @@ VIEWS: dict[str, ViewSpec] = {
             "path": str,
         },
         {"q": "path"},
+        nested={"provenance": "provenance.source", "sender_uid": "provenance.uid"},
     ),
     "commands": ViewSpec(
         "command",
@@ -74,7 +79,8 @@ VIEWS: dict[str, ViewSpec] = {
         merged=True,
     ),
     "user-activity": ViewSpec(
-        "user_activity", {"user": str, "action": str, "result": int, "ip": str}
+        "user_activity", {"user": str, "action": str, "result": int, "ip": str},
+        nested={"provenance": "provenance.source", "sender_uid": "provenance.uid"},
     ),
     "metrics": ViewSpec("metrics"),
 }
@@ -236,7 +242,7 @@ def _in_window(ts: str, since: str | None, until: str | None) -> bool:
 async def query_view(store: EventStore, name: str, params: Mapping[str, str]) -> dict[str, Any]:
     """The answer of ``GET /api/v1/<name>``; raises :class:`ParamError` or KeyError (no view)."""
     spec = VIEWS[name]
-    allowed = COMMON_PARAMS + tuple(spec.filters) + tuple(spec.contains)
+    allowed = COMMON_PARAMS + tuple(spec.filters) + tuple(spec.contains) + tuple(spec.nested)
     common = parse_common(params, allowed, name)
     filters: dict[str, Any] = {}
     for key, typ in spec.filters.items():
@@ -245,6 +251,9 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
                 parse_int(key, params[key], -(2**62), 2**62) if typ is int else params[key]
             )
     contains = [(spec.contains[k], params[k]) for k in spec.contains if k in params]
+    # who vouched for a row (data.provenance: source journal | file | hook, and the sender's uid)
+    nested = [(f, parse_int(k, params[k], 0, 2**32) if k.endswith("uid") else params[k])
+              for k, f in spec.nested.items() if k in params]
     if not spec.merged:
         rows = await store.select(
             Query(
@@ -256,7 +265,7 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
                 before=common.get("before"),
                 descending=common.get("descending", False),
                 limit=common["limit"],
-                data_eq=tuple(filters.items()),
+                data_eq=(*filters.items(), *nested),
                 data_like=tuple(contains),
             )
         )

@@ -1,6 +1,7 @@
 """The file route of the derivers: with journald off, auth lines written by a real rsyslog to
 an auth log file reach the receiver as user_activity and webftp_transfer rows, and a copy of
-the same lines in another syslog file does not count twice."""
+the same lines in another syslog file does not count twice. Such rows say
+``provenance.source: file``: a file proves no sender."""
 
 from __future__ import annotations
 
@@ -66,4 +67,7 @@ class TestAuthFromFile:
         rows = receiver.view("webftp-transfers")
         assert [(r["username"], r["type"], r["path"], r["size"], r["status"]) for r in rows] == [
             ("alice", "download", "/home/alice/report.pdf", 4242, "success")]
+        # files cannot vouch: every row says it came from a file, and from which
+        for r in [*rows, *receiver.view("user-activity")]:
+            assert r["provenance"] == {"source": "file", "path": str(auth_log)}, r
         agent.stop()

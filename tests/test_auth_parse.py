@@ -13,11 +13,20 @@ from agent.schema import validate_data
 from collectors.derivers import build_derivers
 from collectors.derivers.auth import AuthDeriver
 from collectors.derivers.base import OriginFilter, auth_file_paths, event_origin
+from collectors.derivers.provenance import RULES
+from tests.senders import sender
 
 TS = "2026-11-26T20:00:00.000Z"
 
 
 def line(program: str, message: str, pid: int | None = 812, id: str = "jd-0001", **data: Any) -> dict[str, Any]:
+    """A journal line sent by the real ``program`` (see tests.senders), unless ``extra`` says otherwise."""
+    if "extra" not in data and isinstance(program, str) and program in RULES:
+        data["extra"] = {"sender": sender(program, pid=pid or 812)}
+    elif "extra" not in data and isinstance(message, str) and message.startswith("pam_unix("):
+        # another PAM service (vsftpd …): its root daemon
+        data["extra"] = {"sender": {"uid": 0, "pid": pid, "comm": program, "exe": f"/usr/sbin/{program}",
+                                    "cap_effective": "1ffffffffff", "transport": "syslog"}}
     return {"id": id, "kind": "system_log", "ts": TS,
             "data": {"program": program, "level": "info", "pid": pid, "message": message, **data}}
 
@@ -280,20 +289,35 @@ class TestDeriverOrigin:
 
 
 class TestForgedLines:
-    def _event(self, program: str, message: str, uid: str | None) -> dict:
-        extra = {"transport": "syslog"} if uid is None else {"transport": "syslog", "uid": uid}
-        return {"id": "jd-0123456789abcdef", "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
+    def _event(self, program: str, message: str, sender: dict[str, Any] | None, id: str = "jd-0123456789abcdef",
+               source: str = "journald") -> dict[str, Any]:
+        extra: dict[str, Any] = {"transport": "syslog"}
+        if sender is not None:
+            extra["sender"] = sender
+        return {"id": id, "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
                 "data": {"program": program, "pid": 812, "level": "info", "message": message,
-                         "hostname": "web-01", "extra": extra}}
+                         "hostname": "web-01", "source": source, "extra": extra}}
 
-    def test_sshd_line_from_an_unprivileged_uid_is_ignored(self) -> None:
-        """An sshd line the journal says a non-root process sent (logger -t sshd) yields no row."""
-        from collectors.derivers.auth import AuthDeriver
+    def test_only_a_fitting_sender_makes_a_row(self) -> None:
+        """An sshd line sent by logger (any uid) or with no sender yields no row; the same line
+        from the real sshd does, and says who vouched for it."""
+        from tests.senders import user_tool
 
         d = AuthDeriver()
         line = "Accepted password for root from 203.0.113.9 port 50022 ssh2"
-        assert d(self._event("sshd", line, "65534")) == []
-        rows = d(self._event("sshd", line, "0"))
+        assert d(self._event("sshd", line, user_tool(uid=65534), id="jd-1")) == []
+        assert d(self._event("sshd", line, user_tool(uid=0, cap_effective="1ffffffffff"), id="jd-2")) == []
+        assert d(self._event("sshd", line, None, id="jd-3")) == []
+        assert d(self._event("sshd", line, None, id="jd-3")) == []  # the same line again counts once
+        assert d.witness.forged == {"sshd": 3}
+        rows = d(self._event("sshd", line, sender("sshd")))
         assert [(r["data"]["user"], r["data"]["ip"], r["data"]["result"]) for r in rows] == [("root", "203.0.113.9", 200)]
-        # lines read from files carry no uid: they are judged by their content alone
-        assert len(AuthDeriver()(self._event("sshd", line, None))) == 1
+        prov = rows[0]["data"]["provenance"]
+        assert prov["source"] == "journal" and prov["uid"] == 0 and prov["exe"] == sender("sshd").get("exe")
+        validate_data("user_activity", rows[0]["data"])
+
+    def test_file_lines_say_so(self) -> None:
+        """A line read from an auth log file carries no sender: its row says provenance.source file."""
+        rows = AuthDeriver()(self._event("sshd", "Accepted password for root from 203.0.113.9 port 1 ssh2", None,
+                                         id="f-0123456789abcdef", source="/var/log/auth.log"))
+        assert rows[0]["data"]["provenance"] == {"source": "file", "path": "/var/log/auth.log"}

@@ -380,6 +380,19 @@ class TestDoctorSpoolAndJournal:
         assert r.status == "FAIL" and "collectors.journald.directory" in (r.fix or "")
 
 
+class TestProvenanceCheck:
+    def test_files_only_warns_what_is_given_up(self) -> None:
+        """Auth rows from files (no journal) are a WARN saying any local user can forge them; from
+        the journal an OK."""
+        r = doctor.check_provenance(parse_config({"collectors": {"journald": {"enabled": False}}}))[0]
+        assert r.status == "WARN" and "any local user can forge" in r.detail and "journald" in (r.fix or "")
+        r = doctor.check_provenance(parse_config({"collectors": {"auth": {"source": "file"}}}))[0]
+        assert r.status == "WARN"
+        assert doctor.check_provenance(parse_config({}))[0].status == "OK"
+        off = {"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False}, "journald": {"enabled": False}}}
+        assert doctor.check_provenance(parse_config(off))[0].status == "OK"
+
+
 class TestDoctorCommand:
     def test_exit_status_and_report(self, tmp_path: Path, receiver: ReceiverProcess,
                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -266,6 +266,17 @@ class TestOpenSSHEndToEnd:
         assert all(r["remote_ip"] == "127.0.0.1" and r["server"] == "test-server" for r in rows)
         ids = [r["id"] for r in receiver.view("user-activity")] + [r["id"] for r in rows]
         assert len(ids) == len(set(ids))
+        # who vouched: the root sshd for logins and logouts, the user's own sftp-server for transfers
+        sshd = os.path.realpath(SSHD)
+        for r in receiver.view("user-activity"):
+            if r["user"] in (u.name, bogus):
+                prov = r["provenance"]
+                assert (prov["source"], prov["uid"], prov.get("exe", sshd)) == ("journal", 0, sshd), r
+                assert prov["pid"] == r["details"]["pid"]
+        for r in rows:
+            prov = r["provenance"]
+            assert (prov["source"], prov["uid"], prov.get("comm")) == ("journal", u.uid, "sftp-server"), r
+            assert prov.get("exe", SFTP_SERVER) == SFTP_SERVER
         agent.stop()
 
     def test_sudo_and_su(self, lab: SshLab, agent_factory: Any, receiver: ReceiverProcess) -> None:
@@ -309,4 +320,11 @@ class TestOpenSSHEndToEnd:
         wait_until(lambda: rows() == expected, 60, what=f"sudo/su rows {expected} (have {rows()})")
         settle(lab, receiver)
         assert rows() == expected
+        # who vouched: the setuid sudo and su, running as the invoking user (an exe journald could
+        # not read any more, when the process had exited, leaves its name)
+        for r in receiver.view("user-activity"):
+            if r["user"] == a.name:
+                prov, program = r["provenance"], r["details"]["program"]
+                assert (prov["source"], prov["uid"], prov["comm"]) == ("journal", a.uid, program), r
+                assert prov.get("exe") in (None, os.path.realpath(need_binary(program))), r
         agent.stop()

@@ -9,7 +9,9 @@ import pytest
 
 from agent.events import stable_id
 from agent.schema import validate_data
+from collectors.derivers.provenance import RULES
 from collectors.derivers.sftp import SftpDeriver
+from tests.senders import sender
 
 USER = "root"  # a user that exists everywhere, for relative-path resolution
 
@@ -20,11 +22,20 @@ class Feeder:
     def __init__(self, d: SftpDeriver | None = None) -> None:
         self.d = d or SftpDeriver(lookup_user=lambda pid: None)
         self.n = 0
+        # the ssh connections the sessions below belong to, accepted by a root sshd
+        for n, (user, ip) in enumerate([(USER, "192.0.2.10"), ("nobody", "198.51.100.7")]):
+            assert self(f"Accepted publickey for {user} from {ip} port 5000{n} ssh2", pid=100 + n, program="sshd",
+                        uid=0) == []
 
-    def __call__(self, message: str, pid: int = 4242, program: str = "sftp-server", second: int = 0) -> list[dict[str, Any]]:
+    def __call__(self, message: str, pid: int = 4242, program: str = "sftp-server", second: int = 0,
+                 uid: int | None = None) -> list[dict[str, Any]]:
+        """One line of ``program`` (pid ``pid``), sent as the real program would (as root: the
+        sftp-server of a session of root, or the sshd monitor)."""
         self.n += 1
+        who = sender(program if program in RULES else "sftp-server", uid=0 if uid is None else uid, pid=pid)
         ev = {"id": f"jd-{self.n:06d}", "kind": "system_log", "ts": f"2026-11-26T20:00:{second:02d}.000Z",
-              "data": {"program": program, "level": "info", "pid": pid, "message": message, "hostname": "h"}}
+              "data": {"program": program, "level": "info", "pid": pid, "message": message, "hostname": "h",
+                       "extra": {"sender": who}}}
         out = self.d(ev)  # type: ignore[arg-type]
         for e in out:
             assert e["kind"] == "webftp_transfer"

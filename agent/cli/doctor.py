@@ -341,6 +341,20 @@ def check_spool(cfg: AgentConfig) -> list[CheckResult]:
 EXTRA_CHECKS: list[Callable[[AgentConfig], list[CheckResult]]] = []
 
 
+def check_provenance(cfg: AgentConfig) -> list[CheckResult]:
+    """Who vouches for the audit rows derived from log lines: the journal, or (files) no one."""
+    c = cfg.collectors
+    if not (c.auth.enabled or c.sftp.enabled):
+        return [ok("provenance", "no audit rows are derived from log lines")]
+    files = c.auth.source == "file" or (c.auth.source == "auto" and not c.journald.enabled)
+    if files:
+        return [warn("provenance", "User activity and WebFTP rows come from log files, which do not record who "
+                     "wrote a line: any local user can forge them (rows say provenance.source: file)",
+                     "enable collectors.journald (collectors.auth.source: auto) so the journal's record of "
+                     "each line's sender vouches for it; see docs/security.md")]
+    return [ok("provenance", "audit rows only from journal lines whose sender fits their program")]
+
+
 def run_checks(config_path: str) -> Iterator[CheckResult]:
     """Every check, in order; checks that need a valid config are skipped without one."""
     results, cfg = check_config_file(config_path)
@@ -349,6 +363,7 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
         return
     yield from check_token(cfg)
     yield from check_journal(cfg)
+    yield from check_provenance(cfg)
     service = service_state()
     yield from check_service(service)
     yield from check_hook(cfg, service)

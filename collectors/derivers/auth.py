@@ -37,6 +37,9 @@ sshd ``Received disconnect from IP: 11: …``   logout          200     of a con
 pam_unix ``authentication failure`` lines of sshd, sudo, su and login are skipped: the program's
 own line counts the attempt. Old PAM's ``prog(pam_unix)`` lines, display managers, FTP servers,
 login(1)'s ``ROOT LOGIN``, ftpd and klogind: :mod:`collectors.derivers.auth_forms`.
+
+Only lines whose journal sender fits the program they name become rows (see
+:class:`collectors.derivers.base.Witness`); each row's ``provenance`` says who vouched for it.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ from collectors.derivers.auth_forms import (
 from collectors.derivers.auth_forms import clip as _clip
 from collectors.derivers.auth_forms import to_int as _int
 from collectors.derivers.auth_forms import to_ip as _ip
-from collectors.derivers.base import accepted_data, line_id
+from collectors.derivers.base import Witness, accepted_data, line_id
+from collectors.derivers.bounded import BoundedTable
 
 #: longest message worth parsing; auth lines are short (a sudo COMMAND= line can be long)
 MAX_MESSAGE = 16_384
@@ -77,6 +81,8 @@ SU_PROGRAMS = frozenset({"su"})
 LOGIN_PROGRAMS = frozenset({"login"})
 FTP_PROGRAMS = FTPD_PROGRAMS | {"vsftpd", "proftpd"}
 OTHER_PROGRAMS = frozenset({"klogind", "gdm", "kdm", "xdm"})
+#: read so that their senders are checked (and forgeries counted); no rows of their own yet
+LOGIND_PROGRAMS = frozenset({"systemd-logind"})
 
 # --- sshd -------------------------------------------------------------------------------
 # user names are matched greedily so that a hostile name containing " from X port N"
@@ -125,7 +131,7 @@ class AuthDeriver:
     #: the lines this deriver can use: these programs, or a message starting with a prefix
     #: (collectors skip building event dicts for every other line; see derive.line_gate)
     programs: frozenset[str] = (SSHD_PROGRAMS | SUDO_PROGRAMS | SU_PROGRAMS | LOGIN_PROGRAMS | FTP_PROGRAMS
-                                | OTHER_PROGRAMS)
+                                | OTHER_PROGRAMS | LOGIND_PROGRAMS)
     #: modern PAM lines, old PAM's (any program, ``prog(pam_unix)`` tag), login's under a ``--`` tag
     message_prefixes: tuple[str, ...] = ("pam_unix(", "authentication failure; ", "session opened for user ",
                                          "session closed for user ", "ROOT LOGIN ", "message repeated ")
@@ -135,17 +141,29 @@ class AuthDeriver:
         accept: Callable[[Event], bool] | None = None,
         ignore_services: Iterable[str] = ("cron", "CRON", "crond", "systemd-user", "atd"),
         max_tracked: int = 4096,
+        max_tracked_bytes: int = 4 << 20,
+        witness: Witness | None = None,
+        counter: Callable[..., Any] | None = None,
     ) -> None:
         self.accept = accept
         self.ignore_services = frozenset(ignore_services)
         self.max_tracked = max_tracked
+        self.witness = witness if witness is not None else Witness(counter=counter)
+        self.counter = counter
         #: (host, sshd monitor pid) → (user, ip, port) of its accepted connection
-        self._conn: OrderedDict[tuple[Any, int], tuple[str, str | None, int | None]] = OrderedDict()
+        self._conn: BoundedTable[tuple[Any, int], tuple[str, str | None, int | None]] = BoundedTable(
+            max_tracked, max_tracked_bytes, on_evict=self._evicted)
         #: (host, user, ip, port) of connections whose logout was already reported
-        self._out: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+        self._out: BoundedTable[tuple[Any, ...], bool] = BoundedTable(
+            max_tracked, max_tracked_bytes, on_evict=self._evicted)
         #: (host, login pid, user) of console logins reported: login(1) and its PAM session both
         #: log one ("ROOT LOGIN ON tty2" and "session opened for user root by LOGIN(uid=0)")
-        self._logins: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
+        self._logins: BoundedTable[tuple[Any, ...], bool] = BoundedTable(
+            max_tracked, max_tracked_bytes, on_evict=self._evicted)
+
+    def _evicted(self, n: int) -> None:
+        if self.counter is not None:
+            self.counter("deriver_state_evicted", n, deriver="auth")
 
     # -- entry point -----------------------------------------------------------------------
     def __call__(self, event: Event) -> list[Event]:
@@ -159,14 +177,15 @@ class AuthDeriver:
                 return []
             if len(message) > MAX_MESSAGE or not message:
                 return []
-            extra = data.get("extra")
-            uid = extra.get("uid") if isinstance(extra, dict) else None
-            if uid is not None and uid != "0" and program in SSHD_PROGRAMS:
-                # journald records who sent a line (_UID). sshd logs as root, so an sshd line
-                # from another uid is a forgery (logger -t sshd). sudo and su log with the
-                # invoking user's uid, so the same check cannot be made for them.
+            if program not in self.programs and not message.startswith(self.message_prefixes):
+                return []
+            # the journal vouches, not the text: only a sender that fits the program the line
+            # claims (collectors.derivers.provenance) makes rows, and before any state changes
+            prov = self.witness.vouch(event, program, message)
+            if prov is None:
                 return []
             pid = data.get("pid") if isinstance(data.get("pid"), int) else None
+            extra = data.get("extra")
             module = extra.get("pam_module") if isinstance(extra, dict) else None
             row = self.parse(program, message, pid=pid, host=data.get("hostname"),
                              pam_module=module if isinstance(module, str) else None)
@@ -177,6 +196,7 @@ class AuthDeriver:
         row["details"]["program"] = program
         if pid is not None:
             row["details"]["pid"] = pid
+        row["provenance"] = prov.data()
         return [make_event("user_activity", row, ts=event.get("ts"), id=stable_id("ua", line_id(event)))]
 
     # -- dispatch --------------------------------------------------------------------------

@@ -27,13 +27,22 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
+
 from agent.typing import Deriver, Event
+from collectors.derivers.provenance import RULES, SSHD_NAMES, SenderRules, Voucher, default_rules, sender_of
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
+
+log = structlog.get_logger("derivers")
+
+#: a forged line is logged at most this often per program (every one is counted)
+FORGED_LOG_INTERVAL_S = 60.0
 
 Origin = Literal["journald", "file"]
 
@@ -126,6 +135,73 @@ def ftp_file_paths(cfg: AgentConfig) -> list[str]:
     if not cfg.collectors.ftp.enabled:
         return []
     return [p for p in cfg.collectors.ftp.paths if os.path.exists(p)]
+
+
+class Witness:
+    """Decides whether a line may become an audit row: whose sender fits the program it claims.
+
+    A line read from a file carries no sender: its rows say ``provenance.source: file``. A
+    journal line's sender (``data.extra.sender``) must fit the rule of its program
+    (:class:`~collectors.derivers.provenance.SenderRules`); a line that does not fit yields no
+    row, stays a ``system_log`` line, and is counted once (``forged_lines``, by program) however
+    many derivers look at it.
+    """
+
+    def __init__(self, rules: SenderRules | None = None, counter: Callable[..., Any] | None = None) -> None:
+        self._rules = rules
+        self.counter = counter
+        #: forged lines seen, by program label
+        self.forged: dict[str, int] = {}
+        self._last_forged: str | None = None
+        self._logged: dict[str, float] = {}
+
+    @property
+    def rules(self) -> SenderRules:
+        if self._rules is None:  # found on first use: building derivers stays cheap
+            self._rules = default_rules()
+        return self._rules
+
+    def vouch(self, event: Event, program: str, message: str) -> Voucher | None:
+        """Who vouches for a line whose sender fits, or None (counted as forged, except the
+        unprivileged sshd session child, whose facts the root monitor logs)."""
+        origin, path = event_origin(event)
+        data = event.get("data") or {}
+        if origin == "file":
+            src = data.get("source")
+            return Voucher(None, path or (src if isinstance(src, str) else None))
+        sender = sender_of(data)
+        why = self.rules.check(program, message, sender)
+        if why is None:
+            return Voucher(sender)
+        if program in SSHD_NAMES and not message.startswith("pam_unix(") and self.rules.is_sshd_child(sender):
+            return None
+        self.forged_line(event, program, message, why)
+        return None
+
+    def forged_line(self, event: Event, program: str, message: str = "", why: str | None = None) -> None:
+        """Count one line whose sender does not fit (once per line, by a bounded program label)."""
+        lid = line_id(event)
+        if lid == self._last_forged:
+            return
+        self._last_forged = lid
+        if program in RULES:
+            label = program
+        elif message.startswith("pam_unix("):
+            label = "pam_unix"
+        else:
+            label = "other"
+        self.forged[label] = self.forged.get(label, 0) + 1
+        if self.counter is not None:
+            self.counter("forged_lines", 1, program=label)
+        now = time.monotonic()
+        if now - self._logged.get(label, -FORGED_LOG_INTERVAL_S) >= FORGED_LOG_INTERVAL_S:
+            # loud, but a flood of forgeries is one warning a minute per program, not one per line
+            self._logged[label] = now
+            data = event.get("data") or {}
+            sender = sender_of(data) or {}
+            log.warning("forged_line", program=label, forged_so_far=self.forged[label], line_id=lid,
+                        sender_uid=sender.get("uid"), sender_exe=sender.get("exe"), sender_comm=sender.get("comm"),
+                        why=why)
 
 
 def accepted_data(event: Event, accept: Callable[[Event], bool] | None) -> dict[str, Any] | None:

@@ -16,7 +16,9 @@ read from the logs vsftpd and ProFTPD write (the syslog parser names their progr
   "198.51.100.7", "/home/alice/a.bin", 1024 bytes, 512.00Kbyte/sec`` (and ``FAIL``, ``DOWNLOAD``,
   ``DELETE``, ``MKDIR``, ``RMDIR``, ``RENAME``).
 
-A syslog line tagged ``xferlog`` (which any local user can send) is not a transfer: only a line
+A journal line of vsftpd counts only when its sender is vsftpd running as the user it names
+(``collectors.derivers.provenance``); every row carries its ``provenance``. A syslog line
+tagged ``xferlog`` (which any local user can send) is not a transfer: only a line
 of a file that starts with the transfer log's own time is. vsftpd with ``dual_log_enable=YES`` writes each transfer to both logs: the second line of the
 same transfer (same user, file, size and second) is skipped. A row's id is
 ``stable_id("xfer", <line id>)``. Times are read as local time, or as UTC with ``collectors.ftp.times: utc``
@@ -34,7 +36,8 @@ from typing import Any
 
 from agent.events import make_event, stable_id
 from agent.typing import Event
-from collectors.derivers.base import accepted_data, event_origin, line_id
+from collectors.derivers.base import Witness, accepted_data, event_origin, line_id
+from collectors.derivers.sftp_sessions import uid_of as _uid_of
 
 PROGRAMS = frozenset({"xferlog", "vsftpd"})
 MAX_MESSAGE = 16_384
@@ -143,9 +146,12 @@ class FtpTransferDeriver:
     programs: frozenset[str] = PROGRAMS
     message_prefixes: tuple[str, ...] = ()
 
-    def __init__(self, accept: Callable[[Event], bool] | None = None, max_tracked: int = 1024) -> None:
+    def __init__(self, accept: Callable[[Event], bool] | None = None, max_tracked: int = 1024,
+                 witness: Witness | None = None, uid_of: Callable[[str], int | None] = _uid_of) -> None:
         self.accept = accept
         self.max_tracked = max_tracked
+        self.witness = witness if witness is not None else Witness()
+        self.uid_of = uid_of
         #: (user, file name with blanks as '_', size, second) of the transfers reported lately
         self._seen: OrderedDict[tuple[Any, ...], bool] = OrderedDict()
 
@@ -170,11 +176,22 @@ class FtpTransferDeriver:
                 row = parse_vsftpd(message)
             else:
                 return []
-            if row is None or not self._first(row, event.get("ts")):
+            if row is None:
+                return []
+            # a journal line of vsftpd (syslog_enable=YES) is believed from vsftpd's session process,
+            # running as the user it names (or root), never from logger -t vsftpd
+            prov = self.witness.vouch(event, "vsftpd-session", message)
+            if prov is None:
+                return []
+            if prov.sender is not None and prov.uid not in (0, self.uid_of(row["username"])):
+                self.witness.forged_line(event, program, message, f"names {row['username']!r}, sent by uid {prov.uid}")
+                return []
+            if not self._first(row, event.get("ts")):
                 return []
         except Exception:  # a deriver must never break its collector
             return []
         row["extra"] = {k: v for k, v in row["extra"].items() if v is not None}
+        row["provenance"] = prov.data()
         return [make_event("webftp_transfer", {k: v for k, v in row.items() if v is not None},
                            ts=event.get("ts"), id=stable_id("xfer", line_id(event)))]
 

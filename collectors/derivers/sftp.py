@@ -20,6 +20,13 @@ through it) by host and pid:
   guessed. At ``-l VERBOSE`` every request is logged and such errors are attributed exactly.
 - ``session closed for local user U from [IP]`` ends the session.
 
+Provenance: only lines of sessions :class:`collectors.derivers.sftp_sessions.SessionGate` believes
+(a fitting sender, running as the user the session names, inside a known ssh connection) make
+rows; every row carries its ``provenance``.
+
+Memory: sessions, their open files and the connections are :class:`BoundedTable` s with a
+count and a byte cap; what they evict is counted (``deriver_state_evicted``).
+
 scp since OpenSSH 9 rides on SFTP and gives the same lines. Each row's id is
 ``stable_id("ftp", <line id>)`` of the line that completed it. A session whose opening line
 was never seen (the agent started mid-session) takes its user from the live process when it
@@ -31,18 +38,25 @@ from __future__ import annotations
 import posixpath
 import pwd
 import re
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import make_event, parse_ts, stable_id
 from agent.typing import Event
-from collectors.derivers.base import accepted_data, line_id
+from collectors.derivers.base import Witness, accepted_data, line_id
+from collectors.derivers.bounded import BoundedTable, approx_size
+from collectors.derivers.sftp_sessions import SessionGate, process_user
+from collectors.derivers.sftp_sessions import uid_of as default_uid_of
 
 PROGRAMS = frozenset({"sftp-server", "internal-sftp", "sshd", "sshd-session"})
 MAX_MESSAGE = 16_384
 MAX_PATH = 4096
+#: open files kept per session, and their bytes (sftp-server itself keeps few handles open)
+MAX_OPEN_FILES = 1024
+MAX_SESSION_BYTES = 1 << 20
+#: all sessions together
+MAX_STATE_BYTES = 32 << 20
 
 # sftp-server logs a path between quotes as it is (a quote in it is not escaped; the syslog
 # layer only doubles a backslash): the greedy match ends at the *last* fixed suffix, which the
@@ -101,12 +115,25 @@ class _Session:
     ip: str | None = None
     #: the server logs at VERBOSE (stat/lstat/realpath too): every error status is attributable
     verbose: bool = False
-    open_files: dict[str, _Open] = field(default_factory=dict)
+    open_files: BoundedTable[str, _Open] = field(
+        default_factory=lambda: BoundedTable(MAX_OPEN_FILES, MAX_SESSION_BYTES, _open_size))
     #: an open whose error status was seen and that was not closed (yet)
     failed_open: str | None = None
     #: the last request whose failure the next line ("sent status …") would report:
     #: (what, row, ts, line id)
     pending: tuple[str, dict[str, Any], str | None, str] | None = None
+
+
+def _open_size(path: str, f: _Open) -> int:
+    return approx_size(path, f.flags, f.error, f.ts)
+
+
+def _session_size(key: Any, s: _Session) -> int:
+    n = 512 + s.open_files.bytes + len(s.user or "") + len(s.ip or "") + len(s.failed_open or "")
+    if s.pending is not None:
+        row = s.pending[1]
+        n += len(row.get("path") or "") + len((row.get("extra") or {}).get("old_path") or "")
+    return n
 
 
 class SftpDeriver:
@@ -123,16 +150,28 @@ class SftpDeriver:
         max_sessions: int = 4096,
         lookup_user: Callable[[int], str | None] | None = None,
         counter: Callable[..., Any] | None = None,
+        witness: Witness | None = None,
+        max_bytes: int = MAX_STATE_BYTES,
+        uid_of: Callable[[str], int | None] | None = None,
     ) -> None:
         self.accept = accept
         self.max_sessions = max_sessions
-        self.lookup_user = lookup_user if lookup_user is not None else _process_user
+        self.lookup_user = lookup_user if lookup_user is not None else process_user
+        self.uid_of = uid_of if uid_of is not None else default_uid_of
         self.counter = counter
-        self._sessions: OrderedDict[tuple[Any, str, int], _Session] = OrderedDict()
+        self.witness = witness if witness is not None else Witness(counter=counter)
+        self._sessions: BoundedTable[tuple[Any, str, int], _Session] = BoundedTable(
+            max_sessions, max_bytes, _session_size, self._evicted)
+        self.gate = SessionGate(self.witness, self.uid_of, self.lookup_user, max_sessions, max_bytes // 8,
+                                self._evicted, lambda key: self._sessions.pop(key, None))
 
     def _count(self, name: str) -> None:
         if self.counter is not None:
             self.counter(name, 1, deriver="sftp")
+
+    def _evicted(self, n: int) -> None:
+        if self.counter is not None:
+            self.counter("deriver_state_evicted", n, deriver="sftp")
 
     # -- session table ---------------------------------------------------------------------
     def _session(self, key: tuple[Any, str, int], create: bool = True) -> _Session | None:
@@ -142,9 +181,8 @@ class SftpDeriver:
             return s
         if not create:
             return None
-        s = self._sessions[key] = _Session()
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        s = _Session(open_files=BoundedTable(MAX_OPEN_FILES, MAX_SESSION_BYTES, _open_size, self._evicted))
+        self._sessions[key] = s
         return s
 
     # -- entry point -----------------------------------------------------------------------
@@ -158,12 +196,18 @@ class SftpDeriver:
                 return []
             if not message or len(message) > MAX_MESSAGE:
                 return []
+            message = message.rstrip("\r\n")
             key = (data.get("hostname"), program, pid)
-            rows = self.feed(key, message.rstrip("\r\n"), event.get("ts"), line_id(event))
+            prov = self.gate.screen(event, key, message)
+            if prov is None:
+                return []
+            rows = self.feed(key, message, event.get("ts"), line_id(event))
+            self._sessions.resize(key)
         except Exception:  # a deriver must never break its collector
             self._count("deriver_error")
             return []
-        return [make_event("webftp_transfer", row, ts=ts, id=stable_id("ftp", lid)) for row, ts, lid in rows]
+        return [make_event("webftp_transfer", dict(row, provenance=prov.data()), ts=ts, id=stable_id("ftp", lid))
+                for row, ts, lid in rows]
 
     def feed(self, key: tuple[Any, str, int], message: str, ts: str | None, lid: str) -> list[Row]:
         """Advance the session ``key`` by one line; returns the finished rows (usually 0 or 1)
@@ -181,7 +225,8 @@ class SftpDeriver:
         if m := RE_OPENED.match(message):
             s = self._session(key)
             assert s is not None
-            s.user, s.ip, s.open_files, s.pending = m["user"], m["ip"] or None, {}, None
+            s.user, s.ip, s.pending = m["user"], m["ip"] or None, None
+            s.open_files.clear()
             return out
         if RE_CLOSED.match(message):
             self._sessions.pop(key, None)
@@ -322,20 +367,6 @@ def _absolute(path: str, user: str) -> str:
     except (KeyError, ValueError):
         return path
     return posixpath.normpath(posixpath.join(home, path)) if home else path
-
-
-def _process_user(pid: int) -> str | None:
-    """The owner of a still-running sftp-server process on this host (None when gone)."""
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        name = p.name()
-        if "sftp" not in name and "sshd" not in name:
-            return None
-        return p.username()
-    except Exception:
-        return None
 
 
 __all__ = ["SftpDeriver"]
