@@ -17,12 +17,13 @@ import socket
 import sqlite3
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli.args import add_config_arg
+from agent.cli.checks import CheckResult, fail, ok, warn
 from agent.cli.unit import UNIT, service_state
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config, parse_config
 from agent.errors import ConfigError
@@ -31,30 +32,6 @@ from agent.spool import Spool
 if TYPE_CHECKING:
     from agent.cli.args import Subparsers
     from agent.shipping.retry import SendOutcome
-
-Status = Literal["OK", "WARN", "FAIL"]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    """One line of the doctor's report: what was checked, how it went and how to fix it."""
-
-    name: str
-    status: Status
-    detail: str
-    fix: str | None = None
-
-
-def ok(name: str, detail: str) -> CheckResult:
-    return CheckResult(name, "OK", detail)
-
-
-def warn(name: str, detail: str, fix: str | None = None) -> CheckResult:
-    return CheckResult(name, "WARN", detail, fix)
-
-
-def fail(name: str, detail: str, fix: str | None = None) -> CheckResult:
-    return CheckResult(name, "FAIL", detail, fix)
 
 
 # -- individual checks -----------------------------------------------------------------------

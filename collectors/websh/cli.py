@@ -19,7 +19,7 @@ from collectors.websh.recording import DEFAULT_MAX_BYTES as DEFAULT_RECORDING_BY
 from collectors.websh.recording import recording_messages
 
 if TYPE_CHECKING:
-    from agent.cli.doctor import CheckResult
+    from agent.cli.checks import CheckResult
 
 DEFAULT_FLUSH_TIMEOUT_S = 1.5
 
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_exec_trail(cfg: AgentConfig) -> list[CheckResult]:
     """``doctor``: whether recorded sessions can have the kernel's exec trail here, and why not."""
-    from agent.cli.doctor import ok, warn
+    from agent.cli.checks import ok, warn
     from collectors.websh.exectrail import availability
 
     mode, reason = availability()

@@ -26,7 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from agent.config import NatsConfig, SinkConfig
+from agent.config_sink import NatsConfig, SinkConfig
 from agent.errors import CredentialsRefused
 from agent.shipping.retry import SendOutcome
 
