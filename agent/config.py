@@ -103,7 +103,7 @@ class RedactConfig(Section):
 
 class FilterConfig(Section):
     drop_kinds: list[str] = []
-    min_level: Literal[LEVELS] = "debug"  # type: ignore[valid-type]
+    min_level: Literal[LEVELS] = "debug"  # type: ignore[valid-type]  # a Literal of the LEVELS tuple
 
 
 class JournaldConfig(Section):
@@ -114,7 +114,7 @@ class JournaldConfig(Section):
     exclude_units: list[str] = []
     identifiers: list[str] = []
     exclude_identifiers: list[str] = []
-    min_level: Literal[LEVELS] = "debug"  # type: ignore[valid-type]
+    min_level: Literal[LEVELS] = "debug"  # type: ignore[valid-type]  # a Literal of the LEVELS tuple
     this_boot_only: bool = False
     max_message_bytes: int = Field(default=65_536, ge=256)
 

@@ -50,7 +50,7 @@ class PushPolicy(BaseModel):
 
     def rule_for(self, kind: str) -> PushRule:
         """The rule of an event kind."""
-        return getattr(self, "websh" if kind.startswith("websh_") else kind)  # type: ignore[no-any-return]
+        return getattr(self, "websh" if kind.startswith("websh_") else kind)
 
 
 @dataclass(frozen=True, slots=True)

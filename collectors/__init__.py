@@ -37,7 +37,7 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
 
             files = SyslogFileCollector(c.syslog.model_copy(
                 update={"paths": paths, "enabled": True, "start_at": start_at, "ftp_times": ftp_times}), ctx)
-            files.name = name  # type: ignore[misc]
+            files.name = name  # type: ignore[misc]  # name is a ClassVar; each extra file source gets its own
             files.source = name
             out.append(files)
     if c.metrics.enabled:

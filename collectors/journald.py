@@ -307,7 +307,7 @@ class JournaldCollector(Collector):
         (see ``_read_chunk``)."""
         program, fac, *extra_values = key
         names = self._names
-        facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]
+        facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]  # a field value may be None (absent); .get gives None then
         extra: dict[str, Any] = {}
         for (_, name), value in zip(_EXTRA_FIELDS, extra_values, strict=True):
             if value is not None:

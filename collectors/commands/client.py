@@ -59,7 +59,7 @@ def parse_at(text: str, now: float | None = None) -> float:
     return dt.timestamp()
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "exec",
         help="run a command through the agent and record it in the Command history",

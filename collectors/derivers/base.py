@@ -113,7 +113,7 @@ def auth_origin(cfg: AgentConfig) -> Origin:
     src = cfg.collectors.auth.source
     if src == "auto":
         return "journald" if cfg.collectors.journald.enabled else "file"
-    return src  # type: ignore[return-value]
+    return src
 
 
 def auth_file_paths(cfg: AgentConfig) -> list[str]:

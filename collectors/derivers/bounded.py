@@ -85,7 +85,7 @@ class BoundedTable(OrderedDict[K, V]):
         super().__delitem__(key)
         self.bytes -= self._sizes.pop(key, 0)
 
-    def pop(self, key: K, *default: Any) -> Any:  # type: ignore[override]
+    def pop(self, key: K, *default: Any) -> Any:
         if key in self._sizes:
             self.bytes -= self._sizes.pop(key)
         return super().pop(key, *default)

@@ -246,7 +246,7 @@ class SyslogFileCollector(Collector):
             if fin is not None:
                 items.append(("system_log", fin[0], 1))
             if line is not None:
-                derive.append((len(items), line))  # type: ignore[arg-type]
+                derive.append((len(items), line))  # type: ignore[arg-type]  # line is a Line here, the tuple type is the wider Event pair
 
     def _read_chunk(self, flush_all: bool, prepared: Prepared, gate: LineGate | None
                     ) -> tuple[list[Item], list[tuple[int, Event]], bool]:

@@ -168,7 +168,7 @@ class TailedFile:
         if self._seed is None:
             s = self.state
             self._seed = line_id_prefix(s.dev, s.ino, s.fp)
-        return self._seed  # type: ignore[no-any-return]
+        return self._seed
 
     # ---------------------------------------------------------------- reading
 

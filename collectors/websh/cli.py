@@ -35,7 +35,7 @@ ENV_VARS = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "websh",
         help="run a recorded login shell (Websh sessions, SSH ForceCommand)",
