@@ -197,3 +197,18 @@ class TestLayout:
         bad = [f"{n} -> {d}" for n, deps in GRAPH.items() if n.startswith("receiver") for d in deps
                if d.startswith("collectors") or d in COMPOSITION_ROOTS]
         assert not bad, bad
+
+
+class TestArchitectureDoc:
+    """docs/architecture.md keeps the picture current."""
+
+    def test_names_every_folder(self) -> None:
+        """Every package folder under agent/, collectors/ and receiver/ is named in the doc."""
+        doc = (ROOT / "docs" / "architecture.md").read_text()
+        folders = sorted({p.parent.relative_to(ROOT).as_posix() for pkg in PACKAGES
+                          for p in (ROOT / pkg).rglob("__init__.py")} - set(PACKAGES))
+        missing = [f for f in folders if f.split("/", 1)[1] + "/" not in doc]
+        assert folders and not missing, missing
+
+    def test_readme_points_to_it(self) -> None:
+        assert "docs/architecture.md" in (ROOT / "README.md").read_text()
