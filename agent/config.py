@@ -128,7 +128,15 @@ class HookConfig(Section):
     allow_users: list[str] = ["root"]
     allow_groups: list[str] = []
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
-    max_connections: int = Field(default=256, ge=1)
+    max_connections: int = Field(default=256, ge=1, description="connections served at once, all peers together")
+    max_connections_per_uid: int = Field(
+        default=64, ge=1, description="connections one peer uid may hold; when all are taken, the uid holding "
+        "the most gives up its longest-idle one to a uid holding fewer"
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="a connection that sends no whole message and reads no "
+        "answer for this long is closed"
+    )
 
 
 class HttpConfig(Section):

@@ -34,6 +34,16 @@ class AgentMetrics:
         self.hook_requests = Counter(
             "alpacon_agent_hook_requests", "Hook API answers by status", ["op", "status"], registry=r
         )
+        self.hook_connections = Counter(
+            "alpacon_agent_hook_connections",
+            "Hook connections by what became of them (served, denied, busy, evicted, idle_closed, not_reading)",
+            ["outcome"], registry=r,
+        )
+        self.spool_recoveries = Counter(
+            "alpacon_agent_spool_recoveries",
+            "Corrupt spools moved aside at start (and what of them could be read copied to a fresh one)",
+            registry=r,
+        )
         self.spool_bytes = Gauge("alpacon_agent_spool_bytes", "Bytes of batches in the spool", registry=r)
         self.spool_batches = Gauge("alpacon_agent_spool_batches", "Batches waiting in the spool", registry=r)
         self.spool_dead = Gauge("alpacon_agent_spool_dead_letters", "Batches in the dead-letter table", registry=r)
