@@ -22,7 +22,8 @@ def parse_message(line: bytes | bytearray) -> dict[str, Any] | str:
     try:
         msg = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
-        return _TOO_DEEP if "recursion" in str(exc) else f"not JSON: {exc}"
+        deep = "depth limit" in str(exc) or "recursion" in str(exc)  # orjson stops at 1024 levels
+        return _TOO_DEEP if deep else f"not JSON: {exc}"
     # only a line with that many brackets can be that deep: the walk is skipped for the others
     if line.count(b"[") + line.count(b"{") > MAX_JSON_DEPTH and json_depth_exceeds(msg, MAX_JSON_DEPTH):
         return _TOO_DEEP

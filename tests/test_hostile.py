@@ -1,0 +1,331 @@
+"""Bounded under hostile load, whole after faults: each case played as the attacker or the
+unlucky operator would, against the real agent, asserting the bound or the loud failure."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.hookclient import HookClient
+from tests.harness import AgentProcess
+from tests.support import need_binary, need_root, wait_until
+
+GOOD = {"kind": "user_activity", "data": {"user": "bob", "action": "login", "result": 200}}
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's peak resident set (VmHWM) in MiB, read from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
+@dataclass
+class LocalUser:
+    """A throwaway local account."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: list[str]
+
+    def run_python(self, code: str, *args: str) -> subprocess.Popen[str]:
+        """Start ``python -c code args…`` as this user (its own and supplementary groups). The
+        interpreter starts as root, imports what the scripts use, raises its file limit and then
+        drops to the user: the test's Python may live where the user cannot read."""
+        import grp
+
+        gids = [grp.getgrnam(g).gr_gid for g in self.groups]
+        prelude = (
+            "import json, os, resource, select, socket, sys, time\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))\n"
+            f"os.setgroups({gids!r}); os.setgid({self.gid}); os.setuid({self.uid})\n"
+        )
+        return subprocess.Popen(
+            [sys.executable, "-c", prelude + code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd="/",
+        )
+
+
+@pytest.fixture
+def local_users() -> Iterator[object]:
+    """Make throwaway users and groups: ``make_user(groups=[…]) -> LocalUser``, ``make_group() -> name``;
+    all removed after the test."""
+    need_root()
+    for b in ("useradd", "userdel", "groupadd", "groupdel"):
+        need_binary(b)
+    users: list[str] = []
+    groups: list[str] = []
+
+    class Make:
+        @staticmethod
+        def group() -> str:
+            name = f"ahg{uuid.uuid4().hex[:8]}"
+            subprocess.run(["groupadd", name], check=True, capture_output=True)
+            groups.append(name)
+            return name
+
+        @staticmethod
+        def user(groups: list[str] | None = None) -> LocalUser:
+            import pwd
+
+            name = f"ahu{uuid.uuid4().hex[:8]}"
+            cmd = ["useradd", "-M", "-N", "-s", "/usr/sbin/nologin"]
+            if groups:
+                cmd += ["-G", ",".join(groups)]
+            subprocess.run([*cmd, name], check=True, capture_output=True)
+            users.append(name)
+            pw = pwd.getpwnam(name)
+            return LocalUser(name, pw.pw_uid, pw.pw_gid, list(groups or []))
+
+    try:
+        yield Make
+    finally:
+        for u in users:
+            subprocess.run(["userdel", "-f", u], capture_output=True)
+        for g in groups:
+            subprocess.run(["groupdel", g], capture_output=True)
+
+
+@pytest.fixture
+def open_sockdir() -> Iterator[str]:
+    """A directory any user may traverse, for a hook socket other users connect to."""
+    d = tempfile.mkdtemp(prefix="alpacon-hostile-")
+    os.chmod(d, 0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+#: run as a local user: open N connections and hold them without sending a byte. On "count" it
+#: reports how many were answered busy; on "go" it waits for the agent to close the others
+HOLDER = r"""
+path, n, wait_close = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+held = []
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    held.append(s)
+print(json.dumps({"opened": len(held)}), flush=True)
+sys.stdin.readline()
+busy = 0
+r, _, _ = select.select(held, [], [], 0.5)
+for s in r:
+    if b'"busy"' in s.recv(4096):
+        busy += 1
+    held.remove(s)
+    s.close()
+print(json.dumps({"held": len(held), "busy": busy}), flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+closed = 0
+while held and time.monotonic() - t0 < wait_close:
+    r, _, _ = select.select(held, [], [], 0.5)
+    for s in r:
+        if s.recv(4096) == b"":
+            closed += 1
+        held.remove(s)
+        s.close()
+print(json.dumps({"closed_by_agent": closed, "still_open": len(held)}), flush=True)
+"""
+
+
+class Holder:
+    """The HOLDER script running as a local user against an agent's hook socket."""
+
+    def __init__(self, user: LocalUser, agent: AgentProcess, n: int, wait_close: float) -> None:
+        self.proc = user.run_python(HOLDER, agent.socket, str(n), str(wait_close))
+        self.opened = self._line()["opened"]
+
+    def _line(self) -> dict[str, int]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, f"holder ended early: {self.proc.stderr.read() if self.proc.stderr else ''}"
+        return json.loads(line)
+
+    def step(self) -> dict[str, int]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("next\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _conns(agent: AgentProcess, outcome: str) -> float:
+    return agent.metric("alpacon_agent_hook_connections_total", outcome=outcome)
+
+
+class TestHookSlots:
+    """Issue 13 item 6: idle connections time out, slots are per uid, the peer check comes first."""
+
+    def test_a_uid_holding_a_thousand_idle_connections_starves_nobody(self, agent_factory, receiver, local_users,
+                                                                       open_sockdir):
+        """1,000 idle connections from one allowed uid: it gets its per-uid share, the rest are
+        answered busy, root's emit still works, the idle ones are closed after the timeout, and the
+        agent's peak RSS stays under 200 MiB."""
+        user = local_users.user()
+        agent: AgentProcess = agent_factory(receiver, hook={
+            "socket": f"{open_sockdir}/hook.sock", "mode": 0o666, "allow_users": ["root", user.name],
+            "max_connections": 256, "max_connections_per_uid": 64, "idle_timeout_s": 3.0})
+        agent.start()
+        holder = Holder(user, agent, 1000, 30)
+        try:
+            assert holder.opened == 1000
+            wait_until(lambda: _conns(agent, "served") + _conns(agent, "busy") >= 1000, timeout=60,
+                       what="every connection served or answered busy")
+            first = holder.step()
+            r = agent.cli("emit", "user_activity", "--json", json.dumps(GOOD["data"]))
+            assert r.returncode == 0, r.stdout + r.stderr
+            with HookClient(agent.socket) as c:
+                assert c.emit(**GOOD)["status"] == "ok"
+            second = holder.step()
+        finally:
+            holder.close()
+        assert first == {"held": 64, "busy": 1000 - 64}
+        assert second == {"closed_by_agent": 64, "still_open": 0}
+        assert _conns(agent, "idle_closed") == 64
+        assert _conns(agent, "busy") == 1000 - 64
+        assert agent.proc is not None
+        assert peak_rss_mib(agent.proc.pid) < 200
+        assert "Traceback" not in agent.log_path.read_text()
+
+    def test_refused_peers_hold_no_slot(self, agent_factory, receiver, local_users, open_sockdir):
+        """200 silent connections of a uid that is not allowed: root still gets every one of the 8
+        slots meanwhile, and the refused peers are answered denied, not busy."""
+        outsider = local_users.user()
+        agent: AgentProcess = agent_factory(receiver, hook={
+            "socket": f"{open_sockdir}/hook.sock", "mode": 0o666, "max_connections": 8})
+        agent.start()
+        holder = Holder(outsider, agent, 200, 10)
+        try:
+            wait_until(lambda: _conns(agent, "denied") >= 200, timeout=30, what="all 200 outsider connections denied")
+            clients = [HookClient(agent.socket, timeout=10).connect() for _ in range(8)]
+            try:
+                answers = [c.emit(**GOOD) for c in clients]
+            finally:
+                for c in clients:
+                    c.close()
+        finally:
+            holder.close()
+        assert [a["status"] for a in answers] == ["ok"] * 8
+        assert _conns(agent, "busy") == 0
+
+    def test_a_uid_that_took_every_slot_gives_one_up(self, agent_factory, receiver, local_users, open_sockdir):
+        """One uid holds all 16 slots (its own cap is 16 too): root's connection is still served, and
+        one of the hog's idle connections is closed for it."""
+        hog = local_users.user()
+        agent: AgentProcess = agent_factory(receiver, hook={
+            "socket": f"{open_sockdir}/hook.sock", "mode": 0o666, "allow_users": ["root", hog.name],
+            "max_connections": 16, "max_connections_per_uid": 16, "idle_timeout_s": 60})
+        agent.start()
+        holder = Holder(hog, agent, 16, 3)
+        try:
+            wait_until(lambda: _conns(agent, "served") >= 16, timeout=30, what="the hog's 16 connections served")
+            assert holder.step() == {"held": 16, "busy": 0}
+            with HookClient(agent.socket, timeout=10) as c:
+                assert c.emit(**GOOD)["status"] == "ok"
+            second = holder.step()
+        finally:
+            holder.close()
+        assert second["closed_by_agent"] == 1
+        assert _conns(agent, "evicted") == 1
+
+
+EMITTER = r"""
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.connect(sys.argv[1])
+except OSError as exc:
+    print(json.dumps({"connect_error": exc.errno}))
+    sys.exit(0)
+s.sendall(json.dumps({"kind": "user_activity", "data": {"user": "x", "action": "login", "result": 200}}).encode()
+          + b"\n")
+print(s.makefile().readline().strip())
+"""
+
+
+class TestHookGroups:
+    """Issue 13 item 7: every group in hook.allow_groups can connect, not only the first."""
+
+    def test_two_allowed_groups_both_admitted(self, agent_factory, receiver, local_users, open_sockdir):
+        """Users of either of two allowed groups emit ok through a 0660 socket; a user of neither
+        cannot even connect."""
+        g1, g2 = local_users.group(), local_users.group()
+        u1, u2, u3 = local_users.user([g1]), local_users.user([g2]), local_users.user()
+        agent: AgentProcess = agent_factory(receiver, hook={
+            "socket": f"{open_sockdir}/hook.sock", "mode": 0o660, "allow_groups": [g1, g2]})
+        agent.start()
+        results = {}
+        for u in (u1, u2, u3):
+            p = u.run_python(EMITTER, agent.socket)
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 0, err
+            results[u.name] = json.loads(out)
+        assert results[u1.name]["status"] == "ok"
+        assert results[u2.name]["status"] == "ok"
+        assert results[u3.name] == {"connect_error": 13}  # EACCES: the file's permissions stop it
+        assert oct(os.stat(agent.socket).st_mode & 0o777) == oct(0o660)
+
+
+def _nested(depth: int) -> dict[str, object]:
+    """A user_activity emit whose ``details`` nest objects ``depth`` levels below the message."""
+    inner: object = "leaf"
+    for _ in range(depth - 2):  # message > data > details > …: the message is level 1
+        inner = {"k": inner}
+    return {"kind": "user_activity", "data": {"user": "bob", "action": "login", "result": 200, "details": inner}}
+
+
+class TestHookMessages:
+    """Issue 13 item 8: deep nesting is refused at parse time; every failure is answered and logged."""
+
+    @pytest.mark.parametrize("depth", [33, 300, 5000, 100_000])
+    def test_deep_nesting_answered_invalid_and_the_connection_lives(self, agent, depth):
+        """A message nested ``depth`` levels is answered invalid with the cap; the next message on the
+        same connection is stored; the log has one line for it and no traceback."""
+        deep = json.dumps(_nested(depth)).encode() if depth < 1000 else (
+            b'{"kind":"user_activity","data":{"details":' + b"[" * depth + b"]" * depth + b"}}")
+        with HookClient(agent.socket, timeout=20) as c:
+            c._sock.sendall(deep + b"\n")  # type: ignore[union-attr]
+            answer = c._readline()
+            after = c.emit(**GOOD)
+        assert answer["status"] == "invalid" and "nested deeper than 32 levels" in answer["reason"]
+        assert after["status"] == "ok"
+        log = agent.log_path.read_text()
+        assert "Traceback" not in log and "RecursionError" not in log
+        refused = [line for line in log.splitlines() if "hook message refused" in line]
+        assert len(refused) == 1 and "nested deeper" in refused[0]
+
+    def test_just_under_the_cap_is_stored(self, agent, receiver):
+        """32 levels (the cap) is accepted and reaches the receiver whole."""
+        with HookClient(agent.socket) as c:
+            a = c.emit(**_nested(32))
+        assert a["status"] == "ok"
+        wait_until(lambda: a["id"] in receiver.ids("user_activity"), what="the event stored")
+
+    def test_refusals_log_one_line_each_and_are_rate_limited(self, agent):
+        """5,000 garbage lines: 5,000 invalid answers, at most a burst of log lines, the connection kept."""
+        with HookClient(agent.socket, timeout=30) as c:
+            answers = c.request_many([{"kind": "nonsense", "data": {}, "ref": i} for i in range(5000)])
+            assert c.emit(**GOOD)["status"] == "ok"
+        assert [a["status"] for a in answers] == ["invalid"] * 5000
+        assert [a["ref"] for a in answers] == list(range(5000))
+        lines = [ln for ln in agent.log_path.read_text().splitlines() if "hook message refused" in ln]
+        assert 1 <= len(lines) < 200
+        with contextlib.suppress(ValueError):
+            assert all("\n" not in json.loads(ln)["reason"] for ln in lines)
