@@ -33,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from agent.events import KINDS
-from agent.schema import SchemaError
+from agent.schema import MAX_JSON_DEPTH, SchemaError, json_depth_exceeds
 from receiver.faults import FaultInjector, FaultSettings, FaultSettingsError
 from receiver.store import EventStore, Query
 from receiver.validation import check_batch as validate_batch
@@ -129,11 +129,20 @@ async def drain(request: web.Request, limit: int) -> None:
             return
 
 
+#: a batch > its events > an event: two levels above an event's own, which may nest as deep as a
+#: hook message (agent.schema.MAX_JSON_DEPTH)
+MAX_BATCH_DEPTH = MAX_JSON_DEPTH + 2
+
+
 def parse_batch(body: bytes) -> Any:
+    """The batch parsed, or a 400 saying why not (not JSON, nested deeper than MAX_BATCH_DEPTH)."""
     try:
-        return orjson.loads(body)
+        batch = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise IngestError(400, f"body is not valid JSON: {exc}") from None
+    if json_depth_exceeds(batch, MAX_BATCH_DEPTH):
+        raise IngestError(400, f"body nests deeper than {MAX_BATCH_DEPTH} levels")
+    return batch
 
 
 def check_batch(batch: Any) -> None:
