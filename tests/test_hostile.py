@@ -329,3 +329,148 @@ class TestHookMessages:
         assert 1 <= len(lines) < 200
         with contextlib.suppress(ValueError):
             assert all("\n" not in json.loads(ln)["reason"] for ln in lines)
+
+
+# -- the spool -------------------------------------------------------------------------------------
+
+
+def _spool_with_batches(state: Path, n: int = 60) -> dict[str, bytes]:
+    """A closed spool holding ``n`` deflated batches of incompressible events and two checkpoints;
+    the JSON of each batch's events by batch id."""
+    import orjson
+
+    from agent.spool import NewBatch, Spool
+    from agent.typing import Checkpoint
+
+    spool = Spool(state, 1 << 30)
+    spool.set_meta("agent_id", "agent-before-the-damage")
+    bodies = {}
+    for i in range(n):
+        events = [{"id": f"salvage-{i:03d}-{j:03d}", "kind": "user_activity", "ts": "2026-12-01T00:00:00.000Z",
+                   "server": "s", "data": {"user": "u", "action": "login", "result": 200,
+                                           "details": {"noise": os.urandom(600).hex()}}} for j in range(20)]
+        body = orjson.dumps(events)
+        bodies[f"batch-{i:03d}"] = body
+        spool.append([NewBatch(f"batch-{i:03d}", 1, 20, {"user_activity": 20}, body).packed(1)],
+                     [Checkpoint("journald", f"cursor-{i}"), Checkpoint("syslog", f"offset-{i}")])
+    spool.close()
+    return bodies
+
+
+def _spooled(state: Path) -> dict[str, bytes]:
+    """The JSON of every batch in the spool at ``state`` by batch id (read with sqlite3 itself)."""
+    import sqlite3
+
+    from agent.wire import unpack
+
+    db = sqlite3.connect(state / "spool.db")
+    try:
+        return {bid: unpack(codec, body) for bid, codec, body in db.execute("SELECT batch_id, codec, body FROM batches")}
+    finally:
+        db.close()
+
+
+class TestSpoolCorruption:
+    """Issue 13 item 4: a corrupt spool is moved aside, salvaged and replaced, loudly, at start."""
+
+    def _reopen(self, state: Path) -> object:
+        from agent.spool import Spool
+
+        return Spool(state, 1 << 30)
+
+    def _moved(self, state: Path) -> list[Path]:
+        return sorted(p for p in state.iterdir() if p.name.startswith("spool.db.corrupt-") and "-wal" not in p.name
+                      and "-shm" not in p.name)
+
+    def test_a_sound_spool_is_left_alone(self, tmp_path):
+        """A spool that passes quick_check is opened as it is: no recovery, nothing moved."""
+        bodies = _spool_with_batches(tmp_path)
+        spool = self._reopen(tmp_path)
+        assert spool.recovery is None
+        assert self._moved(tmp_path) == []
+        assert spool.checkpoints() == {"journald": "cursor-59", "syslog": "offset-59"}
+        spool.close()
+        assert _spooled(tmp_path) == bodies
+
+    def test_a_truncated_spool_is_salvaged(self, tmp_path):
+        """Cut to half its size: the file is kept under a timestamped name, every batch still whole on
+        the first half comes back intact, the lost ones are counted, and the checkpoints (which could
+        point past lost events) are dropped so sources go back to their oldest data."""
+        bodies = _spool_with_batches(tmp_path)
+        path = tmp_path / "spool.db"
+        size = path.stat().st_size
+        os.truncate(path, size // 2)
+        spool = self._reopen(tmp_path)
+        rec = spool.recovery
+        assert rec is not None
+        moved = self._moved(tmp_path)
+        assert len(moved) == 1 and moved[0].stat().st_size == size // 2
+        assert rec["moved_to"] == str(moved[0])
+        assert 0 < rec["batches"] < 60
+        assert spool.checkpoints() == {}
+        assert rec["resume_from_oldest"] is True and spool.meta("resume_from_oldest") == "1"
+        assert spool.meta("recoveries") == "1"
+        assert json.loads(spool.meta("last_recovery"))["batches"] == rec["batches"]
+        spool.close()
+        salvaged = _spooled(tmp_path)
+        assert len(salvaged) == rec["batches"]
+        assert all(bodies[bid] == body for bid, body in salvaged.items())
+
+    def test_an_overwritten_page_costs_only_its_rows(self, tmp_path):
+        """One 16 KiB page in the middle overwritten with garbage: the batches on other pages survive
+        intact, the agent id survives, and a fresh spool takes new writes."""
+        from agent.spool import NewBatch
+
+        bodies = _spool_with_batches(tmp_path)
+        path = tmp_path / "spool.db"
+        pages = path.stat().st_size // 16384
+        with open(path, "r+b") as f:
+            f.seek(16384 * (pages // 2))
+            f.write(os.urandom(16384))
+        spool = self._reopen(tmp_path)
+        rec = spool.recovery
+        assert rec is not None and rec["problem"]
+        assert rec["batches"] >= 50, rec  # a page holds at most a batch or two of these
+        assert spool.meta("agent_id") == "agent-before-the-damage"
+        spool.append([NewBatch("after", 1, 1, {"user_activity": 1}, b"[{}]")])
+        spool.close()
+        salvaged = _spooled(tmp_path)
+        assert "after" in salvaged
+        del salvaged["after"]
+        assert all(bodies[bid] == body for bid, body in salvaged.items())
+        assert len(salvaged) == rec["batches"]
+
+    def test_garbage_is_replaced_by_a_fresh_spool(self, tmp_path):
+        """A file that is not a database at all: moved aside, nothing salvaged, the sources sent back
+        to their oldest data; opening again later finds the fresh spool sound."""
+        (tmp_path / "spool.db").write_bytes(os.urandom(100_000))
+        spool = self._reopen(tmp_path)
+        assert spool.recovery is not None and spool.recovery["batches"] == 0
+        assert spool.recovery["resume_from_oldest"] is True
+        spool.close()
+        again = self._reopen(tmp_path)
+        assert again.recovery is None and again.meta("recoveries") == "1"
+        again.close()
+        assert len(self._moved(tmp_path)) == 1
+
+    def test_the_agent_starts_on_a_corrupt_spool_and_ships_what_was_salvaged(self, agent_factory, receiver):
+        """The real agent on a truncated spool: it starts (hook up) instead of crash-looping, logs the
+        recovery loudly, ships the salvaged events and takes new ones."""
+        agent: AgentProcess = agent_factory(receiver)
+        state = Path(agent.config["state_dir"])
+        bodies = _spool_with_batches(state)
+        path = state / "spool.db"
+        os.truncate(path, path.stat().st_size // 2)
+        agent.start()
+        with HookClient(agent.socket) as c:
+            assert c.emit(**GOOD)["status"] == "ok"
+        agent.wait_drained()
+        log = agent.log_path.read_text()
+        lines = [json.loads(ln) for ln in log.splitlines() if "the spool was corrupt" in ln]
+        assert len(lines) == 1 and lines[0]["level"] == "error"
+        n = lines[0]["batches_salvaged"]
+        assert n > 0
+        stored = set(receiver.ids("user_activity"))
+        expected = {e["id"] for bid, body in bodies.items() for e in json.loads(body)}
+        assert len(stored & expected) == n * 20
+        assert "Traceback" not in log
