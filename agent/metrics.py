@@ -39,6 +39,11 @@ class AgentMetrics:
             "Hook connections by what became of them (served, denied, busy, evicted, idle_closed, not_reading)",
             ["outcome"], registry=r,
         )
+        self.task_restarts = Counter(
+            "alpacon_agent_task_restarts",
+            "Unexpected ends of a long-lived task (each followed by a restart, or by the agent's exit)",
+            ["task"], registry=r,
+        )
         self.spool_recoveries = Counter(
             "alpacon_agent_spool_recoveries",
             "Corrupt spools moved aside at start (and what of them could be read copied to a fresh one)",

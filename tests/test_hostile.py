@@ -580,3 +580,81 @@ class TestSpoolCorruption:
         expected = {e["id"] for bid, body in bodies.items() for e in json.loads(body)}
         assert len(stored & expected) == n * 20
         assert "Traceback" not in log
+
+
+class TestSupervision:
+    """Issue 13 item 3: a long-lived task that ends unexpectedly is logged, counted and restarted
+    with backoff, or the agent is told to exit when a restart cannot help."""
+
+    def _supervisor(self, fatal: list[str], **kw: object) -> object:
+        from agent.metrics import AgentMetrics
+        from agent.supervise import Supervisor
+
+        return Supervisor(AgentMetrics(), fatal.append, backoff_initial_s=0.01, backoff_max_s=0.05, **kw)
+
+    def test_a_task_that_ends_is_restarted_and_counted(self):
+        """A loop that returns is an unexpected end: restarted (with backoff), counted, reported."""
+        import asyncio
+
+        fatal: list[str] = []
+        sup = self._supervisor(fatal, max_failures=100)
+        runs: list[int] = []
+        seen: dict[str, str] = {}
+
+        async def main() -> None:
+            async def loop() -> None:
+                runs.append(1)
+                if len(runs) < 4:
+                    return  # ends although it should run for ever
+                seen.update(sup.problems())
+                await asyncio.Event().wait()
+
+            sup.start("shipper", loop)
+            for _ in range(500):
+                if len(runs) >= 4:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)
+            await sup.stop()
+
+        asyncio.run(main())
+        assert len(runs) == 4 and fatal == []
+        assert sup.metrics.value("alpacon_agent_task_restarts_total", {"task": "shipper"}) == 3
+        assert "ended although it should run" in seen["shipper"]
+
+    def test_a_crash_loop_makes_the_agent_exit(self):
+        """Failing max_failures times within the window calls on_fatal with the reason and stops trying."""
+        import asyncio
+
+        fatal: list[str] = []
+        sup = self._supervisor(fatal, max_failures=3)
+        runs: list[int] = []
+
+        async def main() -> None:
+            async def broken() -> None:
+                runs.append(1)
+                raise OSError("disk I/O error")
+
+            task = sup.start("shipper", broken)
+            await asyncio.wait_for(task, 10)
+
+        asyncio.run(main())
+        assert len(runs) == 3
+        assert fatal == ["shipper: OSError: disk I/O error"]
+
+    def test_a_fatal_error_exits_at_once(self):
+        """An error a restart cannot mend (a corrupt spool) calls on_fatal on its first occurrence."""
+        import asyncio
+        import sqlite3
+
+        fatal: list[str] = []
+        sup = self._supervisor(fatal, is_fatal=lambda e: isinstance(e, sqlite3.DatabaseError))
+
+        async def main() -> None:
+            async def corrupt() -> None:
+                raise sqlite3.DatabaseError("database disk image is malformed")
+
+            await asyncio.wait_for(sup.start("shipper", corrupt), 10)
+
+        asyncio.run(main())
+        assert fatal == ["shipper: DatabaseError: database disk image is malformed"]
