@@ -117,7 +117,11 @@ class SpoolConfig(Section):
     )
     synchronous: Literal["full", "normal"] = Field(
         default="normal",
-        description="SQLite synchronous mode in WAL: normal survives a process crash; full also power loss",
+        description="what a commit promises. normal: it survives a crash of the agent (kill -9, OOM), but a "
+        "power loss or kernel crash may take the last seconds of commits back, hook oks included (the spool "
+        "stays consistent; journald and files are re-read from the positions that remain). full: a hook "
+        "producer is answered ok only once its event is on disk (a group-committed fsync of the WAL), so an "
+        "ok survives power loss too",
     )
 
 

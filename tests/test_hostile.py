@@ -331,6 +331,93 @@ class TestHookMessages:
             assert all("\n" not in json.loads(ln)["reason"] for ln in lines)
 
 
+class SpoolWatcher:
+    """Polls a running agent's spool (read-only, beside the agent's own connection) for the largest
+    batch it holds: JSON bytes and events."""
+
+    def __init__(self, path: Path) -> None:
+        import threading
+
+        self.path = path
+        self.max_bytes = self.max_events = self.seen = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import sqlite3
+
+        while not self._stop.wait(0.05):
+            if not self.path.exists():
+                continue
+            try:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=1)
+                try:
+                    rows = db.execute("SELECT seq, CASE WHEN raw_bytes > 0 THEN raw_bytes ELSE bytes END, n_events"
+                                      " FROM batches").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                continue
+            for _, size, n in rows:
+                self.max_bytes = max(self.max_bytes, size)
+                self.max_events = max(self.max_events, n)
+            self.seen = max(self.seen, max((r[0] for r in rows), default=0))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class TestHookBatchLimits:
+    """Issue 13 item 2: the push lane keeps batch.max_bytes and batch.max_events, and a 413 split
+    holds no more than a batch's worth."""
+
+    def test_32_producers_of_large_events_and_a_backend_that_answers_413(self, agent_factory, receiver):
+        """32 producers pipelining 100 KB events (and a flood of small ones) against a receiver that
+        refuses bodies over 300 KB: every spooled batch keeps 1 MiB / 200 events, every event is
+        stored after the splits, and the agent's peak RSS stays under 200 MiB."""
+        import threading
+
+        receiver.faults(max_body_bytes=300_000)
+        agent: AgentProcess = agent_factory(receiver, batch={"max_events": 200, "max_bytes": 1 << 20,
+                                                             "max_wait_ms": 50})
+        agent.start()
+        assert agent.proc is not None
+        watcher = SpoolWatcher(agent.spool_path)
+        acked: list[str] = []
+        bad: list[object] = []
+
+        def produce(k: int) -> None:
+            big = [{"kind": "system_log", "id": f"big-{k:02d}-{i:03d}",
+                    "data": {"program": "p", "level": "info", "message": os.urandom(50_000).hex()}} for i in range(12)]
+            small = [{"kind": "system_log", "id": f"small-{k:02d}-{i:04d}",
+                      "data": {"program": "p", "level": "info", "message": f"line {i}"}} for i in range(400)]
+            try:
+                with HookClient(agent.socket, timeout=120) as c:
+                    for a in c.request_many(big + small, window=256):
+                        (acked.append(a["id"]) if a["status"] == "ok" else bad.append(a))
+            except Exception as exc:  # noqa: BLE001 - reported below
+                bad.append(exc)
+
+        producers = [threading.Thread(target=produce, args=(k,)) for k in range(32)]
+        try:
+            for t in producers:
+                t.start()
+            for t in producers:
+                t.join()
+            assert bad == [] and len(acked) == 32 * 412
+            agent.wait_drained(timeout=120)
+        finally:
+            watcher.stop()
+        assert watcher.seen >= 30, "too few batches seen to judge the limits"
+        assert watcher.max_bytes <= 1 << 20 and watcher.max_events <= 200, vars(watcher)
+        stored = set(receiver.ids("system_log"))
+        assert stored == set(acked)
+        assert receiver.stats()["requests_by_status"].get("413", 0) > 0  # the splits were exercised
+        assert peak_rss_mib(agent.proc.pid) < 200
+
+
 # -- the spool -------------------------------------------------------------------------------------
 
 
@@ -452,6 +539,38 @@ class TestSpoolDurability:
         except sqlite3.DatabaseError:  # not even the tables reached the disk
             kept = 0
         assert kept < 20
+
+    def test_every_ok_survives_a_power_cut(self, agent_factory, power_cut_disk):
+        """The agent's spool on the loop disk, synchronous full: 500 pipelined emits from 4 producers,
+        all answered ok, then the power is cut: every acknowledged event is in the spool found on
+        the disk afterwards."""
+        import threading
+
+        agent: AgentProcess = agent_factory(None, state_dir=str(power_cut_disk.mnt / "state"),
+                                            spool={"synchronous": "full"}, batch={"max_wait_ms": 20})
+        agent.start()
+        acked: list[str] = []
+        errors: list[object] = []
+
+        def produce(k: int) -> None:
+            try:
+                with HookClient(agent.socket, timeout=60) as c:
+                    answers = c.request_many([{**GOOD, "id": f"powercut-{k}-{i:04d}"} for i in range(125)], window=64)
+                acked.extend(a["id"] for a in answers if a["status"] == "ok")
+                errors.extend(a for a in answers if a["status"] != "ok")
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        producers = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+        for t in producers:
+            t.start()
+        for t in producers:
+            t.join()
+        after = power_cut_disk.power_cut()
+        agent.kill()
+        assert errors == [] and len(acked) == 500
+        found = {e["id"] for body in _spooled(after / "state").values() for e in json.loads(body)}
+        assert set(acked) <= found, f"{len(set(acked) - found)} acknowledged events lost to the power cut"
 
     def test_commits_made_during_an_fsync_share_the_next_one(self, tmp_path):
         """200 commits made while an fsync is under way (held so here) are all covered by the one
