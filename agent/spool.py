@@ -81,6 +81,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
+_PENDING_COLS = "batch_id, priority, created, n_events, kinds, body, attempts, codec, raw_bytes, crc"
+
+
+def _pending_batch(r: tuple[Any, ...]) -> SpoolBatch:
+    if not (isinstance(r[1], str) and isinstance(r[8], str) and isinstance(r[6], bytes)):
+        raise TypeError(f"batch {r[0]}: a column has the wrong type")
+    return SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10])
+
+
 class Spool:
     """The SQLite spool under the state directory (``spool.db``)."""
 
@@ -251,16 +260,24 @@ class Spool:
 
     # -- reading and acknowledging -------------------------------------------------------
     def pending(self, limit: int, after_seq: int = 0) -> list[SpoolBatch]:
-        """Up to ``limit`` batches after ``after_seq``, oldest first."""
-        rows = self._db.execute(
-            "SELECT seq, batch_id, priority, created, n_events, kinds, body, attempts, codec, raw_bytes, crc"
-            " FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
-        return [
-            SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7], r[8], r[9], r[10])
-            for r in rows
-        ]
+        """Up to ``limit`` batches after ``after_seq``, oldest first. A row that cannot be read (its
+        text damaged on disk) is set aside among the dead letters, loudly, not raised: one bad row
+        must not stop shipping the others."""
+        query = (f"SELECT seq, {_PENDING_COLS} FROM batches WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        try:
+            return [_pending_batch(r) for r in self._db.execute(*query).fetchall()]
+        except (sqlite3.OperationalError, ValueError, TypeError):
+            pass  # read them one by one, below
+        out = []
+        for (seq,) in self._db.execute("SELECT seq FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
+                                       (after_seq, limit)).fetchall():
+            try:
+                out.append(_pending_batch(self._db.execute(f"SELECT seq, {_PENDING_COLS} FROM batches WHERE seq=?",
+                                                           (seq,)).fetchone()))
+            except (sqlite3.OperationalError, ValueError, TypeError) as exc:
+                prio, size = spool_recovery.set_aside(self._db, seq, f"unreadable spool row: {exc}")
+                self._bytes[prio] = self._bytes.get(prio, 0) - size
+        return out
 
     def ack(self, seq: int) -> bool:
         """Delete a shipped batch; False when it was gone already (evicted meanwhile)."""

@@ -69,11 +69,42 @@ class Salvage:
 
 
 def check(db: sqlite3.Connection) -> str | None:
-    """None when the spool is sound, else what is wrong (the first lines of ``quick_check``)."""
+    """None when the spool is sound, else what is wrong: the first lines of ``quick_check`` (every
+    page, b-tree, free list and overflow chain), or a row whose text or kinds cannot be read
+    (damage inside a page that keeps its structure)."""
     rows = db.execute("PRAGMA quick_check(20)").fetchall()
-    if rows == [("ok",)]:
-        return None
-    return "; ".join(str(r[0]) for r in rows[:5])
+    if rows != [("ok",)]:
+        return "; ".join(str(r[0]) for r in rows[:5])
+    try:
+        for table, cols in (("batches", "batch_id, kinds, codec"), ("dead_letters", "batch_id, kinds, reason")):
+            for row in db.execute(f"SELECT {cols} FROM {table}"):
+                if not isinstance(orjson.loads(row[1]), dict) or not all(isinstance(v, str) for v in row):
+                    return f"{table}: a row's columns have the wrong types"
+        db.execute("SELECT source, position FROM checkpoints").fetchall()
+        db.execute("SELECT key, value FROM meta").fetchall()
+    except (sqlite3.OperationalError, orjson.JSONDecodeError) as exc:
+        return f"a row cannot be read: {exc}"
+    return None
+
+
+def set_aside(db: sqlite3.Connection, seq: int, reason: str) -> tuple[int, int]:
+    """Move a batch row that cannot be read into the dead letters as it is (its body untouched,
+    under the id ``unreadable-<seq>``), logged; its priority and size, for the byte count."""
+    prio, size = db.execute("SELECT priority, bytes FROM batches WHERE seq=?", (seq,)).fetchone()
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        db.execute(
+            "INSERT INTO dead_letters (batch_id, created, dead_at, n_events, bytes, kinds, body, status, reason,"
+            " codec, raw_bytes, crc) SELECT 'unreadable-' || seq, created, ?, n_events, bytes, '{}', body, NULL, ?,"
+            " CAST(codec AS BLOB), raw_bytes, crc FROM batches WHERE seq=?", (time.time(), reason[:4000], seq))
+        db.execute("DELETE FROM batches WHERE seq=?", (seq,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    log.error("a spooled batch cannot be read; set aside among the dead letters", seq=seq, reason=reason[:300])
+    return int(prio), int(size)
 
 
 def move_aside(path: Path) -> Path:
@@ -122,8 +153,13 @@ def _keys(db: sqlite3.Connection, table: str, key: str) -> tuple[list[Any], bool
     return list(seen), whole
 
 
+#: what _rows yields last when the walk of the keys did not reach every row
+UNREACHED = ("unreached",)
+
+
 def _rows(db: sqlite3.Connection, table: str, key: str, cols: str) -> Iterator[tuple[Any, ...] | None]:
-    """Each row by its key (None for a row that cannot be read)."""
+    """Each row by its key (None for a row that cannot be read; UNREACHED when some could not be
+    found at all: how many is unknown)."""
     keys, whole = _keys(db, table, key)
     for k in keys:
         try:
@@ -132,7 +168,28 @@ def _rows(db: sqlite3.Connection, table: str, key: str, cols: str) -> Iterator[t
             row = None
         yield row
     if not whole:
-        yield None  # rows the walk could not reach: how many is unknown
+        yield UNREACHED
+
+
+def _batch_row_ok(row: tuple[Any, ...]) -> bool:
+    """Whether a batch row's columns have the types the batch table needs (``_BATCH_COLS``)."""
+    batch_id, priority, created, n_events, size, kinds, body, attempts, codec, raw_bytes, crc = row
+    ints = (priority, n_events, size, attempts, raw_bytes, crc)
+    if not (isinstance(batch_id, str) and isinstance(codec, str) and isinstance(body, bytes)
+            and isinstance(created, int | float) and all(isinstance(v, int) for v in ints)):
+        return False
+    try:
+        return isinstance(orjson.loads(kinds), dict)
+    except (orjson.JSONDecodeError, TypeError):
+        return False
+
+
+def _dead_row_ok(row: tuple[Any, ...]) -> bool:
+    """The same for a dead letter (``_DEAD_COLS``)."""
+    batch_id, created, dead_at, n_events, size, kinds, body, status, reason, codec, raw_bytes, crc = row
+    return (_batch_row_ok((batch_id, 0, created, n_events, size, kinds, body, 0, codec, raw_bytes, crc))
+            and isinstance(dead_at, int | float) and (status is None or isinstance(status, int))
+            and isinstance(reason, str))
 
 
 def body_intact(codec: str, body: bytes, n_events: int, raw_bytes: int, crc: int) -> bool:
@@ -159,26 +216,29 @@ def salvage(moved: Path, problem: str) -> Salvage:
         return out
     try:
         lost = 0
+        unreached = False
         for row in _rows(db, "batches", "seq", _BATCH_COLS):
-            if row is None:
-                out.batches_lost = None
-            elif body_intact(row[8], row[6], row[3], row[9], row[10]):
+            if row is UNREACHED:
+                unreached = True
+            elif row is not None and _batch_row_ok(row) and body_intact(row[8], row[6], row[3], row[9], row[10]):
                 out.batches.append(row)
             else:
                 lost += 1
-        if out.batches_lost is not None:
-            out.batches_lost = lost
+        out.batches_lost = None if unreached else lost
         for row in _rows(db, "dead_letters", "seq", _DEAD_COLS):
-            if row is not None and body_intact(row[9], row[6], row[3], row[10], row[11]):
+            if (row is not None and row is not UNREACHED and _dead_row_ok(row)
+                    and body_intact(row[9], row[6], row[3], row[10], row[11])):
                 out.dead_letters.append(row)
         for row in _rows(db, "checkpoints", "rowid", "source, position, updated"):
-            if row is None:
+            if row is None or row is UNREACHED or not (
+                    isinstance(row[0], str) and isinstance(row[1], str) and isinstance(row[2], int | float)):
                 out.checkpoints_whole = False
             else:
-                out.checkpoints.append((str(row[0]), str(row[1]), float(row[2])))
+                out.checkpoints.append((row[0], row[1], float(row[2])))
         for row in _rows(db, "meta", "rowid", "key, value"):
-            if row is not None and row[0] != "schema_version":
-                out.meta[str(row[0])] = str(row[1])
+            if (row is not None and row is not UNREACHED and isinstance(row[0], str) and isinstance(row[1], str)
+                    and row[0] != "schema_version"):
+                out.meta[row[0]] = row[1]
     finally:
         db.close()
     return out

@@ -777,3 +777,45 @@ class TestSupervision:
 
         asyncio.run(main())
         assert fatal == ["shipper: DatabaseError: database disk image is malformed"]
+
+
+class TestSpoolRowDamage:
+    """Issue 13 items 3 and 4: damage inside a page that keeps its structure (quick_check passes)."""
+
+    def _damage_codec(self, state: Path, seq: int) -> None:
+        """Overwrite one batch's codec text with bytes that are not UTF-8, in place in the file."""
+        import sqlite3
+
+        db = sqlite3.connect(state / "spool.db")
+        db.execute("UPDATE batches SET codec = CAST(X'64ff666c617465' AS TEXT) WHERE seq=?", (seq,))
+        db.commit()
+        db.close()
+
+    def test_an_unreadable_row_at_run_time_is_set_aside_not_raised(self, tmp_path):
+        """pending() with one undecodable row: the others come back, the bad one moves to the dead
+        letters under unreadable-<seq>, and the byte count follows."""
+        from agent.spool import Spool
+
+        _spool_with_batches(tmp_path, 10)
+        spool = Spool(tmp_path, 1 << 30)
+        before = spool.bytes
+        self._damage_codec(tmp_path, 4)
+        batches = spool.pending(100)
+        assert [b.seq for b in batches] == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+        dead = spool.dead_letters()
+        assert [d["batch_id"] for d in dead] == ["unreadable-4"] and "unreadable spool row" in dead[0]["reason"]
+        assert spool.bytes < before
+        spool.close()
+
+    def test_an_unreadable_row_at_start_is_a_corrupt_spool(self, tmp_path):
+        """The start-up check reads every row's text, not only the pages: the damaged spool is moved
+        aside and the nine good batches are salvaged."""
+        from agent.spool import Spool
+
+        _spool_with_batches(tmp_path, 10)
+        self._damage_codec(tmp_path, 4)
+        spool = Spool(tmp_path, 1 << 30)
+        assert spool.recovery is not None and "cannot be read" in spool.recovery["problem"]
+        assert spool.recovery["batches"] == 9 and spool.recovery["batches_lost"] == 1
+        assert spool.checkpoints() == {}
+        spool.close()
