@@ -257,7 +257,9 @@ class HookServer:
             if type(item) is tuple and item[2].done() and item[2].exception() is None:
                 # the common case, without a coroutine per answer: already spooled
                 self._ok_counter.inc()
-                ans = {"status": "ok", "id": item[0]} if item[1] is None else {"status": "ok", "id": item[0], "ref": item[1]}
+                ans = {"status": "ok", "id": item[0]}
+                if item[1] is not None:
+                    ans["ref"] = item[1]
             else:
                 ans = await self._resolve_answer(item, conn.peer)
             conn.pending -= 1

@@ -58,7 +58,9 @@ class AgentMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
-        self.retries = Counter("alpacon_agent_ship_retries", "Send attempts that will be retried", ["reason"], registry=r)
+        self.retries = Counter(
+            "alpacon_agent_ship_retries", "Send attempts that will be retried", ["reason"], registry=r
+        )
         self.last_ship = Gauge(
             "alpacon_agent_last_successful_ship_timestamp_seconds", "When a batch was last acknowledged", registry=r
         )

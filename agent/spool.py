@@ -353,7 +353,8 @@ class Spool:
         db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute(
-                "SELECT seq, batch_id, n_events, bytes, kinds, body, codec, raw_bytes, crc FROM dead_letters ORDER BY seq"
+                "SELECT seq, batch_id, n_events, bytes, kinds, body, codec, raw_bytes, crc FROM dead_letters"
+                " ORDER BY seq"
             ).fetchall()
             now = time.time()
             for seq, batch_id, n, size, kinds, body, codec, raw_bytes, crc in rows:

@@ -452,7 +452,8 @@ def _spooled(state: Path) -> dict[str, bytes]:
 
     db = sqlite3.connect(state / "spool.db")
     try:
-        return {bid: unpack(codec, body) for bid, codec, body in db.execute("SELECT batch_id, codec, body FROM batches")}
+        rows = db.execute("SELECT batch_id, codec, body FROM batches").fetchall()
+        return {bid: unpack(codec, body) for bid, codec, body in rows}
     finally:
         db.close()
 
