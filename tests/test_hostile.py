@@ -820,3 +820,113 @@ class TestSpoolRowDamage:
         assert spool.recovery["batches"] == 9 and spool.recovery["batches_lost"] == 1
         assert spool.checkpoints() == {}
         spool.close()
+
+
+class NotifySocket:
+    """A systemd notify socket of the test's own: every sd_notify message the agent sends."""
+
+    def __init__(self, path: Path) -> None:
+        import socket
+        import threading
+
+        self.path = path
+        self.messages: list[tuple[float, str]] = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            try:
+                data = self._sock.recv(65536)
+            except OSError:
+                continue
+            self.messages.extend((time.monotonic(), line) for line in data.decode(errors="replace").splitlines())
+
+    def lines(self, prefix: str) -> list[str]:
+        return [m for _, m in self.messages if m.startswith(prefix)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+
+def _leaf_page(spool: Path, table: str = "batches") -> int:
+    """A leaf page of ``table`` from the middle of its b-tree (read with SQLite's dbstat)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{spool}?mode=ro", uri=True)
+    try:
+        pages = [p for (p,) in db.execute("SELECT pageno FROM dbstat WHERE name=? AND pagetype='leaf' ORDER BY pageno",
+                                          (table,))]
+    finally:
+        db.close()
+    assert len(pages) >= 3, pages
+    return pages[len(pages) // 2]
+
+
+def _checkpoint(spool: Path) -> None:
+    """Move every commit from the WAL into the database file (the agent keeps running)."""
+    import sqlite3
+    import time
+
+    db = sqlite3.connect(spool, timeout=10)
+    try:
+        for _ in range(100):
+            busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.05)
+    finally:
+        db.close()
+    raise AssertionError("could not checkpoint the spool")
+
+
+class TestShippingSupervised:
+    """Issue 13 item 3: a page of the running agent's spool overwritten: the shipper does not stop
+    silently — the failure is logged, STATUS= says why, the agent exits non-zero, and the next start
+    recovers the spool and ships what survived."""
+
+    def test_an_overwritten_spool_page_is_loud_and_mended_by_a_restart(self, agent_factory, receiver, tmp_path):
+        notify = NotifySocket(tmp_path / "notify.sock")
+        receiver.faults(force_status=503)
+        agent: AgentProcess = agent_factory(receiver, batch={"max_events": 5, "max_wait_ms": 20})
+        agent.env = {"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "2000000"}
+        agent.start()
+        try:
+            events = [{**GOOD, "id": f"page-{i:04d}",
+                       "data": {**GOOD["data"], "details": {"pad": os.urandom(3000).hex()}}} for i in range(200)]
+            with HookClient(agent.socket) as c:
+                assert {a["status"] for a in c.request_many(events)} == {"ok"}
+            wait_until(lambda: agent.health()["spool"]["batches"] == 40, what="40 batches spooled")
+            _checkpoint(agent.spool_path)
+            page = _leaf_page(agent.spool_path)
+            with open(agent.spool_path, "r+b") as f:
+                f.seek((page - 1) * 16384)
+                f.write(os.urandom(16384))
+            receiver.faults(force_status=None)
+            assert agent.proc is not None
+            rc = agent.proc.wait(60)
+        finally:
+            notify.close()
+        assert rc not in (0, 2), rc  # 2 would tell systemd not to restart it
+        log = agent.log_path.read_text()
+        fatal = [json.loads(ln) for ln in log.splitlines() if "the agent exits so that it is started afresh" in ln]
+        assert len(fatal) == 1 and "malformed" in fatal[0]["reason"], fatal
+        assert any("malformed" in s for s in notify.lines("STATUS=")), notify.lines("STATUS=")
+        agent.proc = None
+        agent.start()
+        agent.wait_drained()
+        recovered = [json.loads(ln) for ln in agent.log_path.read_text().splitlines() if "the spool was corrupt" in ln]
+        assert len(recovered) == 1 and recovered[0]["level"] == "error"
+        stored = {i for i in receiver.ids("user_activity") if i.startswith("page-")}
+        missing = 200 - len(stored)
+        # only the batches on the destroyed page are gone (whole batches of 5), the rest shipped
+        assert 0 < missing < 100 and missing % 5 == 0, missing
+        assert agent.metric("alpacon_agent_spool_recoveries_total") == 1
