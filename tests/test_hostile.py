@@ -930,3 +930,39 @@ class TestShippingSupervised:
         # only the batches on the destroyed page are gone (whole batches of 5), the rest shipped
         assert 0 < missing < 100 and missing % 5 == 0, missing
         assert agent.metric("alpacon_agent_spool_recoveries_total") == 1
+
+
+class TestSourcesResumeAfterRecovery:
+    """Issue 13 item 4: when the checkpoints did not survive, sources go back to the oldest data on
+    disk (duplicates are harmless, losses are not)."""
+
+    def test_a_file_source_rereads_from_the_start_when_its_checkpoint_is_lost(self, agent_factory, receiver,
+                                                                              tmp_path):
+        """A syslog file read with start_at end; while the agent is down, 30 lines are appended and
+        the spool is destroyed. The fresh spool has no checkpoint, so the file is read from its start:
+        the 30 lines arrive (with harmless duplicates of the earlier ones)."""
+        log_file = tmp_path / "app.log"
+
+        def write(tag: str, n: int) -> None:
+            with open(log_file, "a") as f:
+                for i in range(n):
+                    f.write(f"Dec  1 20:00:00 host app[7]: {tag} line {i}\n")
+
+        write("before", 10)
+        agent: AgentProcess = agent_factory(receiver, collectors={
+            "syslog": {"enabled": True, "paths": [str(log_file)], "start_at": "end"}})
+        agent.start()
+        write("first", 20)
+
+        def messages() -> list[str]:
+            return [e["data"]["message"] for e in receiver.events("system_log")]
+
+        wait_until(lambda: sum("first line" in m for m in messages()) == 20, what="the first 20 lines stored")
+        assert agent.stop() == 0
+        write("while-down", 30)
+        (Path(agent.config["state_dir"]) / "spool.db").write_bytes(os.urandom(65536))
+        agent.start()
+        wait_until(lambda: sum("while-down line" in m for m in messages()) == 30, timeout=60,
+                   what="the 30 lines written while the agent was down")
+        assert sum("before line" in m for m in messages()) == 10  # read from the start of the file
+        assert "the spool was corrupt" in agent.log_path.read_text()
