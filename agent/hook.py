@@ -42,6 +42,8 @@ MAX_PENDING_ANSWERS = 4096
 #: refused peers waiting (briefly) for their first request so they can read why; more are cut off
 MAX_DENIED_WAITING = 16
 DENIED_READ_TIMEOUT_S = 2.0
+#: bytes read from a connection at a time
+READ_CHUNK = 262144
 
 OpHandler = Callable[[dict[str, Any], Peer], Awaitable[dict[str, Any]]]
 
@@ -102,8 +104,10 @@ class HookServer:
                 raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
         old = os.umask(0o177)
         try:
+            # the stream's own buffer pauses the socket at twice this: small, so that a connection
+            # holds at most about one message (in ``_serve_conn``'s buffer) and half a MiB more
             self._server = await asyncio.start_unix_server(
-                self._serve, path=str(path), limit=self.cfg.max_message_bytes + 2, backlog=128
+                self._serve, path=str(path), limit=READ_CHUNK, backlog=128
             )
         finally:
             os.umask(old)
@@ -175,7 +179,7 @@ class HookServer:
             # answer the first request (read with a cap and a deadline) so the producer can read why
             self._denied_waiting += 1
             try:
-                with contextlib.suppress(TimeoutError, ValueError, asyncio.LimitOverrunError):
+                with contextlib.suppress(TimeoutError, ValueError, asyncio.LimitOverrunError, ConnectionError):
                     async with asyncio.timeout(DENIED_READ_TIMEOUT_S):
                         await reader.readuntil(b"\n")
             finally:
@@ -212,7 +216,7 @@ class HookServer:
                 wait = idle if conn.pending else conn.last_active + idle - loop.time()
                 try:
                     async with asyncio.timeout(max(0.0, wait)):
-                        chunk = await reader.read(262144)
+                        chunk = await reader.read(READ_CHUNK)
                 except TimeoutError:
                     if conn.pending or loop.time() - conn.last_active < idle:
                         continue  # answers still being made (a long op), or it was active meanwhile
