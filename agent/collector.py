@@ -16,48 +16,80 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import orjson
 import structlog
 
-from agent.typing import Checkpoint, Emit, Event, Item
+from agent.pipeline.encode import Prepared, merge_derived
+from agent.typing import Checkpoint, Counter, Deriver, Emit, EmitItems, Event, HookOp, Item, LineGate
+
+log = structlog.get_logger("collector")
 
 
 @dataclass
 class CollectorContext:
-    """What the service gives each collector."""
+    """What the service gives each collector: where its events go and what it may read.
+
+    ``emit_items`` and ``prepared`` are the fast path (``agent.pipeline.encode``), set for each
+    collector by the service; without them (tests, tools) finished events are decoded and
+    emitted plainly, with the chain's settings of a bare pipeline."""
 
     server: str
     emit_fn: Emit
     checkpoints: dict[str, str] = field(default_factory=dict)
     once: bool = False
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    log: Any = field(default_factory=lambda: structlog.get_logger("collector"))
-    #: set by the service: records a named internal event as a metric (``count("gap", source=…)``)
-    counter: Any = None
-    #: extra objects some collectors need (hook server for ops, the config, the state dir)
-    services: dict[str, Any] = field(default_factory=dict)
+    #: records a named internal event as a metric (``count("gap", source=…)``)
+    counter: Counter | None = None
+    #: where a collector keeps its own state (the commands collector's ``commands.db``)
+    state_dir: str = "."
+    #: what makes audit events from log lines, and the pre-check of lines for them
+    derivers: Sequence[Deriver] = ()
+    line_gate: LineGate | None = None
+    #: the fast path for hot sources (see ``Batcher.emit_prepared``)
+    emit_prepared_fn: EmitItems | None = None
+    #: the pipeline's current settings for the fast path (``Batcher.prepared``)
+    prepared_fn: Callable[[], Prepared] | None = None
 
-    #: set by the service: the fast path for hot sources (see Batcher.emit_prepared)
-    emit_prepared_fn: Any = None
-    #: set by the service: a callable returning the pipeline's Prepared settings
-    prepared_fn: Any = None
+    def __post_init__(self) -> None:
+        if self.derivers and self.line_gate is None:
+            raise ValueError("derivers need their line gate (collectors.derivers.line_gate)")
 
     async def emit(self, events: list[Event], checkpoint: Checkpoint | None = None) -> None:
         """Hand events (and the source position after them) to the pipeline; waits while the spool is full."""
         await self.emit_fn(events, checkpoint)
 
-    async def emit_prepared(self, items: list[Item], checkpoint: Checkpoint | None = None) -> None:
-        """Hand finished events as ``(kind, JSON)`` to the pipeline (hot sources only; see
-        ``agent.pipeline.Batcher.emit_prepared`` for what the collector must have done)."""
-        await self.emit_prepared_fn(items, checkpoint)
+    async def emit_items(self, items: list[Item], checkpoint: Checkpoint | None = None) -> None:
+        """Hand finished events as ``(kind, JSON, n)`` items and the position after them to the
+        pipeline in one call (hot sources; see ``agent.pipeline.encode``); decoded for a plain
+        ``emit`` when there is no fast path."""
+        if self.emit_prepared_fn is not None:
+            await self.emit_prepared_fn(items, checkpoint)
+        else:
+            await self.emit([ev for _, blob, n in items
+                             for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
+                            checkpoint)
 
-    def prepared(self) -> Any:
-        """Server name, redaction and filter for building finished events (``agent.pipeline.Prepared``)."""
-        return self.prepared_fn()
+    def prepared(self) -> Prepared:
+        """Server name, redaction and filter for building finished events (follows reloads)."""
+        if self.prepared_fn is not None:
+            return self.prepared_fn()
+        return Prepared.plain(self.server)
+
+    def with_derived(self, items: list[Item], lines: list[tuple[int, Event]], prepared: Prepared,
+                     source: str) -> list[Item]:
+        """``items`` with what the derivers make of ``lines`` inserted after each line
+        (``agent.pipeline.encode.merge_derived``); a failing deriver is logged and counted."""
+
+        def failed(deriver: Deriver) -> None:
+            log.exception("deriver_failed", deriver=getattr(deriver, "__name__", repr(deriver)), source=source)
+            self.count("deriver_failed", source=source)
+
+        return merge_derived(items, lines, self.derivers, prepared, failed)
 
     def checkpoint(self, source: str) -> str | None:
         """The last committed position of ``source``, or None when it was never read."""
@@ -103,6 +135,10 @@ class Collector(abc.ABC):
         self.config = config
         self.ctx = ctx
         self.log = structlog.get_logger(f"collector.{self.name}")
+
+    def hook_ops(self) -> Mapping[str, HookOp]:
+        """The hook API operations this collector serves, by name; the service registers them."""
+        return {}
 
     @abc.abstractmethod
     async def run(self) -> None:

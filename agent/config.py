@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import stat
 import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,9 +24,17 @@ from pydantic import (
     model_validator,
 )
 
+from agent import safeyaml
 from agent.errors import ConfigError
+from agent.tokenfile import TokenError, check_token_file, read_token
 
 DEFAULT_CONFIG_PATH = "/etc/alpacon-agent/agent.yaml"
+#: a config file larger than this is refused (and never read further)
+MAX_CONFIG_BYTES = 1_048_576
+#: characters of a value shown in an error, and of one problem line
+MAX_SHOWN_CHARS = 60
+MAX_PROBLEM_CHARS = 300
+MAX_PROBLEMS = 50
 LEVELS = ("emerg", "alert", "crit", "error", "warning", "notice", "info", "debug")
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -72,23 +81,44 @@ class SinkConfig(Section):
             raise ValueError("must start with http:// or https://")
         return v
 
+    @field_validator("token_file")
+    @classmethod
+    def _token_file(cls, v: str | None) -> str | None:
+        """The file exists, others do not control it (agent.tokenfile) and its token can be sent."""
+        if v is None:
+            return v
+        shown = v if v.isprintable() and len(v) <= 256 else clip(v)
+        try:
+            is_file = stat.S_ISREG(os.stat(v).st_mode)
+        except FileNotFoundError:
+            is_file = False
+        except (OSError, ValueError) as exc:  # a name too long, a NUL byte, a loop of links
+            raise ValueError(f"{shown} cannot be used: {getattr(exc, 'strerror', None) or exc}") from None
+        if not is_file:
+            raise ValueError(f"{shown} does not exist or is not a file")
+        if not os.access(v, os.R_OK):
+            raise ValueError(f"{shown} is not readable")
+        check_token_file(v)
+        try:
+            read_token(v)
+        except OSError as exc:
+            raise ValueError(f"{shown} cannot be read: {exc.strerror}") from None
+        except TokenError as exc:
+            raise ValueError(f"{shown}: {exc}") from None
+        return v
+
     @model_validator(mode="after")
     def _needs(self) -> SinkConfig:
         if self.type == "file" and not self.path:
             raise ValueError("sink.type 'file' needs 'path'")
-        if self.token_file is not None:
-            p = Path(self.token_file)
-            if not p.is_file():
-                raise ValueError(f"token_file {self.token_file!r} does not exist or is not a file")
-            if not os.access(p, os.R_OK):
-                raise ValueError(f"token_file {self.token_file!r} is not readable")
         return self
 
     def token(self) -> str | None:
-        """The bearer token read from ``token_file`` (stripped), or None."""
+        """The bearer token read from ``token_file`` (stripped), or None. Raises OSError, or
+        :class:`~agent.tokenfile.TokenError` for content that cannot be sent."""
         if not self.token_file:
             return None
-        return Path(self.token_file).read_text(encoding="utf-8").strip() or None
+        return read_token(self.token_file)
 
     def is_local(self) -> bool:
         """Whether ``url`` names this machine (localhost or a loopback address)."""
@@ -167,10 +197,14 @@ class RedactConfig(Section):
         import re
 
         for i, p in enumerate(v):
+            if len(p) > 4096:
+                raise ValueError(f"pattern {i} {clip(p)} is longer than 4096 characters")
             try:
                 re.compile(p)
             except re.error as exc:
-                raise ValueError(f"pattern {i} {p!r} is not a valid regular expression: {exc}") from exc
+                raise ValueError(f"pattern {i} {clip(p)} is not a valid regular expression: {exc}") from None
+            except RecursionError:  # the compiler recurses once per group level
+                raise ValueError(f"pattern {i} {clip(p)} nests groups too deeply") from None
         return v
 
 
@@ -257,21 +291,54 @@ class AgentConfig(Section):
     shutdown: ShutdownConfig = ShutdownConfig()
 
 
+def clip(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """``value`` as an error may show it: a string or number cut to ``limit`` characters before
+    ``repr``, a collection by its type and size. Never walks a structure."""
+    if isinstance(value, str):
+        return repr(value[:limit]) + ("…" if len(value) > limit else "")
+    if isinstance(value, bool | int | float) or value is None:
+        text = repr(value)
+        return text[:limit] + ("…" if len(text) > limit else "")
+    if isinstance(value, list | dict | tuple | set):
+        return f"a {type(value).__name__} of {len(value)} items"
+    return f"a {type(value).__name__}"
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc if not str(p).startswith("function-after"))
+    return ".".join(clip(p, 40) if not isinstance(p, str | int) else str(p)[:60] for p in loc
+                    if not str(p).startswith("function-after"))
+
+
+def _problems(source: str, lines: list[str]) -> ConfigError:
+    """A ConfigError with each line clipped and at most MAX_PROBLEMS of them."""
+    out = [line if len(line) <= MAX_PROBLEM_CHARS else line[:MAX_PROBLEM_CHARS] + "…" for line in lines[:MAX_PROBLEMS]]
+    if len(lines) > MAX_PROBLEMS:
+        out.append(f"… and {len(lines) - MAX_PROBLEMS} more problems")
+    return ConfigError(source, out)
 
 
 def format_errors(exc: ValidationError) -> list[str]:
-    """One line per problem: ``dotted.path: why``."""
+    """One line per problem: ``dotted.path: why``; input values are clipped (see :func:`clip`)."""
     out = []
-    for err in exc.errors():
+    for err in exc.errors(include_url=False, include_input=True):
         path = _loc(err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         if err["type"] == "literal_error":
-            msg = f"{err.get('input')!r} is not one of {err['ctx']['expected']}"
+            msg = f"{clip(err.get('input'))} is not one of {err['ctx']['expected']}"
         out.append(f"{path}: {msg}")
+    return out
+
+
+def config_warnings(cfg: AgentConfig) -> list[str]:
+    """What is allowed but unsafe in a valid config (a token file others can read), one line each."""
+    out = []
+    if cfg.sink.token_file:
+        try:
+            out += [f"sink.token_file: {w}" for w in check_token_file(cfg.sink.token_file)]
+        except TokenError as exc:  # changed since it was validated
+            out.append(f"sink.token_file: {exc}")
     return out
 
 
@@ -284,7 +351,32 @@ def parse_config(data: Any, source: str = "<config>") -> AgentConfig:
     try:
         return AgentConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, format_errors(exc)) from None
+        raise _problems(source, format_errors(exc)) from None
+
+
+def read_config_text(p: Path) -> str:
+    """The file's text, reading at most MAX_CONFIG_BYTES + 1 bytes; only a regular file is read."""
+    try:
+        # O_NONBLOCK: a FIFO in place of the file must not block the open
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ConfigError(str(p), ["(file): does not exist"]) from None
+    except OSError as exc:
+        raise ConfigError(str(p), [f"(file): cannot be read: {exc.strerror}"]) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConfigError(str(p), ["(file): not a regular file"])
+        try:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(str(p), [f"(file): cannot be read: {exc.strerror}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(str(p), [f"(file): larger than {MAX_CONFIG_BYTES // 1048576} MiB"])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = f"byte {exc.start} is 0x{raw[exc.start]:02x}"
+        raise ConfigError(str(p), [f"(file): cannot be read: not UTF-8 ({bad})"]) from None
 
 
 def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
@@ -294,19 +386,15 @@ def load_config(path: str | os.PathLike[str] | None) -> AgentConfig:
         if not Path(path).exists():
             return parse_config({}, "<defaults>")
     p = Path(path)
+    text = read_config_text(p)
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(str(p), ["(file): does not exist"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(p), [f"(file): cannot be read: {exc}"]) from None
-    if len(text) > 1_048_576:
-        raise ConfigError(str(p), ["(file): larger than 1 MiB"])
-    try:
-        data = yaml.safe_load(text)
+        data = safeyaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(str(p), [f"(yaml): malformed YAML{where}: {problem}"]) from None
+        problem = str(getattr(exc, "problem", None) or exc)[:200]
+        what = "refused YAML" if isinstance(exc, safeyaml.YAMLBudgetError) else "malformed YAML"
+        raise ConfigError(str(p), [f"(yaml): {what}{where}: {problem}"]) from None
+    except (ValueError, RecursionError) as exc:  # a scalar Python cannot hold (an int of > 4300 digits)
+        raise ConfigError(str(p), [f"(yaml): a value cannot be read: {str(exc)[:200]}"]) from None
     return parse_config(data, str(p))

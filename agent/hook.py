@@ -32,7 +32,7 @@ from agent.hookaccess import Peer, Slot, SlotTable, grant_groups, peer_of, resol
 from agent.hookmsg import event_from_emit, message_ref, parse_message
 from agent.logs import RateLimitedLog
 from agent.metrics import AgentMetrics
-from agent.pipeline import Batcher
+from agent.pipeline.batcher import Batcher
 
 __all__ = ["HookServer", "OpHandler", "Peer"]
 

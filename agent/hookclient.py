@@ -21,11 +21,9 @@ from typing import Any
 
 import orjson
 
+from agent.errors import HookClientError
+
 DEFAULT_SOCKET = "/run/alpacon-agent/hook.sock"
-
-
-class HookClientError(ConnectionError):
-    """The agent could not be reached or closed the connection early."""
 
 
 def _encode(msg: dict[str, Any]) -> bytes:

@@ -11,11 +11,9 @@ from typing import Any
 
 import fastjsonschema
 
+from agent.errors import SchemaError
+
 SCHEMA_FILE = "batch.schema.json"
-
-
-class SchemaError(ValueError):
-    """A batch or event that does not match the schema; the message names the field."""
 
 
 @functools.cache

@@ -26,33 +26,23 @@ from agent.collector import Collector, CollectorContext
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
 from agent.events import make_event, new_id, stable_id
+from agent.health import health_report, sd_notify, status_line
 from agent.hook import HookServer
 from agent.metrics import AgentMetrics, make_http_app
-from agent.pipeline import Batcher, build_chain
-from agent.shipper import Shipper
-from agent.sinks import build_sink
+from agent.pipeline.batcher import Batcher
+from agent.pipeline.processors import build_chain
+from agent.shipping.shipper import Shipper
+from agent.shipping.sinks import build_sink
 from agent.spool import Spool
-from agent.typing import Checkpoint, Event, Item
+from agent.typing import Checkpoint, Emit, EmitItems, Event, Item
 
 log = structlog.get_logger("service")
-
-
-def sd_notify(message: str) -> None:
-    """Send a state to systemd's NOTIFY_SOCKET (a no-op without one)."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return
-    try:
-        from systemd import daemon
-
-        daemon.notify(message)
-    except (ImportError, OSError) as exc:  # pragma: no cover - depends on the host
-        log.warning("sd_notify failed", error=str(exc))
 
 
 def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
     """What the collectors are built from (see ``_context`` and ``build_collectors``): their
     settings, the server name, the hook server they register with and the auth files present."""
-    from collectors.derive import auth_file_paths
+    from collectors.derivers.base import auth_file_paths
 
     return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)))
 
@@ -88,29 +78,14 @@ class Agent:
     # -- construction ----------------------------------------------------------------------
     def _make_batcher(self, cfg: AgentConfig) -> Batcher:
         b = cfg.batch
-        return Batcher(
-            self.spool,
-            self.executor,
-            build_chain(cfg),
-            max_events=b.max_events,
-            max_bytes=b.max_bytes,
-            max_wait_ms=b.max_wait_ms,
-            on_event=self._on_event,
-            on_flush=self._on_flush,
-            pack_level=cfg.sink.gzip_level,
-        )
+        return Batcher(self.spool, self.executor, build_chain(cfg), max_events=b.max_events, max_bytes=b.max_bytes,
+                       max_wait_ms=b.max_wait_ms, on_event=self._on_event, on_flush=self._on_flush,
+                       pack_level=cfg.sink.gzip_level)
 
     def _make_shipper(self, cfg: AgentConfig) -> Shipper:
         info = {"id": self.agent_id, "server": cfg.server, "hostname": socket.gethostname(), "version": __version__}
-        return Shipper(
-            self.spool,
-            self.executor,
-            build_sink(cfg, __version__),
-            info,
-            cfg.sink,
-            self.metrics,
-            on_space=self._on_space,
-        )
+        return Shipper(self.spool, self.executor, build_sink(cfg, __version__), info, cfg.sink, self.metrics,
+                       on_space=self._on_space)
 
     def _on_event(self, kind: str, outcome: str, source: str, n: int = 1) -> None:
         self.metrics.event_counter(kind, outcome, source).inc(n)
@@ -134,33 +109,28 @@ class Agent:
         self.metrics.spool_bytes.set(self.spool.bytes)
 
     def _context(self, checkpoints: dict[str, str]) -> CollectorContext:
-        from collectors.derive import build_derivers
+        from collectors.derivers import build_derivers
+        from collectors.derivers.base import line_gate
 
-        ctx = CollectorContext(
+        derivers = build_derivers(self.cfg)
+        return CollectorContext(
             server=self.cfg.server,
             emit_fn=self._emit_for("collector"),
             checkpoints=checkpoints,
             once=self.once,
             counter=self.metrics.count,
+            state_dir=self.cfg.state_dir,
+            derivers=derivers,
+            line_gate=line_gate(derivers),
         )
-        ctx.services.update(
-            {
-                "hook": self.hook,
-                "state_dir": self.cfg.state_dir,
-                "config": self.cfg,
-                "derivers": build_derivers(self.cfg),
-                "agent": self,
-            }
-        )
-        return ctx
 
-    def _emit_prepared_for(self, name: str) -> Any:
+    def _emit_prepared_for(self, name: str) -> EmitItems:
         async def emit_prepared(items: list[Item], checkpoint: Checkpoint | None) -> None:
             await self.batcher.emit_prepared(items, checkpoint, name)
 
         return emit_prepared
 
-    def _emit_for(self, name: str) -> Any:
+    def _emit_for(self, name: str) -> Emit:
         async def emit(events: list[Event], checkpoint: Checkpoint | None) -> None:
             await self.batcher.emit(events, checkpoint, name)
 
@@ -181,6 +151,17 @@ class Agent:
                 prepared_fn=self.batcher.prepared,
             )
             self._collector_tasks.append(asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}"))
+        self._register_hook_ops()
+
+    def _register_hook_ops(self) -> None:
+        """Serve the hook API operations the collectors offer (``exec`` of the commands collector)."""
+        for c in self.collectors:
+            for op, handler in c.hook_ops().items():
+                if self.hook is not None:
+                    self.hook.register_op(op, handler)
+                else:
+                    log.warning("commands_no_hook", collector=c.name, op=op,
+                                reason=f"hook API disabled: {op} is unavailable")
 
     async def _run_collector(self, c: Collector) -> None:
         """Run one collector; a crash is logged, counted and the collector restarted after a pause."""
@@ -230,27 +211,11 @@ class Agent:
 
     async def health(self) -> dict[str, Any]:
         st = await self._db(self.spool.stats)  # on the spool's thread, like every other use
-        return {
-            "ok": self.shipper.paused_reason is None,
-            "version": __version__,
-            "agent_id": self.agent_id,
-            "server": self.cfg.server,
-            "spool": {"batches": st.batches, "bytes": st.bytes, "oldest_age_s": st.oldest_age_s,
-                      "dead_letters": st.dead_letters, "max_bytes": st.max_bytes},
-            "last_successful_ship": self.shipper.last_success,
-            "last_error": self.shipper.last_error,
-            "paused": self.shipper.paused_reason,
-            "collectors": [c.name for c in self.collectors],
-        }
+        return health_report(st, self.shipper, agent_id=self.agent_id, server=self.cfg.server,
+                             collectors=[c.name for c in self.collectors])
 
     def status_line(self) -> str:
-        last = self.shipper.last_success
-        ago = f"{time.time() - last:.0f}s ago" if last else "never"
-        paused = " PAUSED: backend refuses credentials" if self.shipper.paused_reason else ""
-        return (
-            f"{self._rate:.0f} events/s, spool {self.spool.bytes / 1048576:.1f} MiB, "
-            f"last ship {ago}{paused}"
-        )
+        return status_line(self._rate, self.spool.bytes, self.shipper)
 
     async def _housekeeping(self) -> None:
         """WATCHDOG=1 from the event loop, STATUS= once a second, gauges."""
@@ -337,7 +302,8 @@ class Agent:
         """Apply a changed config file; keep the running one when the new one is invalid."""
         sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
-            new = load_config(self.config_path)
+            # parsing a large or hostile file takes time: off the event loop (hook answers, shipping)
+            new = await asyncio.get_running_loop().run_in_executor(None, load_config, self.config_path)
         except ConfigError as exc:
             log.error("reload refused: the new configuration is invalid; keeping the running one",
                       problems=exc.problems)

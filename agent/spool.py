@@ -27,6 +27,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -376,16 +377,10 @@ class Spool:
         return len(rows)
 
     def stats(self) -> SpoolStats:
-        n, events, oldest = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(n_events), 0), MIN(created) FROM batches"
-        ).fetchone()
-        dn, devents = self._db.execute("SELECT COUNT(*), COALESCE(SUM(n_events), 0) FROM dead_letters").fetchone()
-        return SpoolStats(
-            batches=n,
-            bytes=self.bytes,
-            events=events,
-            oldest_age_s=(time.time() - oldest) if oldest is not None else None,
-            dead_letters=dn,
-            dead_events=devents,
-            max_bytes=self.max_bytes,
-        )
+        return SpoolStats.of(self._db, self.max_bytes)
+
+    @staticmethod
+    def read_stats(path: str | os.PathLike[str], max_bytes: int) -> tuple[list[str], SpoolStats]:
+        """A spool file opened read-only (the agent may be running): ``PRAGMA quick_check``'s rows and its counts."""
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+            return [str(r[0]) for r in db.execute("PRAGMA quick_check")], SpoolStats.of(db, max_bytes)

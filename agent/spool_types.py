@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from dataclasses import dataclass
 
 from agent.wire import CODEC_JSON, Packed, pack, unpack
@@ -81,3 +83,11 @@ class SpoolStats:
     dead_letters: int
     dead_events: int
     max_bytes: int
+
+    @classmethod
+    def of(cls, db: sqlite3.Connection, max_bytes: int) -> SpoolStats:
+        n, events, oldest, nbytes, dn, devents = db.execute(
+            "SELECT COUNT(*), TOTAL(n_events), MIN(created), TOTAL(bytes), (SELECT COUNT(*) FROM dead_letters),"
+            " (SELECT TOTAL(n_events) FROM dead_letters) FROM batches").fetchone()
+        age = None if oldest is None else time.time() - oldest
+        return cls(n, int(nbytes), int(events), age, dn, int(devents), max_bytes)

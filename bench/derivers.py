@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectors.auth import AuthDeriver  # noqa: E402
-from collectors.sftp import SftpDeriver  # noqa: E402
+from collectors.derivers.auth import AuthDeriver  # noqa: E402
+from collectors.derivers.sftp import SftpDeriver  # noqa: E402
 
 TEMPLATES = [
     ("sshd", "Accepted publickey for deploy from 10.0.{a}.{b} port {p} ssh2: ED25519 SHA256:Qx{p}"),

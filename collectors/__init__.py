@@ -19,15 +19,15 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
 
         out.append(JournaldCollector(c.journald, ctx))
     if c.syslog.enabled:
-        from collectors.syslog import SyslogFileCollector
+        from collectors.syslog.collector import SyslogFileCollector
 
         out.append(SyslogFileCollector(c.syslog, ctx))
     # the auth log, when the audit derivers read it from a file rather than the journal
-    from collectors.derive import auth_file_paths
+    from collectors.derivers.base import auth_file_paths
 
     auth_paths = [p for p in auth_file_paths(cfg) if not (c.syslog.enabled and p in c.syslog.paths)]
     if auth_paths:
-        from collectors.syslog import SyslogFileCollector
+        from collectors.syslog.collector import SyslogFileCollector
 
         authlog = SyslogFileCollector(c.syslog.model_copy(update={"paths": auth_paths, "enabled": True}), ctx)
         authlog.name = "authlog"  # type: ignore[misc]
@@ -38,7 +38,7 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
 
         out.append(MetricsCollector(c.metrics, ctx))
     if c.commands.enabled:
-        from collectors.commands import CommandsCollector
+        from collectors.commands.runner import CommandsCollector
 
         out.append(CommandsCollector(c.commands, ctx))
     return out

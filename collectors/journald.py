@@ -3,7 +3,9 @@
 Reading uses systemd-python's low-level ``_Reader`` with one ``_get_all`` per entry, about four
 times faster than iterating ``journal.Reader`` (``bench/journald.py`` measures both). All reader
 calls run in one dedicated thread, so the event loop stays responsive and the (not thread-safe)
-``sd_journal`` handle is only ever used by one thread at a time.
+``sd_journal`` handle is only ever used by one thread at a time. Entries become finished event
+JSON on the pipeline's fast path (``agent.pipeline.encode``: the chain's server, level filter
+and redaction), derived events through the chain (``CollectorContext.with_derived``).
 
 Resuming: the saved cursor always wins over ``start_at``. If its entry was vacuumed away, reading
 resumes at the oldest entry after it, and the gap is logged and counted (``journal_gap``).
@@ -15,7 +17,6 @@ import asyncio
 import binascii
 import hashlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,12 +24,8 @@ import orjson
 
 from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
-from agent.events import new_id
-from agent.pipeline import Filter, Prepared
-from agent.redact import TEXT_FIELDS
-from agent.schema import SchemaError, validate_event
-from agent.typing import Checkpoint, Event, Item
-from collectors.derive import line_gate
+from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented
+from agent.typing import Checkpoint, Event, Item, LineGate
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
 FACILITIES: tuple[str, ...] = (
@@ -36,17 +33,11 @@ FACILITIES: tuple[str, ...] = (
     "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
 )
-TRUNCATION_MARKER = " …[truncated]"
 #: entries (and message bytes) read per emitted chunk
 CHUNK_ENTRIES = 2000
 CHUNK_BYTES = 4 * 1024 * 1024
 #: how long one blocking ``wait`` in the reader thread may last (µs); bounds shutdown latency
 WAIT_USEC = 500_000
-
-Deriver = Callable[[Event], list[Event]]
-#: ``(program, message) -> bool``: whether any deriver may use a line (collectors.derive.line_gate)
-Gate = Callable[[str, str], bool]
-
 
 _PRIORITY_BY_BYTES = {str(i).encode(): i for i in range(8)}
 _FACILITY_BY_BYTES = {str(i).encode(): name for i, name in enumerate(FACILITIES)}
@@ -85,140 +76,9 @@ def cursor_seqnum(cursor: str) -> tuple[str, int] | None:
         return None
 
 
-def apply_derivers(events: list[Event], derivers: list[Deriver], log: Any,
-                   ctx: CollectorContext, source: str) -> list[Event]:
-    """Each event followed by what the derivers make of it (audit events from log lines).
-
-    Derived events travel in the same emit (same checkpoint) as their line, so they are never
-    lost or doubled; a failing deriver is logged and counted, and the line is still emitted.
-    """
-    out: list[Event] = []
-    for ev in events:
-        out.append(ev)
-        for deriver in derivers:
-            try:
-                out.extend(deriver(ev))
-            except Exception:
-                log.exception("deriver_failed", deriver=getattr(deriver, "__name__", repr(deriver)))
-                ctx.count("deriver_failed", source=source)
-    return out
-
-
 def _second_prefix(sec: int) -> bytes:
     """``YYYY-MM-DDTHH:MM:SS`` (UTC, ASCII bytes) of epoch seconds; the event's ``ts`` adds ``.mmmZ``."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
-
-
-# ---------------------------------------------------------------------- the prepared fast path
-# Shared with the syslog-file collector: hot sources serialize their events themselves and hand
-# ``(kind, JSON, n)`` items to ``ctx.emit_prepared`` (agent.pipeline.Batcher.emit_prepared).
-
-
-def prepared_for(ctx: CollectorContext) -> Prepared:
-    """The pipeline's current settings (server, redaction, filter); plain ones without a pipeline."""
-    if ctx.prepared_fn is not None:
-        return ctx.prepared()  # type: ignore[no-any-return]
-    return Prepared(ctx.server, lambda text: text, Filter(), lambda joined: {})
-
-
-def segmented(items: list[Item], prepared: Prepared) -> list[Item]:
-    """``items`` with runs of single events of one kind joined into segments (at most
-    ``prepared.segment_events`` and about ``segment_bytes`` each), in their order: the pipeline
-    then handles a segment where it would have handled each of its events."""
-    out: list[Item] = []
-    run: list[bytes] = []
-    run_kind = ""
-    size = 0
-    max_events, max_bytes = max(1, prepared.segment_events), prepared.segment_bytes
-    for kind, blob, n in items:
-        if run and (n != 1 or kind != run_kind or len(run) >= max_events or size + len(blob) > max_bytes):
-            out.append((run_kind, b",".join(run), len(run)) if len(run) > 1 else (run_kind, run[0], 1))
-            run = []
-            size = 0
-        if n != 1:
-            out.append((kind, blob, n))
-            continue
-        run_kind = kind
-        run.append(blob)
-        size += len(blob) + 1
-    if run:
-        out.append((run_kind, b",".join(run), len(run)) if len(run) > 1 else (run_kind, run[0], 1))
-    return out
-
-
-async def emit_items(ctx: CollectorContext, items: list[Item], checkpoint: Checkpoint) -> None:
-    """Hand finished events and their checkpoint over in one call (decoded for a plain ``emit``)."""
-    if ctx.emit_prepared_fn is not None:
-        await ctx.emit_prepared(items, checkpoint)
-    else:
-        await ctx.emit([ev for _, blob, n in items
-                        for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
-                       checkpoint)
-
-
-def _redact_value(redact: Callable[[str], str], value: Any) -> Any:
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {k: _redact_value(redact, v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact_value(redact, v) for v in value]
-    return value
-
-
-def finish_event(event: Event, prepared: Prepared) -> tuple[bytes, bool] | None:
-    """The pipeline's chain for one event dict, by hand: ``(JSON, schema-valid)``, or None when
-    the filter drops it. Used for derived events and lines the fast parsers leave aside."""
-    kind = event.get("kind")
-    data = event.get("data")
-    level = data.get("level") if kind == "system_log" and isinstance(data, dict) else None
-    if not prepared.accepts(kind, level):  # type: ignore[arg-type]
-        return None
-    event["server"] = prepared.server
-    if "id" not in event:
-        event["id"] = new_id()
-    if isinstance(data, dict):
-        fields = TEXT_FIELDS.get(kind)  # type: ignore[arg-type]
-        if fields is None:
-            event["data"] = _redact_value(prepared.redact, data)
-        else:
-            for f in fields:
-                v = data.get(f)
-                if v is not None:
-                    data[f] = _redact_value(prepared.redact, v)
-    try:
-        validate_event(event)
-        valid = True
-    except SchemaError:
-        valid = False
-    return orjson.dumps(event, default=str), valid
-
-
-def merge_derived(items: list[Item], derive: list[tuple[int, Event]],
-                  derivers: list[Deriver], prepared: Prepared, log: Any,
-                  ctx: CollectorContext, source: str) -> list[Item]:
-    """``items`` with the derived events of the lines in ``derive`` inserted after their line,
-    serialized like the pipeline would. ``derive`` holds ``(position, event)``: the number of
-    items up to and including the line (the line itself may have been filtered out).
-
-    The pipeline schema-checks the first item of a call and, if it fails, every item (dead-
-    lettering the bad ones): a derived event that fails the schema therefore goes first. With
-    ``derive`` the result is :func:`segmented` (without, the reader thread segments ``items``).
-    """
-    if not derive:
-        return items
-    out: list[Item] = []
-    bad: list[Item] = []
-    done = 0
-    for pos, ev in derive:
-        out += items[done:pos]
-        done = pos
-        for new in apply_derivers([ev], derivers, log, ctx, source)[1:]:
-            fin = finish_event(new, prepared)
-            if fin is not None:
-                (out if fin[1] else bad).append((new["kind"], fin[0], 1))
-    out += items[done:]
-    return segmented(bad + out if bad else out, prepared)
 
 
 @dataclass
@@ -256,7 +116,7 @@ class JournaldCollector(Collector):
     # ------------------------------------------------------------------ reader thread side
 
     def _open(self) -> Any:
-        from systemd import journal
+        import systemd.journal as journal
 
         cfg: JournaldConfig = self.config
         if cfg.directory:
@@ -272,7 +132,7 @@ class JournaldCollector(Collector):
         for i in cfg.identifiers:
             r.add_match(f"SYSLOG_IDENTIFIER={i}")
         if cfg.this_boot_only:
-            from systemd import id128
+            import systemd.id128 as id128
 
             if cfg.units or cfg.identifiers:
                 r.add_conjunction()
@@ -307,7 +167,7 @@ class JournaldCollector(Collector):
         r.seek_head()
         return "head", {}
 
-    def _read_chunk(self, prepared: Prepared, gate: Gate | None) -> _Chunk:
+    def _read_chunk(self, prepared: Prepared, gate: LineGate | None) -> _Chunk:
         """Read up to one chunk of entries and serialize them (runs in the reader thread).
 
         This is the hot loop. Each entry becomes its final JSON directly: everything but the
@@ -329,13 +189,13 @@ class JournaldCollector(Collector):
         if len(frags) > _FRAG_CACHE_MAX:
             frags.clear()
         fragment = self._fragment
-        redact, dumps, hexlify = prepared.redact, orjson.dumps, binascii.b2a_hex
-        # one template per accepted level (None: the filter drops that level)
-        head = b'{"kind":"system_log","server":' + dumps(prepared.server) + b',"id":"jd-'
+        text, hexlify = prepared.text, binascii.b2a_hex
+        # one template per level the filter keeps (None: it drops that level)
+        heads = [prepared.envelope(lvl) for lvl in LEVELS]
         templates = [
-            head + b'%b","ts":"%b","data":{"level":"' + lvl.encode() + b'","message":%b%b%b}}'
-            if prepared.accepts("system_log", lvl) else None
-            for lvl in LEVELS
+            None if head is None else
+            head + b'jd-%b","ts":"%b","data":{"level":"' + lvl.encode() + b'","message":%b%b%b}}'
+            for head, lvl in zip(heads, LEVELS, strict=True)
         ]
         id_seed = _ID_SEED
         ts_sec, ts_prefix = -1, b""
@@ -395,7 +255,7 @@ class JournaldCollector(Collector):
             tpl = templates[pri]
             if tpl is not None:
                 items.append(("system_log", tpl % (
-                    eid, ts, dumps(redact(message)), frag[0], _TRUNCATED if truncated else b""), 1))
+                    eid, ts, text(message), frag[0], _TRUNCATED if truncated else b""), 1))
             if gate is not None and gate(frag[1], message):
                 data = dict(frag[2], level=LEVELS[pri], message=message)
                 if truncated:
@@ -480,23 +340,21 @@ class JournaldCollector(Collector):
         if how == "tail":
             # remember where "end" was, so a restart before any new entry loses nothing
             await self.ctx.emit([], Checkpoint(self.source, info["cursor"]))
-        derivers: list[Deriver] = self.ctx.services.get("derivers", [])
-        gate = line_gate(derivers)
-        prepared = prepared_for(self.ctx)
+        gate = self.ctx.line_gate
+        prepared = self.ctx.prepared()
         pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
         try:
             while not self.ctx.stopping.is_set():
                 chunk: _Chunk = await pending
                 if chunk.cursor is not None:
                     used = prepared
-                    prepared = prepared_for(self.ctx)  # follows reloads, one chunk later
+                    prepared = self.ctx.prepared()  # follows reloads, one chunk later
                     if not chunk.at_end:  # read ahead while the pipeline takes this chunk
                         pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
                     if chunk.truncated:
                         self.ctx.count("journal_truncated", chunk.truncated, source=self.source)
-                    items = merge_derived(chunk.items, chunk.derive, derivers, used, self.log,
-                                          self.ctx, self.source)
-                    await emit_items(self.ctx, items, Checkpoint(self.source, chunk.cursor))
+                    items = self.ctx.with_derived(chunk.items, chunk.derive, used, self.source)
+                    await self.ctx.emit_items(items, Checkpoint(self.source, chunk.cursor))
                     if not chunk.at_end:
                         continue
                 if self.ctx.once:
@@ -504,7 +362,7 @@ class JournaldCollector(Collector):
                 change = await self._thread.call(self._wait)
                 if change == 2:  # INVALIDATE: files added or removed (rotation, vacuum, restart)
                     self.log.debug("journal_invalidate", source=self.source)
-                prepared = prepared_for(self.ctx)
+                prepared = self.ctx.prepared()
                 pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
         finally:
             if not pending.done():

@@ -132,7 +132,7 @@ class MetricsSampler:
             return {}
 
     def _disks(self) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         try:
             parts = self.disk_partitions()
         except OSError:

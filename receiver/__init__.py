@@ -3,6 +3,7 @@
 Run it::
 
     alpacon-agent-receiver --listen 127.0.0.1:8765 --token-file TOKEN [--db receiver.db]
+    alpacon-agent-receiver … --db postgresql://USER@HOST/DB [--retention-days N] [--consume nats://HOST:4222]
 
 It prints ``listening on http://HOST:PORT`` once it accepts connections (``--listen
 127.0.0.1:0`` picks a free port and prints it). Without ``--db`` it uses a temporary file
@@ -15,7 +16,8 @@ Ingest (wire protocol v1, DESIGN.md)
     size (413 above ``--max-compressed-bytes`` / ``--max-body-bytes``, 32 MiB each by default),
     parsed with orjson (400 if not JSON) and validated against ``agent/schema/batch.schema.json``
     (400 ``{"error": "schema: events[3]: command: data must contain ['status'] …"}``). Events
-    are stored in SQLite (WAL) with ``id`` unique, one transaction per batch, so a replay is
+    are stored in SQLite (WAL), or in PostgreSQL (day partitions shared by any number of receivers),
+    with ``id`` unique, one transaction per batch, so a replay is
     stored once and counted as duplicates: the answer is 200 ``{"stored": N, "duplicates": M}``.
     The batch id and ``Idempotency-Key`` of every accepted request are recorded.
 
@@ -33,7 +35,7 @@ Views (``GET``, bearer token required, JSON ``{"view", "items", "count", "next_a
 
 For tests
     ``GET /api/v1/events?kind=&server=&since=&until=&after=&limit=`` raw events with their
-    receive ``seq``; ``GET /api/v1/ids?kind=`` every stored id in arrival order;
+    receive ``seq``; ``GET /api/v1/ids?kind=&after=&limit=`` stored ids in arrival order, paged;
     ``GET /api/v1/batches`` batch receipts; ``GET /api/v1/stats`` stored per kind, duplicates,
     batches accepted, ingest requests by status (``"dropped"`` for dropped connections), faults
     injected, bytes, ingest rate and CPU seconds; ``GET /healthz`` (no token).
@@ -46,6 +48,11 @@ Faults (flags at start, ``POST /api/v1/_faults`` with a JSON object at run time)
     requests: ``[503, "drop", 429, "slow", "fail_after_store", "ok"]``), ``seed``, and the body
     caps. ``{"reset": true}`` restores the start settings. Faults other than fail-after-store
     answer before anything is stored.
+
+Stream (``--consume``)
+    pulls the agents' JetStream stream (``--stream``, default ``ALPACON``) through a durable
+    consumer shared by every receiver with the same ``--consumer-name``; acks after commit;
+    invalid messages are terminated and counted (see :mod:`receiver.consumer`, docs/fleet.md).
 
 ``--mode count`` is a benchmark sink: it inflates, parses and counts events per kind and
 duplicate ids, and tracks ``seq=N`` (optionally ``src=NAME seq=N``) found in event messages per

@@ -18,6 +18,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from receiver.errors import FaultSettingsError
+
+__all__ = ["Decision", "FaultInjector", "FaultSettings", "FaultSettingsError", "describe_validation_error"]
+
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 ErrorStatus = Annotated[int, Field(ge=400, le=599)]
 ScriptStep = ErrorStatus | Literal["ok", "drop", "slow", "fail_after_store"]
@@ -43,10 +47,6 @@ class FaultSettings(BaseModel):
     seed: int | None = None
     max_body_bytes: Annotated[int, Field(ge=1)] = 32 * MiB
     max_compressed_bytes: Annotated[int, Field(ge=1)] = 32 * MiB
-
-
-class FaultSettingsError(ValueError):
-    """Fault settings that do not validate; the message names each bad field."""
 
 
 def describe_validation_error(exc: ValidationError) -> str:

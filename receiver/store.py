@@ -1,51 +1,38 @@
-"""The receiver's SQLite store: events unique by id, batch receipts, and the queries behind the views.
+"""The receiver's store interface: what every backend (SQLite, PostgreSQL) offers the handlers and views.
 
-All access goes through one worker thread that owns the connection, so the event loop never
-waits on SQLite and the connection is never shared between threads. Each accepted batch is one
-transaction (``INSERT OR IGNORE`` on the unique ``id``), which makes replays harmless: an event
-id is stored once however often it arrives.
+A store keeps events unique by ``id`` (a replay is stored once and counted as duplicates), one
+transaction per batch committed before the answer, batch receipts, and the first arrival of
+each merged record (a Websh session, a command) so that merged views page over records in the
+database instead of reading every event of their kind. :func:`receiver.backends.open_store` picks
+the backend from the ``--db`` value: ``postgresql://…`` or a SQLite path.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 import orjson
 
-T = TypeVar("T")
+from agent.events import parse_ts
+from receiver.errors import StoreError
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    id          TEXT NOT NULL UNIQUE,
-    kind        TEXT NOT NULL,
-    server      TEXT NOT NULL,
-    ts          TEXT NOT NULL,
-    key         TEXT,
-    received_at REAL NOT NULL,
-    batch_id    TEXT NOT NULL,
-    data        TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_kind_key ON events (kind, key);
-CREATE TABLE IF NOT EXISTS batches (
-    n               INTEGER PRIMARY KEY AUTOINCREMENT,
-    batch_id        TEXT NOT NULL,
-    idempotency_key TEXT,
-    agent_id        TEXT NOT NULL,
-    server          TEXT NOT NULL,
-    received_at     REAL NOT NULL,
-    events          INTEGER NOT NULL,
-    stored          INTEGER NOT NULL,
-    duplicates      INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS batches_batch_id ON batches (batch_id);
-"""
+__all__ = [
+    "GROUP_KEYS",
+    "EventStore",
+    "GroupRef",
+    "Query",
+    "StoreError",
+    "StoreResult",
+    "EventRow",
+    "event_day",
+    "event_rows",
+    "first_arrivals",
+    "is_postgres_url",
+    "row_to_event",
+]
 
 #: the data field that groups a kind's events into one merged record (sessions, commands)
 GROUP_KEYS: dict[str, str] = {
@@ -53,8 +40,10 @@ GROUP_KEYS: dict[str, str] = {
     "websh_command": "session_id",
     "command": "command_id",
 }
+#: the kinds whose records are merged views (``websh_command`` joins its session instead)
+MERGED_KINDS = ("websh_session", "command")
 
-_COLUMNS = "seq, id, kind, server, ts, received_at, batch_id, data"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +69,14 @@ class Query:
     data_like: Sequence[tuple[str, str]] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class GroupRef:
+    """A merged record's key and the receive sequence of its first event."""
+
+    key: str
+    first_seq: int
+
+
 def row_to_event(row: Sequence[Any]) -> dict[str, Any]:
     """An event as stored: the wire envelope plus ``seq``, ``received_at`` and ``batch_id``."""
     seq, id_, kind, server, ts, received_at, batch_id, data = row
@@ -91,185 +88,90 @@ def row_to_event(row: Sequence[Any]) -> dict[str, Any]:
         "ts": ts,
         "received_at": received_at,
         "batch_id": batch_id,
-        "data": orjson.loads(data),
+        "data": orjson.loads(data) if isinstance(data, str | bytes) else data,
     }
 
 
-class EventStore:
-    """SQLite (WAL) store of received events; every method runs on the store's own thread."""
+def event_day(ts: str) -> str:
+    """The UTC day (``YYYY-MM-DD``) of a wire timestamp: the partition an event lives in."""
+    if len(ts) >= 10 and ts.endswith("Z"):
+        return ts[:10]
+    return datetime.fromtimestamp(parse_ts(ts), UTC).strftime("%Y-%m-%d")
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="receiver-store")
-        self._conn: sqlite3.Connection | None = None
 
-    # -- thread plumbing -------------------------------------------------------------------
+def is_postgres_url(db: str) -> bool:
+    """Whether ``--db`` names a PostgreSQL database rather than a SQLite file."""
+    return db.startswith(POSTGRES_SCHEMES)
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
 
-    def _db(self) -> sqlite3.Connection:
-        assert self._conn is not None, "store is not open"
-        return self._conn
+class EventStore(Protocol):
+    """What the handlers and views need from a backend; every method is a coroutine."""
 
-    def _open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
-        self._conn = conn
+    #: event rows read from the database so far (the views' cost, for tests and stats)
+    rows_read: int
 
-    def _close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+    def key_text(self, key: str) -> str:
+        """A group key as this backend stores it (and as :meth:`groups` returns it)."""
 
     async def open(self) -> None:
-        """Create the schema (if new) and open the connection."""
-        await self._run(self._open)
+        """Create the schema (if new) and connect."""
 
     async def close(self) -> None:
-        """Close the connection and stop the store's thread."""
-        await self._run(self._close)
-        self._executor.shutdown(wait=True)
-
-    # -- writes ------------------------------------------------------------------------------
-
-    def _store_batch(self, batch: dict[str, Any], idempotency_key: str | None) -> StoreResult:
-        db = self._db()
-        now = time.time()
-        batch_id = batch["batch_id"]
-        rows = []
-        for ev in batch["events"]:
-            data = ev["data"]
-            group = GROUP_KEYS.get(ev["kind"])
-            rows.append(
-                (
-                    ev["id"],
-                    ev["kind"],
-                    ev["server"],
-                    ev["ts"],
-                    data.get(group) if group else None,
-                    now,
-                    batch_id,
-                    orjson.dumps(data).decode(),
-                )
-            )
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            before = db.total_changes
-            db.executemany(
-                "INSERT OR IGNORE INTO events (id, kind, server, ts, key, received_at, batch_id, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-            stored = db.total_changes - before
-            agent = batch["agent"]
-            db.execute(
-                "INSERT INTO batches (batch_id, idempotency_key, agent_id, server, received_at,"
-                " events, stored, duplicates) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    batch_id,
-                    idempotency_key,
-                    agent["id"],
-                    agent["server"],
-                    now,
-                    len(rows),
-                    stored,
-                    len(rows) - stored,
-                ),
-            )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return StoreResult(stored=stored, duplicates=len(rows) - stored)
+        """Disconnect and release the backend's resources."""
 
     async def store_batch(self, batch: dict[str, Any], idempotency_key: str | None) -> StoreResult:
-        """Store a validated batch in one transaction; events already present count as duplicates."""
-        return await self._run(self._store_batch, batch, idempotency_key)
-
-    # -- reads -------------------------------------------------------------------------------
-
-    def _select(self, q: Query, order: str = "seq") -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if q.kinds:
-            where.append(f"kind IN ({', '.join('?' * len(q.kinds))})")
-            args.extend(q.kinds)
-        if q.server is not None:
-            where.append("server = ?")
-            args.append(q.server)
-        if q.since is not None:
-            where.append("ts >= ?")
-            args.append(q.since)
-        if q.until is not None:
-            where.append("ts < ?")
-            args.append(q.until)
-        if q.after is not None:
-            where.append("seq > ?")
-            args.append(q.after)
-        if q.keys is not None:
-            where.append(f"key IN ({', '.join('?' * len(q.keys))})" if q.keys else "0")
-            args.extend(q.keys)
-        for field, value in q.data_eq:
-            where.append("json_extract(data, ?) = ?")
-            args.extend((f"$.{field}", value))
-        for field, value in q.data_like:
-            where.append("instr(json_extract(data, ?), ?) > 0")
-            args.extend((f"$.{field}", value))
-        sql = f"SELECT {_COLUMNS} FROM events"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += f" ORDER BY {order}"
-        if q.limit is not None:
-            sql += " LIMIT ?"
-            args.append(q.limit)
-        return [row_to_event(r) for r in self._db().execute(sql, args)]
+        """Store a validated batch in one committed transaction; known ids count as duplicates."""
 
     async def select(self, q: Query) -> list[dict[str, Any]]:
         """Events matching ``q`` in arrival order (receive sequence)."""
-        return await self._run(self._select, q)
 
-    def _ids(self, kinds: Iterable[str]) -> list[str]:
-        kinds = list(kinds)
-        sql = "SELECT id FROM events"
-        if kinds:
-            sql += f" WHERE kind IN ({', '.join('?' * len(kinds))})"
-        return [r[0] for r in self._db().execute(sql + " ORDER BY seq", kinds)]
+    async def ids(self, kinds: Sequence[str], after: int | None, limit: int) -> list[tuple[int, str]]:
+        """(seq, id) of stored events (optionally of some kinds) after ``after``, arrival order."""
 
-    async def ids(self, kinds: Iterable[str] = ()) -> list[str]:
-        """Every stored event id (optionally of some kinds) in arrival order."""
-        return await self._run(self._ids, kinds)
-
-    def _counts(self) -> dict[str, Any]:
-        db = self._db()
-        by_kind = dict(db.execute("SELECT kind, count(*) FROM events GROUP BY kind").fetchall())
-        n, distinct, dups = db.execute(
-            "SELECT count(*), count(DISTINCT batch_id), coalesce(sum(duplicates), 0) FROM batches"
-        ).fetchone()
-        return {
-            "stored_by_kind": by_kind,
-            "stored": sum(by_kind.values()),
-            "batches_accepted": n,
-            "batches_distinct": distinct,
-            "duplicates": dups,
-        }
+    async def groups(self, kind: str, server: str | None, after: int | None, limit: int) -> list[GroupRef]:
+        """The next ``limit`` merged records of ``kind`` by first arrival, after ``after``."""
 
     async def counts(self) -> dict[str, Any]:
         """Stored events per kind, batches accepted (and distinct batch ids), duplicates seen."""
-        return await self._run(self._counts)
 
-    def _batches(self, limit: int) -> list[dict[str, Any]]:
-        cur = self._db().execute(
-            "SELECT n, batch_id, idempotency_key, agent_id, server, received_at, events, stored,"
-            " duplicates FROM batches ORDER BY n DESC LIMIT ?",
-            (limit,),
-        )
-        names = [d[0] for d in cur.description]
-        return [dict(zip(names, r, strict=True)) for r in cur][::-1]
-
-    async def batches(self, limit: int = 1000) -> list[dict[str, Any]]:
+    async def batches(self, limit: int) -> list[dict[str, Any]]:
         """The latest batch receipts (oldest first), with their Idempotency-Key."""
-        return await self._run(self._batches, limit)
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event as a backend writes it: the envelope, its group key, its day and the data as JSON."""
+
+    id: str
+    kind: str
+    server: str
+    ts: str
+    key: str | None
+    day: str
+    data: str
+
+
+def event_rows(batch: dict[str, Any]) -> list[EventRow]:
+    """The rows of a validated batch, in batch order."""
+    rows = []
+    for ev in batch["events"]:
+        data = ev["data"]
+        group = GROUP_KEYS.get(ev["kind"])
+        key = data.get(group) if group else None
+        rows.append(
+            EventRow(ev["id"], ev["kind"], ev["server"], ev["ts"], key if isinstance(key, str) else None,
+                     event_day(ev["ts"]), orjson.dumps(data).decode())
+        )
+    return rows
+
+
+def first_arrivals(rows: Sequence[EventRow], seqs: Sequence[int]) -> dict[tuple[str, str], tuple[int, str, str]]:
+    """(kind, key) -> (first seq, server, day) of the merged records the newly stored rows belong to."""
+    out: dict[tuple[str, str], tuple[int, str, str]] = {}
+    for row, seq in zip(rows, seqs, strict=True):
+        if row.key is None or row.kind not in MERGED_KINDS:
+            continue
+        k = (row.kind, row.key)
+        if k not in out or seq < out[k][0]:
+            out[k] = (seq, row.server, row.day)
+    return out

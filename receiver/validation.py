@@ -82,3 +82,17 @@ def check_batch(batch: Any) -> None:
             data[kind](ev["data"])
         except fastjsonschema.JsonSchemaValueException as exc:
             raise SchemaError(f"events[{i}] ({kind}): " + _msg(exc, "data")) from None
+
+
+def check_event(event: Any) -> None:
+    """Raise :class:`SchemaError` unless ``event`` is one valid event (as a stream message carries it)."""
+    _, envelope, data = _validators()
+    try:
+        envelope(event)
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise SchemaError(_msg(exc, "event")) from None
+    kind = event["kind"]
+    try:
+        data[kind](event["data"])
+    except fastjsonschema.JsonSchemaValueException as exc:
+        raise SchemaError(f"event ({kind}): " + _msg(exc, "data")) from None

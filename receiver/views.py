@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.events import format_ts, parse_ts
-from receiver.store import EventStore, Query
+from receiver.errors import ParamError
+from receiver.store import GROUP_KEYS, EventStore, Query
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 100_000
@@ -21,10 +22,6 @@ COMMON_PARAMS = ("server", "since", "until", "limit", "after")
 
 #: order of command statuses when two changes share a timestamp
 STATUS_RANK = {"scheduled": 0, "running": 1, "stuck": 2, "success": 3, "failed": 3}
-
-
-class ParamError(ValueError):
-    """A query parameter that is unknown or malformed; the message names it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,27 +252,7 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
         )
         items = [flatten(ev) for ev in rows]
     else:
-        merge: Callable[[list[dict[str, Any]]], dict[str, Any]] = (
-            merge_session if spec.kind == "websh_session" else merge_command
-        )
-        key_field = "session_id" if spec.kind == "websh_session" else "command_id"
-        rows = await store.select(Query(kinds=(spec.kind,), server=common["server"]))
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for ev in rows:
-            groups.setdefault(ev["data"][key_field], []).append(ev)
-        items = []
-        after = common["after"]
-        for group in groups.values():  # dicts keep first-arrival order
-            item = merge(group)
-            if after is not None and item["received_seq"] <= after:
-                continue
-            if not _in_window(item["ts"], common["since"], common["until"]):
-                continue
-            if not _matches(item, filters):
-                continue
-            items.append(item)
-            if len(items) >= common["limit"]:
-                break
+        items = await _merged_page(store, spec.kind, common, filters)
         if spec.kind == "websh_session" and items:
             await _attach_commands(store, items)
     return {
@@ -286,15 +263,62 @@ async def query_view(store: EventStore, name: str, params: Mapping[str, str]) ->
     }
 
 
+#: merged records read per database page when filters may drop some of them
+FILTERED_PAGE = 256
+
+
+async def _merged_page(
+    store: EventStore, kind: str, common: Mapping[str, Any], filters: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` merged records after the cursor, read a page of records at a time.
+
+    The store lists records by first arrival (:meth:`EventStore.groups`); each page's events are
+    fetched by key and merged here, then the filters on merged fields apply. Without such filters
+    one page of exactly ``limit`` records is all that is read.
+    """
+    merge: Callable[[list[dict[str, Any]]], dict[str, Any]] = (
+        merge_session if kind == "websh_session" else merge_command
+    )
+    key_field = GROUP_KEYS[kind]
+    limit: int = common["limit"]
+    filtered = bool(filters) or common["since"] is not None or common["until"] is not None
+    page = min(max(limit, FILTERED_PAGE), 1000) if filtered else limit
+    after: int | None = common["after"]
+    items: list[dict[str, Any]] = []
+    while len(items) < limit:
+        refs = await store.groups(kind, common["server"], after, page)
+        if not refs:
+            break
+        groups: dict[str, list[dict[str, Any]]] = {ref.key: [] for ref in refs}
+        for i in range(0, len(refs), 500):
+            keys = [ref.key for ref in refs[i : i + 500]]
+            for ev in await store.select(Query(kinds=(kind,), server=common["server"], keys=keys)):
+                groups[store.key_text(ev["data"][key_field])].append(ev)
+        for ref in refs:
+            group = groups[ref.key]
+            if not group:  # its events are gone (retention)
+                continue
+            item = merge(group)
+            if not _in_window(item["ts"], common["since"], common["until"]) or not _matches(item, filters):
+                continue
+            items.append(item)
+            if len(items) >= limit:
+                break
+        if len(refs) < page:
+            break
+        after = refs[-1].first_seq
+    return items
+
+
 async def _attach_commands(store: EventStore, sessions: list[dict[str, Any]]) -> None:
-    ids = [s["session_id"] for s in sessions]
+    ids = [store.key_text(s["session_id"]) for s in sessions]
     by_session: dict[str, list[dict[str, Any]]] = {sid: [] for sid in ids}
     for i in range(0, len(ids), 500):
         chunk = ids[i : i + 500]
         for ev in await store.select(Query(kinds=("websh_command",), keys=chunk)):
-            by_session[ev["data"]["session_id"]].append(session_command(ev))
+            by_session[store.key_text(ev["data"]["session_id"])].append(session_command(ev))
     for s in sessions:
-        cmds = by_session[s["session_id"]]
+        cmds = by_session[store.key_text(s["session_id"])]
         cmds.sort(key=lambda c: (c["seq"], c["received_seq"]))
         s["commands"] = cmds
         s["commands_recorded"] = len(cmds)

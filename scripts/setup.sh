@@ -3,7 +3,7 @@
 # Debian packages: the build needs of systemd-python, and the real parts the tests drive.
 APT_PACKAGES="python3 python3-venv python3-dev gcc pkg-config libsystemd-dev systemd systemd-journal-remote
   rsyslog zsh bash openssh-server openssh-client sshpass sudo util-linux bsdutils procps iproute2 e2fsprogs
-  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint"
+  vim less passwd git make dpkg-dev debootstrap lintian rpm rpmlint postgresql postgresql-client"
 missing=""
 for p in $APT_PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

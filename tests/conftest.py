@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from tests.harness import AgentProcess, ReceiverProcess, agent_config
 from tests.parts import JOURNALD, LiveJournald
+from tests.services import NatsServer, PostgresServer, need_postgres
 from tests.support import need, need_binary, need_root
 
 
@@ -58,3 +62,32 @@ def agent(agent_factory: object, receiver: ReceiverProcess) -> Iterator[AgentPro
     yield a
     if a.proc is not None:
         a.stop()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_config_kept() -> Iterator[None]:
+    """A command run in-process (doctor, run) configures logging for the process: put it back, so
+    that a later test's log capture is not filtered by an earlier test's level."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL cluster for the whole session (initdb in a temp dir, run as the postgres user)."""
+    need_postgres()
+    root = Path(tempfile.mkdtemp(prefix="alpacon-pg-"))
+    root.chmod(0o755)  # the cluster's owner must reach its directory inside
+    try:
+        with PostgresServer(root / "pg") as pg:
+            yield pg
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server with JetStream, its store in tmp_path."""
+    with NatsServer(tmp_path / "nats") as n:
+        yield n

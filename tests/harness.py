@@ -41,7 +41,8 @@ def _http(method: str, url: str, body: Any = None, token: str | None = TOKEN, ti
 class ReceiverProcess:
     """The reference receiver in a child process."""
 
-    def __init__(self, tmp: Path, *args: str, token: str = TOKEN, port: int | None = None, mode: str = "store") -> None:
+    def __init__(self, tmp: Path, *args: str, token: str = TOKEN, port: int | None = None, mode: str = "store",
+                 db: str | None = None) -> None:
         self.tmp = Path(tmp)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.token = token
@@ -49,6 +50,8 @@ class ReceiverProcess:
         self.args = list(args)
         self.mode = mode
         self.db = self.tmp / "receiver.db"
+        #: what ``--db`` gets: the SQLite file above, or a ``postgresql://`` URL
+        self.db_arg = db or str(self.db)
         self.proc: subprocess.Popen[str] | None = None
         self.log_path = self.tmp / "receiver.log"
 
@@ -64,7 +67,7 @@ class ReceiverProcess:
         cmd = [str(BIN / "alpacon-agent-receiver"), "--listen", f"127.0.0.1:{self.port}", "--token", self.token,
                "--mode", self.mode, *self.args]
         if self.mode == "store":
-            cmd += ["--db", str(self.db)]
+            cmd += ["--db", self.db_arg]
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         assert self.proc.stdout is not None
@@ -100,7 +103,15 @@ class ReceiverProcess:
         return body["items"]
 
     def ids(self, kind: str | None = None) -> list[str]:
-        return self.get("/api/v1/ids", kind=kind)["ids"]
+        """Every stored id (of ``kind``) in arrival order, read a page at a time."""
+        out: list[str] = []
+        after = 0
+        while True:
+            body = self.get("/api/v1/ids", kind=kind, after=after, limit=100000)
+            out += body["ids"]
+            if body["count"] < 100000:
+                return out
+            after = body["next_after"]
 
     def events(self, kind: str | None = None) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []

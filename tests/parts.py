@@ -384,7 +384,7 @@ class EmitRecorder:
         #: emit_prepared calls seen; their system_log events are schema-checked unless not strict
         self.prepared_calls = 0
         self.strict = True
-        #: an ``agent.pipeline.Prepared`` to hand out instead of the default one
+        #: an ``agent.pipeline.encode.Prepared`` to hand out instead of the default one
         self.prepared_settings: Any = None
 
     async def emit(self, events: list[Any], checkpoint: Any) -> None:
@@ -415,8 +415,9 @@ class EmitRecorder:
 
     def prepared(self) -> Any:
         """The settings a pipeline with the default config would give (builtin redaction)."""
-        from agent.pipeline import Filter, Prepared
-        from agent.redact import Redactor
+        from agent.pipeline.encode import Prepared
+        from agent.pipeline.processors import Filter
+        from agent.pipeline.redact import Redactor
 
         r = Redactor()
         return self.prepared_settings or Prepared("test", r.redact_text, Filter(), r.changed_lines, 7, 4096)
@@ -426,9 +427,11 @@ class EmitRecorder:
 
     def context(self, once: bool = False, derivers: list[Any] | None = None) -> Any:
         from agent.collector import CollectorContext
+        from collectors.derivers.base import line_gate
 
         return CollectorContext(server="test", emit_fn=self.emit, checkpoints=dict(self.checkpoints),
-                                once=once, counter=self.count, services={"derivers": derivers or []},
+                                once=once, counter=self.count, derivers=derivers or [],
+                                line_gate=line_gate(derivers or []),
                                 emit_prepared_fn=self.emit_prepared, prepared_fn=self.prepared)
 
     def messages(self, program: str | None = None) -> list[str]:

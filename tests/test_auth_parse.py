@@ -10,8 +10,9 @@ import pytest
 from agent.config import parse_config
 from agent.events import stable_id
 from agent.schema import validate_data
-from collectors.auth import AuthDeriver
-from collectors.derive import OriginFilter, auth_file_paths, build_derivers, event_origin
+from collectors.derivers import build_derivers
+from collectors.derivers.auth import AuthDeriver
+from collectors.derivers.base import OriginFilter, auth_file_paths, event_origin
 
 TS = "2026-11-26T20:00:00.000Z"
 
@@ -269,7 +270,7 @@ class TestForgedLines:
 
     def test_sshd_line_from_an_unprivileged_uid_is_ignored(self) -> None:
         """An sshd line the journal says a non-root process sent (logger -t sshd) yields no row."""
-        from collectors.auth import AuthDeriver
+        from collectors.derivers.auth import AuthDeriver
 
         d = AuthDeriver()
         line = "Accepted password for root from 203.0.113.9 port 50022 ssh2"

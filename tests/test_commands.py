@@ -17,8 +17,8 @@ import pytest
 
 from agent.errors import InputError
 from agent.hookclient import HookClient
-from collectors.commands import OutputCap, parse_request
-from collectors.exec_cli import parse_at
+from collectors.commands.client import parse_at
+from collectors.commands.runner import OutputCap, parse_request
 from tests.harness import BIN, AgentProcess, ReceiverProcess, deep_merge
 from tests.support import need_root, wait_until
 
@@ -315,7 +315,7 @@ class TestExecThroughAgent:
         import asyncio
 
         from agent.collector import CollectorContext
-        from collectors.commands import record_internal, run_internal
+        from collectors.commands.internal import record_internal, run_internal
 
         got: list[Any] = []
 

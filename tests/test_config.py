@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import load_config, parse_config
 from agent.errors import ConfigError
 
 BIN = Path(sys.executable).parent / "alpacon-agent"
@@ -49,7 +49,7 @@ class TestCheckConfig:
         """A token_file that does not exist is named."""
         r = check(tmp_path, "sink:\n  token_file: /nonexistent/token\n")
         assert r.returncode == 2
-        assert "sink:" in r.stderr and "/nonexistent/token" in r.stderr and "does not exist" in r.stderr
+        assert "sink.token_file:" in r.stderr and "/nonexistent/token" in r.stderr and "does not exist" in r.stderr
 
     def test_top_level_not_mapping(self, tmp_path):
         """A YAML list at the top is refused."""
@@ -95,6 +95,9 @@ class TestCheckConfig:
         assert load_config(tmp_path / "a.yaml").sink.token() == "secret-token"
 
     def test_shipped_default_config_validates(self):
-        """config/agent.yaml (installed as /etc/alpacon-agent/agent.yaml) is valid."""
+        """config/agent.yaml (installed as /etc/alpacon-agent/agent.yaml) is valid, changes no built-in
+        default (it documents them) and names no token (``setup`` adds it)."""
         root = Path(__file__).resolve().parents[1]
-        load_config(root / "config" / "agent.yaml")
+        cfg = load_config(root / "config" / "agent.yaml")
+        assert cfg.sink.type == "http" and cfg.sink.token_file is None
+        assert cfg.model_dump() == parse_config({}).model_dump()

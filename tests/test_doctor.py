@@ -7,6 +7,7 @@ import contextlib
 import http.server
 import json
 import os
+import pwd
 import socket
 import ssl
 import stat
@@ -20,12 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import doctor
+from agent.cli import doctor, setup, unit
 from agent.config import load_config, parse_config
 from agent.spool import NewBatch, Spool
 from tests.harness import ReceiverProcess
 from tests.parts import write_journal_file
-from tests.support import free_port, need_binary, need_root
+from tests.support import free_port, need_binary, need_root, throwaway_user
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_YAML = REPO / "config" / "agent.yaml"
@@ -34,7 +35,9 @@ DEFAULT_YAML = REPO / "config" / "agent.yaml"
 def cli(*argv: str) -> int:
     """Run one of this module's subcommands in-process, as the CLI would."""
     parser = argparse.ArgumentParser()
-    doctor.register(parser.add_subparsers())
+    sub = parser.add_subparsers()
+    doctor.register(sub)
+    setup.register(sub)
     args = parser.parse_args(list(argv))
     return int(args.func(args))
 
@@ -181,12 +184,14 @@ class TestDoctorToken:
         assert r.status == "FAIL" and r.fix == f"chmod 600 {tmp_path / 'token'}"
 
     def test_not_owned_by_root_fails(self, tmp_path: Path) -> None:
-        """A token owned by another user FAILs."""
+        """A token owned by another user (a real one) FAILs: the config naming it is refused, with the chown."""
         need_root()
         t = token_file(tmp_path)
-        os.chown(t, 65534, 65534)
-        r = doctor.check_token(self._cfg(tmp_path, token_file=str(t)))[0]
-        assert r.status == "FAIL" and "chown" in (r.fix or "")
+        with throwaway_user("adr") as user:
+            os.chown(t, pwd.getpwnam(user).pw_uid, -1)
+            cfg = write_config(tmp_path, {"sink": {"url": "https://ws.example.com/x", "token_file": str(t)}})
+            r = by_name(list(doctor.run_checks(str(cfg))), "config")
+        assert r.status == "FAIL" and "sink.token_file" in r.detail and f"chown root:root {t}" in r.detail
 
     def test_empty_or_vanished_token_fails(self, tmp_path: Path) -> None:
         """An empty token file, or one deleted after the config was loaded, FAILs."""
@@ -510,7 +515,7 @@ class TestSetup:
         fake.chmod(0o755)
         run_dir = tmp_path / "run-systemd"
         run_dir.mkdir()
-        monkeypatch.setattr(doctor, "SYSTEMD_RUN_DIR", run_dir)
+        monkeypatch.setattr(unit, "SYSTEMD_RUN_DIR", run_dir)
         monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
         (tmp_path / "agent.yaml").write_text("")
         assert self._setup(tmp_path) == 0

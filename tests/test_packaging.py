@@ -23,7 +23,7 @@ import pytest
 from agent import __version__
 from agent.wire import unpack
 from tests.harness import ReceiverProcess
-from tests.support import free_port, need, need_binary, need_root, wait_until
+from tests.support import free_port, need_binary, need_root, wait_until
 
 pytestmark = pytest.mark.packaging
 
@@ -191,7 +191,7 @@ class TestRpmBuild:
                      "/opt/alpacon-agent/bin/python3", "/usr/lib/systemd/system/alpacon-agent.service",
                      "/etc/alpacon-agent/agent.yaml", "/var/lib/alpacon-agent"):
             assert path in files, path
-        assert any(p.endswith("/site-packages/agent/doctor.py") for p in files)
+        assert any(p.endswith("/site-packages/agent/cli/doctor.py") for p in files)
         configs = subprocess.run(["rpm", "-qpc", str(rpm)], capture_output=True, text=True,
                                  check=True).stdout.split()
         assert configs == ["/etc/alpacon-agent/agent.yaml"]
@@ -376,6 +376,9 @@ class TestDebianInstall:
 
 
 def test_packaging_tools_present() -> None:
-    """The tools the packaging step needs are installed (CI installs them)."""
+    """The tools the packaging step needs are installed (CI installs them) and run."""
     for tool in ("dpkg-deb", "rpmbuild", "lintian", "rpmlint", "debootstrap"):
-        need(shutil.which(tool) is not None, f"program {tool}")
+        path = need_binary(tool)
+        res = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, (tool, res.stderr)
+        assert re.search(r"\d+\.\d+", res.stdout + res.stderr), (tool, res.stdout, res.stderr)

@@ -13,7 +13,8 @@ import pytest
 from agent.config import parse_config
 from agent.errors import SpoolFull
 from agent.events import make_event, stable_id
-from agent.pipeline import WRITE_AHEAD, Batcher, DropEvent, Enrich, Filter, build_chain
+from agent.pipeline.batcher import WRITE_AHEAD, Batcher
+from agent.pipeline.processors import DropEvent, Enrich, Filter, build_chain
 from agent.spool import Spool
 from agent.typing import Checkpoint
 

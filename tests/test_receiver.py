@@ -21,6 +21,7 @@ import pytest
 from agent.events import format_ts, new_id
 from receiver.app import INGEST_PATH, IngestError, make_app, start
 from receiver.faults import FaultInjector, FaultSettings
+from tests.services import PostgresServer
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -115,10 +116,8 @@ class Receiver:
             return r.status, await r.json()
 
 
-async def _serve(tmp_path: Any, mode: str = "store", **faults: Any) -> AsyncIterator[Receiver]:
-    app = make_app(
-        token=TOKEN, db_path=str(tmp_path / "r.db"), mode=mode, faults=FaultSettings(**faults)
-    )
+async def _serve(db: str, mode: str = "store", **faults: Any) -> AsyncIterator[Receiver]:
+    app = make_app(token=TOKEN, db_path=db, mode=mode, faults=FaultSettings(**faults))
     runner, port = await start(app, "127.0.0.1", 0)
     try:
         async with aiohttp.ClientSession() as http:
@@ -127,15 +126,24 @@ async def _serve(tmp_path: Any, mode: str = "store", **faults: Any) -> AsyncIter
         await runner.cleanup()
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """Every store test runs on both backends: a SQLite file, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "r.db")
+    pg: PostgresServer = request.getfixturevalue("postgres")
+    return pg.new_database()
+
+
 @pytest.fixture
-async def rx(tmp_path: Any) -> AsyncIterator[Receiver]:
-    async for r in _serve(tmp_path):
+async def rx(db: str) -> AsyncIterator[Receiver]:
+    async for r in _serve(db):
         yield r
 
 
 @pytest.fixture
 async def counter(tmp_path: Any) -> AsyncIterator[Receiver]:
-    async for r in _serve(tmp_path, mode="count"):
+    async for r in _serve(str(tmp_path / "r.db"), mode="count"):
         yield r
 
 
@@ -579,6 +587,36 @@ class TestReceiverViews:
         stats = await rx.ok("/api/v1/stats")
         assert stats["stored_by_kind"] == {"system_log": 2, "metrics": 1}
 
+    async def test_ids_page_with_limit_and_after(self, rx: Receiver) -> None:
+        """/ids honours limit and pages on with next_after until every id was listed once."""
+        evs = [log_ev(f"p{i}") for i in range(25)]
+        await rx.post(batch(evs))
+        seen: list[str] = []
+        after = 0
+        while True:
+            page = await rx.ok("/api/v1/ids", limit=10, after=after)
+            assert page["count"] <= 10
+            seen += page["ids"]
+            if page["count"] < 10:
+                break
+            after = page["next_after"]
+        assert seen == [e["id"] for e in evs]
+        assert (await rx.get("/api/v1/ids", {"limit": "0"}))[0] == 400
+
+    async def test_hostile_text_is_stored_exactly(self, rx: Receiver) -> None:
+        """NUL, a literal backslash-u0000 and non-BMP text in data, keys and the server survive a round trip."""
+        nasty = "a\x00b \\u0000 \U0001f600 \u202e"
+        e = ev("command", {"command_id": "c\x00id", "shell": "system", "line": nasty, "status": "running",
+                           "result": nasty}, server="srv\x00x")
+        m = ev("metrics", {"cpu": {"k\x00": [nasty]}, "memory": {}})
+        assert (await rx.post(batch([e, m])))[1] == {"stored": 2, "duplicates": 0}
+        got = (await rx.ok("/api/v1/events"))["events"]
+        assert [g["data"] for g in got] == [e["data"], m["data"]]
+        cmd = (await rx.ok("/api/v1/commands"))["items"][0]
+        assert cmd["line"] == nasty and cmd["history"][0]["status"] == "running"
+        assert (await rx.ok("/api/v1/commands", status="running"))["count"] == 1
+        assert (await rx.post(batch([e])))[1] == {"stored": 0, "duplicates": 1}
+
 
 class TestReceiverFaults:
     async def test_error_rate_answers_503_and_stores_nothing(self, rx: Receiver) -> None:
@@ -678,9 +716,9 @@ class TestReceiverFaults:
             assert r.status == 401
         assert (await rx.post(batch([log_ev("x")])))[0] == 200
 
-    async def test_reset_restores_start_settings(self, tmp_path: Any) -> None:
+    async def test_reset_restores_start_settings(self, db: str) -> None:
         """reset goes back to the settings given at start, not to no faults at all."""
-        async for r in _serve(tmp_path, throttle_rate=1.0):
+        async for r in _serve(db, throttle_rate=1.0):
             assert (await r.post(batch([log_ev("x")])))[0] == 429
             await r.faults(throttle_rate=0.0)
             assert (await r.post(batch([log_ev("x")])))[0] == 200
@@ -731,7 +769,7 @@ class TestReceiverCountMode:
 
 def _spawn(*args: str) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "receiver.app", "--listen", "127.0.0.1:0", *args],
+        [sys.executable, "-m", "receiver.cli", "--listen", "127.0.0.1:0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -777,6 +815,35 @@ class TestReceiverCLI:
             proc.communicate(timeout=10)
         assert proc.returncode == 0
 
+    async def test_postgres_db_persists_across_restarts(self, postgres: PostgresServer) -> None:
+        """--db postgresql://… stores into PostgreSQL; a restarted receiver serves what was stored."""
+        url = postgres.new_database()
+        first = log_ev("kept", ts=time.time())  # inside the retention
+        for round_ in range(2):
+            proc, rx_url = _spawn("--token", TOKEN, "--db", url, "--retention-days", "30")
+            try:
+                async with aiohttp.ClientSession() as http:
+                    r = Receiver(rx_url, http)
+                    if round_ == 0:
+                        assert (await r.post(batch([first])))[1]["stored"] == 1
+                    else:
+                        assert (await r.ok("/api/v1/ids"))["ids"] == [first["id"]]
+                        assert (await r.post(batch([first])))[1] == {"stored": 0, "duplicates": 1}
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.communicate(timeout=10)
+            assert proc.returncode == 0
+
+    def test_unreachable_postgres_exits_2_without_the_password(self) -> None:
+        """A PostgreSQL that cannot be reached exits 2 naming --db, with the password masked."""
+        res = subprocess.run(
+            [sys.executable, "-m", "receiver.cli", "--listen", "127.0.0.1:0",
+             "--db", "postgresql://u:hunter2secret@127.0.0.1:1/x"],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert res.returncode == 2 and "--db postgresql://u:***@127.0.0.1:1/x" in res.stderr, res.stderr
+        assert "hunter2secret" not in res.stderr
+
     def test_default_db_is_temporary_and_removed(self) -> None:
         """Without --db the store lives in a temporary directory removed at exit."""
         proc, url = _spawn("--token", TOKEN, "--log-level", "info")
@@ -794,12 +861,16 @@ class TestReceiverCLI:
             (["--error-rate", "1.5"], "error_rate"),
             (["--force-status", "200"], "force_status"),
             (["--db", "/nonexistent/dir/x.db"], "--db"),
+            (["--retention-days", "7"], "PostgreSQL"),
+            (["--db", "postgresql://u@127.0.0.1:1/x", "--retention-days", "0"], "at least 1"),
+            (["--consume", "nats://127.0.0.1:1", "--mode", "count"], "--consume"),
+            (["--consume", "nats://127.0.0.1:1"], "--consume nats://127.0.0.1:1"),
         ],
     )
     def test_bad_arguments_exit_2(self, args: list[str], words: str) -> None:
         """Bad flags, a missing token file or an unusable db exit 2 with the reason."""
         res = subprocess.run(
-            [sys.executable, "-m", "receiver.app", "--listen", "127.0.0.1:0", *args],
+            [sys.executable, "-m", "receiver.cli", "--listen", "127.0.0.1:0", *args],
             capture_output=True,
             text=True,
             timeout=30,
@@ -812,7 +883,7 @@ class TestReceiverCLI:
         try:
             port = url.rsplit(":", 1)[1]
             res = subprocess.run(
-                [sys.executable, "-m", "receiver.app", "--listen", f"127.0.0.1:{port}"],
+                [sys.executable, "-m", "receiver.cli", "--listen", f"127.0.0.1:{port}"],
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -824,15 +895,19 @@ class TestReceiverCLI:
 
 
 class TestReceiverStoreFailure:
-    async def test_store_error_is_a_500_with_the_reason(self, tmp_path: Any) -> None:
-        """When SQLite fails (here: the table is gone) the answer is 500 naming the store."""
-        async for r in _serve(tmp_path):
-            import sqlite3
+    async def test_store_error_is_a_500_with_the_reason(self, db: str, request: pytest.FixtureRequest) -> None:
+        """When the store fails (here: the table is gone) the answer is 500 naming the store."""
+        async for r in _serve(db):
+            if db.startswith("postgresql://"):
+                pg: PostgresServer = request.getfixturevalue("postgres")
+                pg.psql("DROP TABLE events", database=db.rsplit("/", 1)[1])
+            else:
+                import sqlite3
 
-            db = sqlite3.connect(tmp_path / "r.db")
-            db.execute("DROP TABLE events")
-            db.commit()
-            db.close()
+                conn = sqlite3.connect(db)
+                conn.execute("DROP TABLE events")
+                conn.commit()
+                conn.close()
             status, body, _ = await r.post(batch([log_ev("x")]))
             assert status == 500 and body["error"].startswith("store:")
 
@@ -853,7 +928,7 @@ class TestReceiverConcurrency:
 class TestCountSinkPaths:
     def test_uniform_path_counts_like_the_per_event_path(self) -> None:
         """Whole-batch counting gives the same stats as counting event by event, gaps and reorders included."""
-        from receiver.app import CountSink
+        from receiver.count_sink import CountSink
 
         seqs = list(range(3000))
         del seqs[1234]  # a gap

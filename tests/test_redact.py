@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.redact import Redactor
+from agent.pipeline.redact import Redactor
 
 R = Redactor()
 
@@ -71,7 +71,7 @@ class TestTriggerPrefilter:
         import random
         import re
 
-        from agent.redact import BUILTIN_TRIGGERS, _trie_pattern
+        from agent.pipeline.redact import BUILTIN_TRIGGERS, _trie_pattern
 
         words = {t for ts in BUILTIN_TRIGGERS for t in ts}
         trie = re.compile(_trie_pattern(words))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import threading
+from collections import Counter
 
 from agent.hookclient import HookClient
+from agent.spool import Spool
 from tests.harness import deep_merge
 from tests.support import wait_until
 
@@ -100,16 +103,26 @@ class TestReload:
         failed = [r for r in rows.values() if r["data"]["action"] == "settings_change"]
         assert len(failed) == 1 and failed[0]["data"]["result"] == 500
 
-    def test_sigterm_flushes_batcher_into_spool(self, agent_factory, receiver):
-        """Events accepted just before SIGTERM are in the spool after a clean stop, and shipped on restart."""
+    def test_sigterm_flushes_batcher_into_spool(self, agent_factory, receiver, tmp_path):
+        """Lines a pull source has read wait in the batcher (max_wait_ms is a minute) when SIGTERM comes:
+        the clean stop writes them, with the file's checkpoint, to the spool; a restart ships each once."""
         receiver.stop()
-        agent = agent_factory(receiver, batch={"max_wait_ms": 60000, "max_events": 100000})
+        log = tmp_path / "syslog"
+        n = 40
+        log.write_text("".join(f"Dec  1 10:00:{i:02d} host app[7]: held line {i}\n" for i in range(n)))
+        agent = agent_factory(receiver, batch={"max_wait_ms": 60000, "max_events": 100000}, collectors={
+            "syslog": {"enabled": True, "paths": [str(log)], "start_at": "beginning", "poll_interval_s": 0.05}})
         agent.start()
-        with HookClient(agent.socket) as c:
-            answers = c.request_many([{"kind": "user_activity", "data": EVENT} for _ in range(50)])
-        assert all(a["status"] == "ok" for a in answers)
+        wait_until(lambda: agent.metric("alpacon_agent_events_total", kind="system_log", outcome="received") >= n,
+                   30, what="the lines read into the batcher")
+        _, before = Spool.read_stats(agent.spool_path, 1 << 30)
+        assert before.events == 0, "the lines were spooled before SIGTERM: the shutdown flush is not exercised"
         assert agent.stop() == 0
+        _, after = Spool.read_stats(agent.spool_path, 1 << 30)
+        assert after.events == n and after.batches >= 1
         receiver.start()
         agent.start()
         agent.wait_drained()
-        assert {a["id"] for a in answers} <= set(receiver.ids("user_activity"))
+        seen = Counter(int(m.group(1)) for e in receiver.events("system_log")
+                       if (m := re.search(r"held line (\d+)", e["data"]["message"])))
+        assert seen == Counter(range(n)), "each held line arrives exactly once (the checkpoint was spooled too)"

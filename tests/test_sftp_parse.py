@@ -9,7 +9,7 @@ import pytest
 
 from agent.events import stable_id
 from agent.schema import validate_data
-from collectors.sftp import SftpDeriver
+from collectors.derivers.sftp import SftpDeriver
 
 USER = "root"  # a user that exists everywhere, for relative-path resolution
 

@@ -1,92 +1,186 @@
-"""The shipper on a real spool with an injected sink (the transport seam of DESIGN.md)."""
+"""The shipper on a real spool, sending through a real HttpSink on an injected aiohttp session to a
+scripted backend on 127.0.0.1: each decision (retry, pause, split, dead letter) seen as behaviour."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 
-import orjson
+import aiohttp
 
-from agent.config import SinkConfig
-from agent.errors import RetryableShipError
-from agent.events import PRIORITY_AUDIT
-from agent.metrics import AgentMetrics
-from agent.shipper import Shipper
-from agent.spool import NewBatch, Spool
+from tests.scripted_backend import ScriptedBackend, ship_all, spool_with
+
+ALL_THREE = ["ev-0000-0000", "ev-0001-0000", "ev-0002-0000"]
 
 
-class FlakySink:
-    """Fails in the given ways, in order, then stores."""
+def _bug_session(failures: list[BaseException]) -> aiohttp.ClientSession:
+    """A session whose request hook raises the given bug-shaped exceptions, one per request, in order."""
 
-    def __init__(self, failures: list[BaseException]) -> None:
-        self.failures = list(failures)
-        self.stored: list[str] = []
+    async def on_request_start(session: object, ctx: object, params: object) -> None:
+        if failures:
+            raise failures.pop(0)
 
-    async def send(self, batch_id: str, payload: bytes, n_events: int) -> None:
-        if self.failures:
-            raise self.failures.pop(0)
-        self.stored.append(orjson.loads(payload)["batch_id"])
-
-    async def close(self) -> None:
-        return None
-
-
-def _run(tmp_path, sink, corrupt: int | None = None, **cfg):
-    async def main():
-        spool = Spool(tmp_path, 1 << 20)
-        ex = ThreadPoolExecutor(1)
-        for i in range(3):
-            body = NewBatch(f"b-{i:08d}", PRIORITY_AUDIT, 1, {"command": 1}, orjson.dumps([{"id": f"ev-{i:08d}"}]))
-            if i == corrupt:  # spooled deflated, then damaged
-                body = dataclasses.replace(body.packed(1), body=b"\xff\x00 not deflate")
-            spool.append([body])
-        metrics = AgentMetrics()
-        sc = SinkConfig(backoff_initial_s=0.01, backoff_max_s=0.05, **cfg)
-        sh = Shipper(spool, ex, sink, {"id": "a", "server": "s", "hostname": "h", "version": "0"}, sc, metrics)
-        task = asyncio.ensure_future(sh.run())
-        async with asyncio.timeout(30):
-            while spool.stats().batches:
-                await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        ex.shutdown()
-        metrics.dead = spool.dead_letters()
-        return metrics
-
-    return asyncio.run(main())
+    trace = aiohttp.TraceConfig()
+    trace.on_request_start.append(on_request_start)
+    return aiohttp.ClientSession(trace_configs=[trace])
 
 
 class TestShipperResilience:
     def test_an_unexpected_error_does_not_stop_shipping(self, tmp_path):
         """A bug-shaped exception from a send is logged and the batch tried again; all arrive in order."""
-        sink = FlakySink([ValueError("a bug"), RuntimeError("another")])
-        metrics = _run(tmp_path, sink)
-        assert sink.stored == ["b-00000000", "b-00000001", "b-00000002"]
-        assert metrics.value("alpacon_agent_ship_retries_total", {"reason": "internal_error"}) == 2
+
+        async def main():
+            async with ScriptedBackend() as backend, _bug_session([ValueError("a bug"), RuntimeError("x")]) as s:
+                run = await ship_all(spool_with(tmp_path, 3), backend, session=s)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ALL_THREE
+        assert run.metrics.value("alpacon_agent_ship_retries_total", {"reason": "internal_error"}) == 2
 
     def test_an_unreadable_spooled_body_is_dead_lettered_not_retried(self, tmp_path):
         """A stored body that cannot be inflated does not block the batches behind it: it goes
         to the dead letters, as stored, with the reason."""
-        sink = FlakySink([])
-        metrics = _run(tmp_path, sink, corrupt=1)
-        assert sink.stored == ["b-00000000", "b-00000002"]
-        assert [d["batch_id"] for d in metrics.dead] == ["b-00000001"]
-        assert "cannot be read" in metrics.dead[0]["reason"]
 
-    def test_retry_after_zero_still_backs_off(self):
+        async def main():
+            async with ScriptedBackend() as backend:
+                run = await ship_all(spool_with(tmp_path, 3, corrupt=1), backend, compression="none")
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ["ev-0000-0000", "ev-0002-0000"]
+        dead = run.spool.dead_letters()
+        assert [d["batch_id"] for d in dead] == ["b-00000001"]
+        assert "cannot be read" in dead[0]["reason"]
+
+    def test_an_unreadable_body_sent_as_gzip_is_refused_by_the_backend_and_dead_lettered(self, tmp_path):
+        """With gzip on, the damaged body goes out as it is stored; the backend's 400 dead-letters it."""
+
+        async def main():
+            async with ScriptedBackend() as backend:
+                run = await ship_all(spool_with(tmp_path, 3, corrupt=1), backend)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ["ev-0000-0000", "ev-0002-0000"]
+        dead = run.spool.dead_letters()
+        assert [(d["batch_id"], d["status"]) for d in dead] == [("b-00000001", 400)]
+
+
+class TestBackoff:
+    def test_retry_after_zero_still_backs_off(self, tmp_path):
         """Retry-After is honoured as a floor: "0" does not cut the exponential backoff short."""
-        from types import SimpleNamespace
 
-        sh = Shipper.__new__(Shipper)
-        sh.cfg = SinkConfig(backoff_initial_s=0.5, backoff_max_s=60)
-        from tenacity import wait_exponential_jitter
+        async def main():
+            async with ScriptedBackend([(429, {"Retry-After": "0"})] * 4) as backend:
+                run = await ship_all(spool_with(tmp_path, 1), backend, record_waits=True,
+                                     backoff_initial_s=0.5, backoff_max_s=60)
+            return backend, run
 
-        sh._backoff = wait_exponential_jitter(multiplier=0.5, max=60, jitter=0.5)
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ["ev-0000-0000"] and len(backend.seen) == 5
+        assert len(run.waits) == 4
+        assert [w >= 0.5 * 2**i for i, w in enumerate(run.waits)] == [True] * 4  # 0.5, 1, 2, 4 at least
+        assert run.metrics.value("alpacon_agent_ship_retries_total", {"reason": "429"}) == 4
 
-        def state(exc, n):
-            return SimpleNamespace(outcome=SimpleNamespace(exception=lambda: exc), attempt_number=n)
+    def test_retry_after_is_waited_and_its_absence_leaves_the_backoff(self, tmp_path):
+        """A 429 asking for 30 s is waited 30 s; a 503 without Retry-After waits the short backoff."""
 
-        assert sh._wait(state(RetryableShipError("429", 429, 0.0), 4)) >= 4.0  # 0.5 * 2**3
-        assert sh._wait(state(RetryableShipError("429", 429, 30.0), 1)) >= 30.0
-        assert sh._wait(state(RetryableShipError("503", 503, None), 1)) < 2.0
+        async def main():
+            answers = [(429, {"Retry-After": "30"}), (503, {})]
+            async with ScriptedBackend(answers) as backend:
+                run = await ship_all(spool_with(tmp_path, 1), backend, record_waits=True,
+                                     backoff_initial_s=0.5, backoff_max_s=60)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ["ev-0000-0000"]
+        assert run.waits[0] >= 30.0
+        assert run.waits[1] < 2.0
+        assert run.metrics.value("alpacon_agent_ship_retries_total", {"reason": "503"}) == 1
+
+    def test_connection_refused_is_retried_until_the_backend_is_up(self, tmp_path):
+        """No answer at all (nothing listening) is retried; once a backend listens, the batch is stored."""
+
+        async def main():
+            backend = ScriptedBackend()
+            await backend.start()
+            port = backend.port
+            await backend.stop()  # the port is known and nothing listens on it
+            starting: list[asyncio.Task[None]] = []
+
+            def on_wait(_: float) -> None:  # during the third wait, the backend comes up
+                if len(waits) == 3 and not starting:
+                    starting.append(asyncio.get_running_loop().create_task(backend.start(port)))
+
+            waits: list[float] = []
+            try:
+                run = await ship_all(spool_with(tmp_path, 1), backend, record_waits=True,
+                                     on_wait=lambda s: (waits.append(s), on_wait(s)))
+            finally:
+                await backend.stop()
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ["ev-0000-0000"]
+        assert run.metrics.value("alpacon_agent_ship_retries_total", {"reason": "no_answer"}) >= 3
+
+
+class TestDecisions:
+    def test_401_pauses_reloads_the_token_and_resumes(self, tmp_path):
+        """401 pauses shipping for auth_pause_s and keeps the data; the token file is read again,
+        and once the backend accepts the new token the batch is stored and the pause lifted."""
+        token = tmp_path / "token"
+        token.write_text("old-token")
+
+        def auth(doc, request):
+            return (200, {}) if request.headers.get("Authorization") == "Bearer new-token" else (401, {})
+
+        def rotate(_: float) -> None:
+            token.write_text("new-token")
+
+        async def main():
+            async with ScriptedBackend([auth, auth]) as backend:
+                run = await ship_all(spool_with(tmp_path / "s", 1), backend, record_waits=True, on_wait=rotate,
+                                     token_file=str(token), auth_pause_s=45)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert [s.status for s in backend.seen] == [401, 200]
+        assert run.waits == [45]
+        assert backend.stored_ids() == ["ev-0000-0000"]
+        assert run.shipper.paused_reason is None
+        assert run.metrics.value("alpacon_agent_shipping_paused") == 0
+        assert run.metrics.value("alpacon_agent_ship_retries_total", {"reason": "auth"}) == 1
+
+    def test_413_splits_until_parts_fit_and_keeps_order(self, tmp_path):
+        """A backend taking at most 3 events per request: a 10-event batch is halved until each
+        part fits; every event arrives once, in order, and nothing is dead-lettered."""
+
+        def at_most_3(doc, request):
+            return (413, {}) if doc and len(doc["events"]) > 3 else (200, {})
+
+        async def main():
+            async with ScriptedBackend([at_most_3] * 50) as backend:
+                run = await ship_all(spool_with(tmp_path, 2, events_per_batch=10), backend)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        expected = [f"ev-{b:04d}-{i:04d}" for b in range(2) for i in range(10)]
+        assert backend.stored_ids() == expected
+        assert run.spool.dead_letters() == []
+        assert 413 in [s.status for s in backend.seen]
+
+    def test_400_dead_letters_with_the_reason_and_the_next_batch_goes_on(self, tmp_path):
+        """Other 4xx: the batch goes to the dead letters with the status and the backend's words."""
+
+        async def main():
+            async with ScriptedBackend([(400, {})]) as backend:
+                run = await ship_all(spool_with(tmp_path, 3), backend)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        assert backend.stored_ids() == ALL_THREE[1:]
+        dead = run.spool.dead_letters()
+        assert [(d["batch_id"], d["status"]) for d in dead] == [("b-00000000", 400)]
+        assert "scripted answer" in dead[0]["reason"]
+        assert run.shipper.permanent_failures and "b-00000000" in run.shipper.permanent_failures[0]

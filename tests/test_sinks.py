@@ -78,7 +78,7 @@ class TestTokenInTheClear:
         from structlog.testing import capture_logs
 
         from agent.config import SinkConfig
-        from agent.sinks.http import HttpSink
+        from agent.shipping.sinks.http import HttpSink
 
         token = tmp_path / "token"
         token.write_text("secret-token-0123456789")

@@ -64,7 +64,7 @@ class TestSpoolCap:
         from concurrent.futures import ThreadPoolExecutor
 
         from agent.events import make_event, stable_id
-        from agent.pipeline import Batcher
+        from agent.pipeline.batcher import Batcher
         from agent.spool import Spool
         from agent.typing import Checkpoint
 

@@ -13,8 +13,8 @@ import orjson
 
 from agent.config import SyslogConfig
 from agent.schema import validate_data
-from collectors.syslog import SOURCE, SyslogFileCollector
-from collectors.tail import line_id
+from collectors.syslog.collector import SOURCE, SyslogFileCollector
+from collectors.syslog.tail import line_id
 from tests.parts import EmitRecorder, crash_then_run_again, run_once, until
 
 

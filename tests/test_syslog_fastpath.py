@@ -12,13 +12,14 @@ import orjson
 
 from agent.config import JournaldConfig, SyslogConfig
 from agent.events import stable_id
-from agent.pipeline import Enrich, Filter, Prepared, Validate
-from agent.redact import Redactor
+from agent.pipeline.encode import Prepared
+from agent.pipeline.processors import Enrich, Filter, Validate
+from agent.pipeline.redact import Redactor
 from agent.schema import validate_event
 from collectors.journald import TRUNCATION_MARKER, JournaldCollector
-from collectors.syslog import _BULK_ISO, _BULK_TRAD, SyslogFileCollector
-from collectors.syslog_parse import SyslogLineParser
-from collectors.tail import fingerprint, line_id
+from collectors.syslog.collector import SyslogFileCollector
+from collectors.syslog.parse import _BULK_ISO, _BULK_TRAD, SyslogLineParser
+from collectors.syslog.tail import fingerprint, line_id
 from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
 from tests.support import need
 
@@ -187,7 +188,7 @@ class TestSyslogFastPath:
     async def test_blocks_parsed_in_pieces_give_the_same_events(self, tmp_path: Path, monkeypatch) -> None:
         """A read block is parsed in pieces cut at line ends (a line longer than a piece makes a
         piece of its own): the same events as the line parser, pieces bulk or not."""
-        import collectors.syslog as syslog_mod
+        import collectors.syslog.collector as syslog_mod
 
         monkeypatch.setattr(syslog_mod, "_PIECE_BYTES", 500)
         longer = b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"y" * 800  # longer than a piece
@@ -266,7 +267,7 @@ class TestSegments:
     def test_runs_of_single_events_become_segments_in_order(self) -> None:
         """Runs of one kind are joined up to the event and byte limits; segments already made,
         other kinds and the order stay as they are."""
-        from collectors.journald import segmented
+        from agent.pipeline.encode import segmented
 
         def ev(i: int, kind: str = "system_log") -> tuple[str, bytes, int]:
             return (kind, orjson.dumps({"id": f"e{i:03d}", "kind": kind}), 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from agent.schema import validate_data
-from collectors.syslog_parse import SyslogLineParser, parse_line, parse_structured_data
+from collectors.syslog.parse import SyslogLineParser, parse_line, parse_structured_data
 
 
 def _valid(data: dict) -> dict:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 
 import pytest
 
-from agent.websh.inputline import EchoCheck, LineEditor, visible_text
-from agent.websh.marks import Mark, MarkParser, alt_screen_change
-from agent.websh.tracker import CommandRecord, CommandTracker, cap_command
+from collectors.websh.inputline import EchoCheck, LineEditor, TypedLine, visible_text
+from collectors.websh.marks import Mark, MarkParser, alt_screen_change
+from collectors.websh.tracker import CommandRecord, CommandTracker, cap_command
 
 NONCE = b"abc123"
 
@@ -131,10 +132,22 @@ class TestLineEditor:
         assert len(line.text) == 100 and line.truncated
 
     def test_garbage_input(self) -> None:
-        """Random bytes never crash the editor."""
-        e = LineEditor()
+        """Random bytes never crash the editor, and what comes out are capped lines without terminal
+        control bytes, no more of them than line ends were fed."""
+        rng = random.Random(20261201)
+        e = LineEditor(max_line_bytes=64)
+        lines: list[TypedLine] = []
+        ends = 0
         for _ in range(200):
-            e.feed(os.urandom(256))
+            chunk = rng.randbytes(256)
+            ends += chunk.count(b"\r") + chunk.count(b"\n")
+            lines += e.feed(chunk)
+        assert 0 < len(lines) <= ends
+        for line in lines:
+            # each kept byte becomes at most 4 characters ("\\xff" for a byte that is not UTF-8)
+            assert len(line.text) <= 4 * 64
+            assert not any(c in "\r\x1b\x7f" or (ord(c) < 0x20 and c not in "\t\n") for c in line.text), line
+        assert any(line.truncated for line in lines)
 
 
 class TestEchoCheck:

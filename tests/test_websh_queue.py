@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agent.websh.queue import Deliverer, DurableQueue, flush_queue
+from collectors.websh.queue import Deliverer, DurableQueue, flush_queue
 from tests.support import wait_until
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import os
 import zlib
+from datetime import datetime
 
 import orjson
 import pytest
 
 from agent import wire
+from tests.scripted_backend import ScriptedBackend, ship_all, spool_with
 
 AGENT = orjson.dumps({"id": "a-1", "server": "web-01", "hostname": "web-01", "version": "0.1.0"})
 BODIES = [
@@ -37,12 +40,24 @@ class TestWire:
         parsed = orjson.loads(doc)
         assert parsed["events"] == orjson.loads(body) and parsed["batch_id"] == "b-1" and parsed["schema"] == 1
 
-    def test_every_attempt_has_its_own_sent_at(self) -> None:
-        packed = wire.pack(BODIES[1], 1)
-        a = orjson.loads(gzip.decompress(wire.gzip_document(AGENT, "b", packed, 1, "2026-11-26T20:00:00.000Z")))
-        b = orjson.loads(gzip.decompress(wire.gzip_document(AGENT, "b", packed, 1, "2026-11-26T20:00:01.000Z")))
-        assert (a["sent_at"], b["sent_at"]) == ("2026-11-26T20:00:00.000Z", "2026-11-26T20:00:01.000Z")
-        assert a["events"] == b["events"]
+    @pytest.mark.parametrize("packed", [True, False], ids=["deflate-spooled", "json-spooled"])
+    def test_every_attempt_has_its_own_sent_at(self, tmp_path, packed: bool) -> None:
+        """The shipper sends a batch twice (the first answered 503): each body carries the time
+        of its own attempt, later for the retry, around the same events and batch id."""
+
+        async def main() -> ScriptedBackend:
+            async with ScriptedBackend([(503, {})]) as backend:
+                await ship_all(spool_with(tmp_path, 1, events_per_batch=3, packed=packed), backend,
+                               backoff_initial_s=0.05)
+            return backend
+
+        backend = asyncio.run(main())
+        first, second = (s.doc for s in backend.seen)
+        assert [s.status for s in backend.seen] == [503, 200]
+        assert first is not None and second is not None
+        assert first["sent_at"] != second["sent_at"]
+        assert datetime.fromisoformat(first["sent_at"]) < datetime.fromisoformat(second["sent_at"])
+        assert first["events"] == second["events"] and first["batch_id"] == second["batch_id"] == "b-00000000"
 
     def test_bad_stored_forms_raise_clear_errors(self) -> None:
         with pytest.raises(ValueError, match="unknown batch body codec"):
