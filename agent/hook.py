@@ -237,6 +237,8 @@ class HookServer:
                         discarding = False
                         await oversize()
                     elif line.strip():
+                        if self.batcher.push_full:  # stop reading producers until it has room
+                            await self.batcher.push_room()
                         await put(self._handle_line(line, peer))
                 if start:
                     del buf[:start]

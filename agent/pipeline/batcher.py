@@ -22,7 +22,7 @@ import structlog
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_BULK, new_id, priority_of
 from agent.pipeline.encode import Prepared
-from agent.pipeline.lanes import Lane, to_batches
+from agent.pipeline.lanes import Lane, resolve_when_durable, to_batches
 from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
 from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
@@ -68,6 +68,8 @@ class Batcher:
         self.on_flush = on_flush or (lambda batches, evictions: None)
         self.pull = Lane("pull", fail_fast=False)
         self.push = Lane("push", fail_fast=True)
+        #: set whenever the push lane has room again (see push_room)
+        self._push_room = asyncio.Event()
         self._locks = {"pull": asyncio.Lock(), "push": asyncio.Lock()}
         self._space = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -236,6 +238,22 @@ class Batcher:
             asyncio.ensure_future(self.flush_lane(lane))
         return event["id"], fut
 
+    @property
+    def push_full(self) -> bool:
+        """Whether the push lane holds WRITE_AHEAD batches' worth: producers wait (push_room)."""
+        lane = self.push
+        return lane.nevents >= self.max_events * WRITE_AHEAD or lane.nbytes >= self.max_bytes * WRITE_AHEAD
+
+    async def push_room(self) -> None:
+        """Wait until the push lane has room (the hook stops reading its producers meanwhile, so that
+        what waits in memory stays bounded)."""
+        while self.push_full:
+            self._push_room.clear()
+            if not self.push.flush_scheduled:
+                self.push.flush_scheduled = True
+                asyncio.ensure_future(self.flush_lane(self.push))
+            await self._push_room.wait()
+
     # -- flushing ------------------------------------------------------------------------------
     def _arm_timer(self) -> None:
         if self._timer is None or self._timer.done():
@@ -277,7 +295,8 @@ class Batcher:
         Pull lane: one batch, or up to WRITE_AHEAD full ones in one transaction (``drain``: all
         of them); while the spool is full the events are
         kept and this waits (or raises SpoolFull when ``wait_for_space`` is False). Push lane:
-        everything; a full spool fails the producers' future with SpoolFull and the events are
+        everything, as batches within the limits; the producers' future is resolved once the
+        commit is durable (Spool.durable); a full spool fails it with SpoolFull and the events are
         discarded (the producers were told *busy* and still hold them).
         """
         async with self._locks[lane.name]:
@@ -286,8 +305,10 @@ class Batcher:
             one_batch = False  # after a full spool: one batch per write, the most that may fit
             while lane.nevents or lane.checkpoints:
                 if lane.fail_fast:
+                    # everything pushed so far, in batches within the limits, in one transaction
                     taken, cps, fut = lane.take()
-                    batches = to_batches(taken)
+                    self._push_room.set()
+                    batches = to_batches(taken, self.max_events, self.max_bytes)
                 else:
                     # a pull lane may have grown past one batch while a write was waiting: up
                     # to WRITE_AHEAD full batches go in one transaction
@@ -329,7 +350,10 @@ class Batcher:
                             continue
                     raise
                 if fut is not None and not fut.done():
-                    fut.set_result(None)
+                    if lane.fail_fast:
+                        resolve_when_durable(fut, self.spool.durable())
+                    else:
+                        fut.set_result(None)
                 self.on_flush(batches, evictions)
                 if lane.fail_fast or (not drain and not self._full(lane)):
                     return
