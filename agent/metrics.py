@@ -9,9 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_log = structlog.get_logger("service")
 
 
 class AgentMetrics:
@@ -77,6 +80,20 @@ class AgentMetrics:
         if c is None:
             c = self._event_children[key] = self.events.labels(kind, outcome, source)
         return c
+
+    def spool_gauges(self, st: Any) -> None:
+        """Set the spool's gauges from its stats (agent.spool.SpoolStats)."""
+        self.spool_batches.set(st.batches)
+        self.spool_bytes.set(st.bytes)
+        self.spool_dead.set(st.dead_letters)
+
+    def count_evictions(self, evictions: list[Any]) -> None:
+        """Count and log the bulk batches the spool evicted to keep audit data."""
+        for ev in evictions:
+            self.evictions.inc()
+            for kind, n in ev.kinds.items():
+                self.events.labels(kind, "evicted", "spool").inc(n)
+            _log.warning("spool full: evicted a bulk batch to keep audit data", batch_id=ev.batch_id, kinds=ev.kinds)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         source = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

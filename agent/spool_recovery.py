@@ -272,3 +272,21 @@ def restore(db: sqlite3.Connection, found: Salvage) -> dict[str, Any]:
               checkpoints_kept=summary["checkpoints"], resume_from_oldest=summary["resume_from_oldest"],
               recoveries=recoveries)
     return summary
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether an error says the spool file is damaged (SQLite's CORRUPT or NOTADB), which only the
+    start-up check can mend: the agent exits so that it is started afresh."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return isinstance(exc, sqlite3.DatabaseError) and name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def resume_from_oldest(collectors: list[Any], checkpoints: dict[str, str]) -> None:
+    """After a recovery that could not keep the checkpoints: every source without one starts at
+    the oldest data it still has (``start_at: beginning``) instead of its end, so nothing written
+    meanwhile is skipped; what it sends again, the backend dedups."""
+    for c in collectors:
+        config = getattr(c, "config", None)
+        if getattr(config, "start_at", None) == "end" and getattr(c, "source", None) not in checkpoints:
+            c.config = config.model_copy(update={"start_at": "beginning"})  # type: ignore[union-attr]
+            log.warning("the spool lost this source's position: reading from its oldest data", source=c.source)
