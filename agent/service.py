@@ -142,9 +142,8 @@ class Agent:
         from collectors import build_collectors
 
         ctx = self._context(await self._db(self.spool.checkpoints))
-        self.collectors = build_collectors(self.cfg, ctx)
-        if self.spool.meta("resume_from_oldest") == "1":  # after a recovery that lost checkpoints
-            resume_from_oldest(self.collectors, ctx.checkpoints)
+        lost = self.spool.meta("resume_from_oldest") == "1"  # after a recovery that lost checkpoints
+        self.collectors = build_collectors(resume_from_oldest(self.cfg) if lost else self.cfg, ctx)
         for c in self.collectors:
             # each collector its own context, so that its events are counted under its name
             c.ctx = dataclasses.replace(

@@ -281,12 +281,14 @@ def is_corruption(exc: BaseException) -> bool:
     return isinstance(exc, sqlite3.DatabaseError) and name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
 
 
-def resume_from_oldest(collectors: list[Any], checkpoints: dict[str, str]) -> None:
-    """After a recovery that could not keep the checkpoints: every source without one starts at
-    the oldest data it still has (``start_at: beginning``) instead of its end, so nothing written
-    meanwhile is skipped; what it sends again, the backend dedups."""
-    for c in collectors:
-        config = getattr(c, "config", None)
-        if getattr(config, "start_at", None) == "end" and getattr(c, "source", None) not in checkpoints:
-            c.config = config.model_copy(update={"start_at": "beginning"})  # type: ignore[union-attr]
-            log.warning("the spool lost this source's position: reading from its oldest data", source=c.source)
+def resume_from_oldest(cfg: Any) -> Any:
+    """After a recovery that could not keep the checkpoints: the config with every source that
+    would start at its end (``start_at: end``) starting at the oldest data it still has instead,
+    so that nothing written meanwhile is skipped (the backend dedups what is sent again). A source
+    that has a checkpoint again is not affected: its position always wins over ``start_at``."""
+    sections = {}
+    for name, section in cfg.collectors:
+        if getattr(section, "start_at", None) == "end":
+            sections[name] = section.model_copy(update={"start_at": "beginning"})
+            log.warning("the spool lost the sources' positions: reading from the oldest data", collector=name)
+    return cfg.model_copy(update={"collectors": cfg.collectors.model_copy(update=sections)}) if sections else cfg

@@ -1212,7 +1212,8 @@ class TestShippingSupervised:
                        "data": {**GOOD["data"], "details": {"pad": os.urandom(3000).hex()}}} for i in range(200)]
             with HookClient(agent.socket) as c:
                 assert {a["status"] for a in c.request_many(events)} == {"ok"}
-            wait_until(lambda: agent.health()["spool"]["batches"] == 40, what="40 batches spooled")
+            # 5 events a batch at most (batch.max_events), so at least 40
+            wait_until(lambda: agent.health()["spool"]["batches"] >= 40, what="40 batches spooled")
             _checkpoint(agent.spool_path)
             page = _leaf_page(agent.spool_path)
             with open(agent.spool_path, "r+b") as f:
@@ -1235,8 +1236,8 @@ class TestShippingSupervised:
         assert len(recovered) == 1 and recovered[0]["level"] == "error"
         stored = {i for i in receiver.ids("user_activity") if i.startswith("page-")}
         missing = 200 - len(stored)
-        # only the batches on the destroyed page are gone (whole batches of 5), the rest shipped
-        assert 0 < missing < 100 and missing % 5 == 0, missing
+        # only the batches on the destroyed page are gone, the rest shipped
+        assert 0 < missing < 100, missing
         assert agent.metric("alpacon_agent_spool_recoveries_total") == 1
 
 
