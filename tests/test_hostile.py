@@ -1008,6 +1008,12 @@ class TestSpoolCorruption:
         expected = {e["id"] for bid, body in bodies.items() for e in json.loads(body)}
         assert len(stored & expected) == n * 20
         assert "Traceback" not in log
+        assert agent.metric("alpacon_agent_spool_recoveries_total") == 1
+        report = json.loads(agent.cli("doctor", "--json").stdout)
+        recovered = [r for r in report if r["name"] == "spool-recovered"]
+        assert len(recovered) == 1 and recovered[0]["status"] == "WARN"
+        assert "spool.db.corrupt-" in recovered[0]["detail"] and f"{n} batches" in recovered[0]["detail"]
+        assert [r["status"] for r in report if r["name"] == "spool"] == ["OK"]  # the fresh spool is sound
 
 
 class TestSupervision:
