@@ -146,7 +146,7 @@ class SpoolConfig(Section):
         default=268_435_456, ge=65_536, description="cap on the spooled batches' bytes as stored (deflated)"
     )
     synchronous: Literal["full", "normal"] = Field(
-        default="normal",
+        default="full",
         description="what a commit promises. normal: it survives a crash of the agent (kill -9, OOM), but a "
         "power loss or kernel crash may take the last seconds of commits back, hook oks included (the spool "
         "stays consistent; journald and files are re-read from the positions that remain). full: a hook "

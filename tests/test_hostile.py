@@ -726,6 +726,76 @@ class TestHookBatchLimits:
         assert peak_rss_mib(agent.proc.pid) < 200
 
 
+class LimitedAgent(AgentProcess):
+    """The agent under an address-space limit (``prlimit --as``), as under a memory cgroup or ulimit."""
+
+    limit_bytes = 0
+
+    def start(self, wait: bool = True, extra_args: tuple[str, ...] = ()) -> AgentProcess:
+        log = open(self.log_path, "ab")
+        env = {**os.environ, **self.env, "MALLOC_ARENA_MAX": "2"}
+        self.proc = subprocess.Popen(
+            [need_binary("prlimit"), f"--as={self.limit_bytes}", "--", str(BIN), "run", "--config",
+             str(self.config_path), *extra_args], stdout=log, stderr=log, env=env, start_new_session=True)
+        if wait:
+            self.wait_ready()
+        return self
+
+
+class TestShipperMemoryError:
+    """Issue 13 item 2: a batch whose split runs out of memory does not block the ones behind it."""
+
+    def test_a_batch_that_cannot_be_split_in_memory_is_dead_lettered_and_the_rest_ship(self, receiver, tmp_path):
+        """A 60 MB batch spooled by an older agent, a backend refusing bodies over 1 MB and an agent
+        whose address space ends 200 MiB past its idle size: the split's MemoryError is logged, the
+        batch goes to the dead letters after a few attempts, and the three batches behind it ship."""
+        import sqlite3
+
+        import orjson
+
+        from agent.spool import NewBatch, Spool
+        from tests.harness import agent_config
+
+        (tmp_path / "probe").mkdir()
+        probe = AgentProcess(tmp_path / "probe", agent_config(tmp_path / "probe", receiver))
+        probe.start()
+        assert probe.proc is not None
+        vm = next(int(ln.split()[1]) for ln in Path(f"/proc/{probe.proc.pid}/status").read_text().splitlines()
+                  if ln.startswith("VmPeak:")) * 1024
+        probe.stop()
+        (tmp_path / "agent").mkdir()
+        cfg = agent_config(tmp_path / "agent", receiver)
+        state = Path(cfg["state_dir"])
+        spool = Spool(state, 1 << 30)
+        big = orjson.dumps([{"id": f"legacy-{i:07d}", "kind": "system_log", "ts": "2026-12-01T00:00:00.000Z",
+                             "server": "s", "data": {"program": "p", "level": "info", "message": f"m {i}"}}
+                            for i in range(400_000)])
+        assert len(big) > 50_000_000
+        spool.append([NewBatch("legacy-huge", 0, 400_000, {"system_log": 400_000}, big).packed(1)])
+        for k in range(3):
+            body = orjson.dumps([{"id": f"behind-{k}-{i:03d}", "kind": "system_log", "ts": "2026-12-01T00:00:00.000Z",
+                                  "server": "s", "data": {"program": "p", "level": "info", "message": "x"}}
+                                 for i in range(10)])
+            spool.append([NewBatch(f"behind-{k}", 0, 10, {"system_log": 10}, body).packed(1)])
+        spool.close()
+        del big
+        receiver.faults(max_body_bytes=1_000_000)
+        agent = LimitedAgent(tmp_path / "agent", cfg)
+        agent.limit_bytes = vm + (200 << 20)
+        agent.start()
+        try:
+            wait_until(lambda: len([i for i in receiver.ids("system_log") if i.startswith("behind-")]) == 30,
+                       timeout=120, what="the batches behind the huge one shipped")
+        finally:
+            agent.stop()
+        db = sqlite3.connect(state / "spool.db")
+        dead = db.execute("SELECT batch_id, reason FROM dead_letters").fetchall()
+        db.close()
+        assert [d[0] for d in dead] == ["legacy-huge"] and "MemoryError" in dead[0][1], dead
+        log = agent.log_path.read_text()
+        assert "out of memory shipping a batch" in log and "a batch cannot be shipped; moved to dead letters" in log
+
+
 # -- the spool -------------------------------------------------------------------------------------
 
 
