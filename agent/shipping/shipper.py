@@ -31,8 +31,7 @@ from agent.spool import NewBatch, Spool, SpoolBatch
 log = structlog.get_logger("shipper")
 
 #: attempts at a batch whose shipping raises (a bug, MemoryError) before it is dead-lettered
-MEMORY_ERROR_ATTEMPTS = 3
-INTERNAL_ERROR_ATTEMPTS = 10
+MEMORY_ERROR_ATTEMPTS, INTERNAL_ERROR_ATTEMPTS = 3, 10
 
 #: spooled batches read ahead of the ones in flight, so that a send never waits for the spool's
 #: thread (busy with a write) to hand over the next batch; they are small (deflated)
@@ -301,6 +300,8 @@ class Shipper:
         try:
             events = orjson.loads(part.body.json())
         except (zlib.error, ValueError) as bad:
+            if "memory" in str(bad).lower():  # orjson's own out-of-memory: retried, then dead-lettered
+                raise MemoryError(f"splitting {part.batch_id}: {bad}") from None
             dead.append(_Refused(self._as_stored(part), f"the spooled body cannot be read: {bad}", action.status))
             return
         if len(events) <= 1:
