@@ -1164,6 +1164,28 @@ class TestSupervision:
         assert fatal == ["shipper: DatabaseError: database disk image is malformed"]
 
 
+    def test_a_failing_task_makes_health_and_status_say_why(self):
+        """While a supervised task is failing, /healthz is not ok and STATUS= leads with the reason;
+        a shipper that has not moved past its longest wait is stuck too."""
+        from agent.health import health_report, status_line, stuck_reason
+        from agent.spool import SpoolStats
+
+        class Shipping:
+            paused_reason = None
+            last_error = "connection refused"
+            last_success = None
+
+        st = SpoolStats(3, 100, 30, 5.0, 0, 0, 1 << 20)
+        assert stuck_reason({}, 0.0) is None
+        assert health_report(st, Shipping(), agent_id="a", server="s", collectors=[], stuck=None)["ok"] is True
+        why = stuck_reason({"shipper": "DatabaseError: database disk image is malformed"}, 0.0)
+        assert why == "shipper failed: DatabaseError: database disk image is malformed"
+        report = health_report(st, Shipping(), agent_id="a", server="s", collectors=[], stuck=why)
+        assert report["ok"] is False and report["stuck"] == why
+        assert status_line(0.0, 100, Shipping(), why).startswith("STUCK: shipper failed: DatabaseError")
+        assert "has not moved for 12 s" in (stuck_reason({}, 12.0) or "")
+
+
 class TestSpoolRowDamage:
     """Issue 13 items 3 and 4: damage inside a page that keeps its structure (quick_check passes)."""
 
