@@ -555,6 +555,17 @@ class TestHookSlots:
         assert _conns(agent, "evicted") == 1
 
 
+    def test_a_client_reconnects_after_an_idle_close(self, agent_factory, receiver):
+        """The agent closes a connection idle past hook.idle_timeout_s; the same HookClient's next
+        request opens a new one instead of failing."""
+        agent: AgentProcess = agent_factory(receiver, hook={"idle_timeout_s": 0.5})
+        agent.start()
+        with HookClient(agent.socket, timeout=10) as c:
+            assert c.emit(**GOOD)["status"] == "ok"
+            wait_until(lambda: _conns(agent, "idle_closed") == 1, timeout=10, what="the idle close")
+            assert c.emit(**GOOD)["status"] == "ok"
+
+
 EMITTER = r"""
 s = socket.socket(socket.AF_UNIX)
 try:
