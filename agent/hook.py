@@ -161,6 +161,10 @@ class HookServer:
             await self._serve_conn(reader, writer, conn)
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
+        except asyncio.CancelledError:
+            # close() ends the connections: ended quietly (3.11's stream callback would log a
+            # traceback for a task that ends cancelled)
+            pass
         finally:
             if conn is not None:
                 self._slots.release(conn)

@@ -85,7 +85,7 @@ class Agent:
         b = cfg.batch
         return Batcher(self.spool, self.executor, build_chain(cfg), max_events=b.max_events, max_bytes=b.max_bytes,
                        max_wait_ms=b.max_wait_ms, on_event=self._on_event, on_flush=self._on_flush,
-                       pack_level=cfg.sink.gzip_level)
+                       pack_level=cfg.sink.gzip_level, on_corrupt_spool=self._fatal)
 
     def _make_shipper(self, cfg: AgentConfig) -> Shipper:
         info = {"id": self.agent_id, "server": cfg.server, "hostname": socket.gethostname(), "version": __version__}
@@ -221,6 +221,7 @@ class Agent:
 
     def _fatal(self, reason: str) -> None:  # e.g. a corrupt spool: the start-up check mends it
         self.exit_code = 1
+        log.critical("the agent exits so that it is started afresh", reason=reason)
         sd_notify(f"STATUS=STOPPING after a failure: {reason[:300]}")
         self._stop.set()
 

@@ -128,8 +128,7 @@ class Supervisor:
             why = "a restart in process cannot mend it" if fatal else (
                 f"it failed {len(state.failures)} times in {self.window_s:.0f} s")
             state.problem = f"{reason} ({why})"
-            log.critical("task failed; the agent exits so that it is started afresh", task=state.name,
-                         reason=reason, why=why)
+            log.error("task failed and cannot be restarted in process", task=state.name, reason=reason, why=why)
             self.on_fatal(f"{state.name}: {reason}")
             return True
         return False

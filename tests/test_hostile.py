@@ -1350,6 +1350,37 @@ class TestShippingSupervised:
         assert agent.metric("alpacon_agent_spool_recoveries_total") == 1
 
 
+    def test_a_write_that_finds_the_spool_damaged_ends_the_agent(self, agent_factory, receiver):
+        """The page new batches go to is overwritten while the backend is down: the next push is
+        answered error (not ok), and the agent exits non-zero for the start-up check to mend it."""
+        import sqlite3
+
+        receiver.faults(force_status=503)
+        agent: AgentProcess = agent_factory(receiver, batch={"max_events": 5, "max_wait_ms": 20})
+        agent.start()
+        events = [{**GOOD, "id": f"write-{i:04d}", "data": {**GOOD["data"], "details": {"pad": "x" * 2000}}}
+                  for i in range(100)]
+        with HookClient(agent.socket) as c:
+            assert {a["status"] for a in c.request_many(events)} == {"ok"}
+        _checkpoint(agent.spool_path)
+        db = sqlite3.connect(f"file:{agent.spool_path}?mode=ro", uri=True)
+        (last,) = db.execute("SELECT pageno FROM dbstat WHERE name='batches' AND pagetype='leaf'"
+                             " ORDER BY path DESC LIMIT 1").fetchone()
+        db.close()
+        with open(agent.spool_path, "r+b") as f:
+            f.seek((last - 1) * 16384)
+            f.write(os.urandom(16384))
+        with HookClient(agent.socket, timeout=30) as c:
+            answer = c.emit(**GOOD)
+        assert answer["status"] == "error" and "malformed" in answer["reason"], answer
+        assert agent.proc is not None
+        assert agent.proc.wait(60) == 1
+        log = agent.log_path.read_text()
+        fatal = [json.loads(ln) for ln in log.splitlines() if "the agent exits so that it is started afresh" in ln]
+        assert len(fatal) == 1 and "malformed" in fatal[0]["reason"] and fatal[0]["level"] == "critical"
+        assert "Traceback" not in log
+
+
 class TestSourcesResumeAfterRecovery:
     """Issue 13 item 4: when the checkpoints did not survive, sources go back to the oldest data on
     disk (duplicates are harmless, losses are not)."""

@@ -26,6 +26,7 @@ from agent.pipeline.lanes import Lane, resolve_when_durable, to_batches
 from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
 from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
+from agent.spool_recovery import is_corruption
 from agent.typing import Checkpoint, Event, Item, Processor
 
 log = structlog.get_logger("pipeline")
@@ -53,6 +54,7 @@ class Batcher:
         on_event: Callable[[str, str, str, int], None] | None = None,
         on_flush: Callable[[list[NewBatch], list[Any]], None] | None = None,
         pack_level: int | None = 1,
+        on_corrupt_spool: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.spool = spool
         #: deflate level of spooled bodies (agent.wire.pack); None: spooled as JSON
@@ -66,6 +68,7 @@ class Batcher:
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
         self.on_event = on_event or (lambda kind, what, detail, n: None)
         self.on_flush = on_flush or (lambda batches, evictions: None)
+        self.on_corrupt_spool = on_corrupt_spool  # a write found the file damaged: the agent must restart
         self.pull = Lane("pull", fail_fast=False)
         self.push = Lane("push", fail_fast=True)
         #: set whenever the push lane has room again (see push_room)
@@ -245,8 +248,7 @@ class Batcher:
         return lane.nevents >= self.max_events * WRITE_AHEAD or lane.nbytes >= self.max_bytes * WRITE_AHEAD
 
     async def push_room(self) -> None:
-        """Wait until the push lane has room (the hook stops reading its producers meanwhile, so that
-        what waits in memory stays bounded)."""
+        """Wait until the push lane has room (the hook stops reading producers meanwhile: memory stays bounded)."""
         while self.push_full:
             self._push_room.clear()
             if not self.push.flush_scheduled:
@@ -337,6 +339,8 @@ class Batcher:
                     await self.wait_for_space(1.0)
                     continue
                 except BaseException as exc:
+                    if is_corruption(exc):
+                        self.on_corrupt_spool(f"spool write: {type(exc).__name__}: {exc}")
                     if fut is not None and not fut.done():
                         fut.set_exception(exc)
                     if not lane.fail_fast:
