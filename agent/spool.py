@@ -96,7 +96,8 @@ class Spool:
 
     FILENAME = "spool.db"
 
-    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, synchronous: str = "normal") -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, synchronous: str = "normal",
+                 recover: bool = True) -> None:
         self.path = Path(state_dir) / self.FILENAME
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes
@@ -107,7 +108,12 @@ class Spool:
             self._open()
             problem = spool_recovery.check(self._db)
         except sqlite3.DatabaseError as exc:  # not a database, or too damaged to open
+            if not spool_recovery.is_corruption(exc):
+                raise  # locked, I/O error, disk full …: not the file's fault
             problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None and not recover:  # only the agent itself moves a spool aside
+            self._db.close()
+            raise RuntimeError(f"{self.path} is damaged ({problem}); the agent moves it aside at its next start")
         if problem is not None:
             self._recover(problem)
         self._sync = WalSync(self.path) if synchronous == "full" else None

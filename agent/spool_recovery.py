@@ -82,7 +82,11 @@ def check(db: sqlite3.Connection) -> str | None:
                     return f"{table}: a row's columns have the wrong types"
         db.execute("SELECT source, position FROM checkpoints").fetchall()
         db.execute("SELECT key, value FROM meta").fetchall()
-    except (sqlite3.OperationalError, orjson.JSONDecodeError) as exc:
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise  # locked, I/O error …: not damage
+        return f"a row cannot be read: {exc}"
+    except orjson.JSONDecodeError as exc:
         return f"a row cannot be read: {exc}"
     return None
 

@@ -1068,6 +1068,18 @@ class TestSpoolCorruption:
         again.close()
         assert len(self._moved(tmp_path)) == 1
 
+    def test_the_spool_command_reports_damage_and_moves_nothing(self, agent_factory):
+        """``alpacon-agent spool`` on a damaged spool says so and leaves the file where it is: only the
+        agent's own start moves a spool aside (never from under a running agent)."""
+        agent: AgentProcess = agent_factory(None)
+        state = Path(agent.config["state_dir"])
+        state.mkdir(parents=True)
+        garbage = os.urandom(50_000)
+        (state / "spool.db").write_bytes(garbage)
+        r = agent.cli("spool")
+        assert r.returncode == 1 and "is damaged" in r.stderr and "Traceback" not in r.stderr
+        assert (state / "spool.db").read_bytes() == garbage and self._moved(state) == []
+
     def test_the_agent_starts_on_a_corrupt_spool_and_ships_what_was_salvaged(self, agent_factory, receiver):
         """The real agent on a truncated spool: it starts (hook up) instead of crash-looping, logs the
         recovery loudly, ships the salvaged events and takes new ones."""
