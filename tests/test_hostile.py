@@ -336,7 +336,9 @@ def peak_rss_mib(pid: int) -> float:
     """The process's peak resident set (VmHWM) in MiB, read from /proc."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+            mib = int(line.split()[1]) / 1024
+            print(f"peak RSS of pid {pid}: {mib:.1f} MiB")  # shown with pytest -s
+            return mib
     raise AssertionError(f"no VmHWM in /proc/{pid}/status")
 
 
