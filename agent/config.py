@@ -49,8 +49,12 @@ class SpoolConfig(Section):
         default=268_435_456, ge=65_536, description="cap on the spooled batches' bytes as stored (deflated)"
     )
     synchronous: Literal["full", "normal"] = Field(
-        default="normal",
-        description="SQLite synchronous mode in WAL: normal survives a process crash; full also power loss",
+        default="full",
+        description="what a commit promises. normal: it survives a crash of the agent (kill -9, OOM), but a "
+        "power loss or kernel crash may take the last seconds of commits back, hook oks included (the spool "
+        "stays consistent; journald and files are re-read from the positions that remain). full: a hook "
+        "producer is answered ok only once its event is on disk (a group-committed fsync of the WAL), so an "
+        "ok survives power loss too",
     )
 
 
@@ -64,7 +68,15 @@ class HookConfig(Section):
     #: who may push which kind, once connected
     push: PushPolicy = PushPolicy()
     max_message_bytes: int = Field(default=1_048_576, ge=1024)
-    max_connections: int = Field(default=256, ge=1)
+    max_connections: int = Field(default=256, ge=1, description="connections served at once, all peers together")
+    max_connections_per_uid: int = Field(
+        default=64, ge=1, description="connections one peer uid may hold; when all are taken, the uid holding "
+        "the most gives up its longest-idle one to a uid holding fewer"
+    )
+    idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=86_400, description="a connection that sends no whole message and reads no "
+        "answer for this long is closed"
+    )
 
 
 class HttpConfig(Section):

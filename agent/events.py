@@ -93,3 +93,12 @@ def make_event(kind: str, data: dict[str, Any], *, ts: str | None = None, id: st
     if id is not None:
         ev["id"] = id
     return ev
+
+
+def settings_change_event(agent_id: str, result: int, details: dict[str, Any]) -> Event:
+    """The agent's own reload as user activity of kind ``settings_change`` (result 200 or 500)."""
+    data = {"user": "root", "ip": None, "action": "settings_change", "result": result,
+            "details": {"service": "alpacon-agent", "what": "reload", **details}}
+    ev = make_event("user_activity", data)
+    ev["id"] = stable_id("settings", agent_id, ev["ts"], result)
+    return ev

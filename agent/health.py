@@ -34,11 +34,23 @@ def sd_notify(message: str) -> None:
         log.warning("sd_notify failed", error=str(exc))
 
 
+def stuck_reason(problems: dict[str, str], stalled_for: float) -> str | None:
+    """Why shipping makes no progress, or None while it does: a supervised task failing (it ended
+    and is being restarted) or a shipper that has not moved for longer than its waits explain."""
+    if problems:
+        return "; ".join(f"{task} failed: {why}" for task, why in sorted(problems.items()))
+    if stalled_for > 0:
+        return f"the shipper has not moved for {stalled_for:.0f} s past its longest wait"
+    return None
+
+
 def health_report(st: SpoolStats, shipping: ShippingState, *, agent_id: str, server: str,
-                  collectors: list[str]) -> dict[str, Any]:
-    """The ``/health`` answer: ok unless the backend refuses the credentials."""
+                  collectors: list[str], stuck: str | None = None) -> dict[str, Any]:
+    """The ``/health`` answer: ok unless the backend refuses the credentials or shipping is stuck
+    (``stuck``, see :func:`stuck_reason`)."""
     return {
-        "ok": shipping.paused_reason is None,
+        "ok": shipping.paused_reason is None and stuck is None,
+        "stuck": stuck,
         "version": __version__,
         "agent_id": agent_id,
         "server": server,
@@ -51,9 +63,11 @@ def health_report(st: SpoolStats, shipping: ShippingState, *, agent_id: str, ser
     }
 
 
-def status_line(rate: float, spool_bytes: int, shipping: ShippingState) -> str:
-    """systemd's STATUS= line: the event rate, the spool's size and the last shipment."""
+def status_line(rate: float, spool_bytes: int, shipping: ShippingState, stuck: str | None = None) -> str:
+    """systemd's STATUS= line: the event rate, the spool's size and the last shipment; first, when
+    shipping is stuck, why."""
     last = shipping.last_success
     ago = f"{time.time() - last:.0f}s ago" if last else "never"
     paused = " PAUSED: backend refuses credentials" if shipping.paused_reason else ""
-    return f"{rate:.0f} events/s, spool {spool_bytes / 1048576:.1f} MiB, last ship {ago}{paused}"
+    line = f"{rate:.0f} events/s, spool {spool_bytes / 1048576:.1f} MiB, last ship {ago}{paused}"
+    return f"STUCK: {stuck[:300]} | {line}" if stuck else line

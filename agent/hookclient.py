@@ -15,6 +15,7 @@ reading answers. Other ops (``exec`` …) are served by components that register
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 from collections.abc import Iterable
 from typing import Any
@@ -74,8 +75,20 @@ class HookClient:
         line, _, self._buf = self._buf.partition(b"\n")
         return orjson.loads(line)
 
+    def _closed_by_agent(self) -> bool:
+        """Whether the agent has closed this connection (it closes idle ones: hook.idle_timeout_s)."""
+        assert self._sock is not None
+        try:
+            readable, _, _ = select.select([self._sock], [], [], 0)
+            return bool(readable) and not self._buf and self._sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
+
     def request_many(self, messages: Iterable[dict[str, Any]], window: int = 512) -> list[dict[str, Any]]:
-        """Send messages pipelined (at most ``window`` unanswered) and return their answers in order."""
+        """Send messages pipelined (at most ``window`` unanswered) and return their answers in order.
+        A connection the agent closed while it was idle is opened again first."""
+        if self._sock is not None and self._closed_by_agent():
+            self.close()
         if self._sock is None:
             self.connect()
         assert self._sock is not None

@@ -9,9 +9,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_log = structlog.get_logger("service")
 
 
 class AgentMetrics:
@@ -34,6 +37,21 @@ class AgentMetrics:
         self.hook_requests = Counter(
             "alpacon_agent_hook_requests", "Hook API answers by status", ["op", "status"], registry=r
         )
+        self.hook_connections = Counter(
+            "alpacon_agent_hook_connections",
+            "Hook connections by what became of them (served, denied, busy, evicted, idle_closed, not_reading)",
+            ["outcome"], registry=r,
+        )
+        self.task_restarts = Counter(
+            "alpacon_agent_task_restarts",
+            "Unexpected ends of a long-lived task (each followed by a restart, or by the agent's exit)",
+            ["task"], registry=r,
+        )
+        self.spool_recoveries = Counter(
+            "alpacon_agent_spool_recoveries",
+            "Corrupt spools moved aside at start (and what of them could be read copied to a fresh one)",
+            registry=r,
+        )
         self.spool_bytes = Gauge("alpacon_agent_spool_bytes", "Bytes of batches in the spool", registry=r)
         self.spool_batches = Gauge("alpacon_agent_spool_batches", "Batches waiting in the spool", registry=r)
         self.spool_dead = Gauge("alpacon_agent_spool_dead_letters", "Batches in the dead-letter table", registry=r)
@@ -43,7 +61,9 @@ class AgentMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
-        self.retries = Counter("alpacon_agent_ship_retries", "Send attempts that will be retried", ["reason"], registry=r)
+        self.retries = Counter(
+            "alpacon_agent_ship_retries", "Send attempts that will be retried", ["reason"], registry=r
+        )
         self.last_ship = Gauge(
             "alpacon_agent_last_successful_ship_timestamp_seconds", "When a batch was last acknowledged", registry=r
         )
@@ -60,6 +80,20 @@ class AgentMetrics:
         if c is None:
             c = self._event_children[key] = self.events.labels(kind, outcome, source)
         return c
+
+    def spool_gauges(self, st: Any) -> None:
+        """Set the spool's gauges from its stats (agent.spool.SpoolStats)."""
+        self.spool_batches.set(st.batches)
+        self.spool_bytes.set(st.bytes)
+        self.spool_dead.set(st.dead_letters)
+
+    def count_evictions(self, evictions: list[Any]) -> None:
+        """Count and log the bulk batches the spool evicted to keep audit data."""
+        for ev in evictions:
+            self.evictions.inc()
+            for kind, n in ev.kinds.items():
+                self.events.labels(kind, "evicted", "spool").inc(n)
+            _log.warning("spool full: evicted a bulk batch to keep audit data", batch_id=ev.batch_id, kinds=ev.kinds)
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         source = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))

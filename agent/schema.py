@@ -86,3 +86,21 @@ def validate_data(kind: str, data: Any) -> None:
         _data_validator(kind)(data)
     except fastjsonschema.JsonSchemaValueException as exc:
         raise SchemaError(f"{kind}: {exc.message}") from None
+
+
+#: how deep a producer's JSON may nest (a message, a batch's event): deeper input is refused at
+#: parse time, before any code walks it recursively
+MAX_JSON_DEPTH = 32
+
+
+def json_depth_exceeds(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` (parsed JSON) nests objects and arrays more than ``limit`` deep (the outer
+    one counts as 1). Walks with its own stack: any depth is measured without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False

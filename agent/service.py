@@ -25,8 +25,8 @@ from agent import __version__
 from agent.collector import Collector, CollectorContext
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
-from agent.events import make_event, new_id, stable_id
-from agent.health import health_report, sd_notify, status_line
+from agent.events import new_id, settings_change_event
+from agent.health import health_report, sd_notify, status_line, stuck_reason
 from agent.hook import HookServer
 from agent.metrics import AgentMetrics, make_http_app
 from agent.pipeline.batcher import Batcher
@@ -34,6 +34,8 @@ from agent.pipeline.processors import build_chain
 from agent.shipping.shipper import Shipper
 from agent.shipping.sinks import build_sink
 from agent.spool import Spool
+from agent.spool_recovery import is_corruption, resume_from_oldest
+from agent.supervise import Supervisor
 from agent.typing import Checkpoint, Emit, EmitItems, Event, Item
 
 log = structlog.get_logger("service")
@@ -50,12 +52,16 @@ def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
 class Agent:
     """One running agent."""
 
+    exit_code = 0  # what run() returns: 1 after a failure a restart in process cannot mend (_fatal)
+
     def __init__(self, cfg: AgentConfig, config_path: str | None = None) -> None:
         self.cfg = cfg
         self.config_path = config_path
         self.metrics = AgentMetrics()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self.spool = Spool(cfg.state_dir, cfg.spool.max_bytes, cfg.spool.synchronous)
+        self.metrics.spool_recoveries.inc(self.spool.recovery is not None)
+        self.supervisor = Supervisor(self.metrics, self._fatal, is_fatal=is_corruption)
         agent_id = cfg.agent_id or self.spool.meta("agent_id")
         if agent_id is None:
             agent_id = new_id("agent")
@@ -70,7 +76,6 @@ class Agent:
         self._http_runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._reload_requested = asyncio.Event()
-        self._started = time.monotonic()
         self._received = 0
         self._rate = 0.0
         self.once = False
@@ -80,7 +85,7 @@ class Agent:
         b = cfg.batch
         return Batcher(self.spool, self.executor, build_chain(cfg), max_events=b.max_events, max_bytes=b.max_bytes,
                        max_wait_ms=b.max_wait_ms, on_event=self._on_event, on_flush=self._on_flush,
-                       pack_level=cfg.sink.gzip_level)
+                       pack_level=cfg.sink.gzip_level, on_corrupt_spool=self._fatal)
 
     def _make_shipper(self, cfg: AgentConfig) -> Shipper:
         info = {"id": self.agent_id, "server": cfg.server, "hostname": socket.gethostname(), "version": __version__}
@@ -93,11 +98,7 @@ class Agent:
             self._received += n
 
     def _on_flush(self, batches: list[Any], evictions: list[Any]) -> None:
-        for ev in evictions:
-            self.metrics.evictions.inc()
-            for kind, n in ev.kinds.items():
-                self.metrics.events.labels(kind, "evicted", "spool").inc(n)
-            log.warning("spool full: evicted a bulk batch to keep audit data", batch_id=ev.batch_id, kinds=ev.kinds)
+        self.metrics.count_evictions(evictions)
         self._update_spool_gauges()
         self.shipper.wake()
 
@@ -141,7 +142,8 @@ class Agent:
         from collectors import build_collectors
 
         ctx = self._context(await self._db(self.spool.checkpoints))
-        self.collectors = build_collectors(self.cfg, ctx)
+        lost = self.spool.meta("resume_from_oldest") == "1"  # after a recovery that lost checkpoints
+        self.collectors = build_collectors(resume_from_oldest(self.cfg) if lost else self.cfg, ctx)
         for c in self.collectors:
             # each collector its own context, so that its events are counted under its name
             c.ctx = dataclasses.replace(
@@ -212,30 +214,34 @@ class Agent:
     async def health(self) -> dict[str, Any]:
         st = await self._db(self.spool.stats)  # on the spool's thread, like every other use
         return health_report(st, self.shipper, agent_id=self.agent_id, server=self.cfg.server,
-                             collectors=[c.name for c in self.collectors])
+                             collectors=[c.name for c in self.collectors], stuck=self.stuck())
 
-    def status_line(self) -> str:
-        return status_line(self._rate, self.spool.bytes, self.shipper)
+    def stuck(self) -> str | None:
+        return stuck_reason(self.supervisor.problems(), self.shipper.stalled_for())
+
+    def _fatal(self, reason: str) -> None:  # e.g. a corrupt spool: the start-up check mends it
+        self.exit_code = 1
+        log.critical("the agent exits so that it is started afresh", reason=reason)
+        sd_notify(f"STATUS=STOPPING after a failure: {reason[:300]}")
+        self._stop.set()
 
     async def _housekeeping(self) -> None:
-        """WATCHDOG=1 from the event loop, STATUS= once a second, gauges."""
+        """WATCHDOG=1 from the event loop while shipping makes progress (or systemd restarts a stuck
+        agent), STATUS= once a second, gauges."""
         wd_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         wd_every = wd_usec / 2e6 if wd_usec else 5.0
         last_wd = 0.0
         last_count, last_t = self._received, time.monotonic()
         while True:
             now = time.monotonic()
-            if now - last_wd >= wd_every:
+            if now - last_wd >= wd_every and self.stuck() is None:
                 sd_notify("WATCHDOG=1")
                 last_wd = now
             if now - last_t >= 1.0:
                 self._rate = (self._received - last_count) / (now - last_t)
                 last_count, last_t = self._received, now
-                sd_notify(f"STATUS={self.status_line()}")
-                st = await self._db(self.spool.stats)
-                self.metrics.spool_batches.set(st.batches)
-                self.metrics.spool_bytes.set(st.bytes)
-                self.metrics.spool_dead.set(st.dead_letters)
+                sd_notify(f"STATUS={status_line(self._rate, self.spool.bytes, self.shipper, self.stuck())}")
+                self.metrics.spool_gauges(await self._db(self.spool.stats))
             await asyncio.sleep(min(wd_every, 1.0))
 
     async def start(self) -> None:
@@ -244,8 +250,8 @@ class Agent:
         if self.hook is not None:
             await self.hook.start()
         await self._start_http()
-        self._tasks.append(asyncio.create_task(self.shipper.run(), name="shipper"))
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self._tasks.append(self.supervisor.start("shipper", lambda: self.shipper.run()))
+        self._tasks.append(self.supervisor.start("housekeeping", self._housekeeping))
         await self._start_collectors()
         log.info(
             "agent started",
@@ -261,7 +267,11 @@ class Agent:
         await self._stop_collectors()
         if self.hook is not None:
             await self.hook.close()
-        ok = await self.batcher.flush(self.cfg.shutdown.flush_timeout_s)
+        try:
+            ok = await self.batcher.flush(self.cfg.shutdown.flush_timeout_s)
+        except Exception as exc:  # noqa: BLE001 - a broken spool must not turn the stop into a crash
+            log.error("could not flush into the spool on stop", error=f"{type(exc).__name__}: {exc}")
+            ok = True
         if not ok:
             log.error("could not flush everything into the spool before the deadline (spool full)")
         await self.batcher.close()
@@ -282,7 +292,7 @@ class Agent:
         loop.add_signal_handler(signal.SIGHUP, self._reload_requested.set)
         await self.start()
         sd_notify("READY=1")
-        sd_notify(f"STATUS={self.status_line()}")
+        sd_notify(f"STATUS={status_line(self._rate, self.spool.bytes, self.shipper, self.stuck())}")
         while not self._stop.is_set():
             waiters = [asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._reload_requested.wait())]
             await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -294,8 +304,8 @@ class Agent:
         sd_notify("STOPPING=1")
         log.info("stopping")
         await self.shutdown()
-        log.info("stopped")
-        return 0
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     # -- reload ------------------------------------------------------------------------------
     async def reload(self) -> bool:
@@ -332,14 +342,14 @@ class Agent:
         # the sink: a new shipper when anything about it changed
         if new.sink != old.sink or new.server != old.server:
             for t in self._tasks:
-                if t.get_name() == "shipper":
+                if t.get_name() == "supervised:shipper":
                     t.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await t
-            self._tasks = [t for t in self._tasks if t.get_name() != "shipper"]
+            self._tasks = [t for t in self._tasks if t.get_name() != "supervised:shipper"]
             await self.shipper.sink.close()
             self.shipper = self._make_shipper(new)
-            self._tasks.append(asyncio.create_task(self.shipper.run(), name="shipper"))
+            self._tasks.append(self.supervisor.start("shipper", lambda: self.shipper.run()))
         if new.hook != old.hook and self.hook is not None:
             await self.hook.close()
             self.hook = None
@@ -359,11 +369,7 @@ class Agent:
 
     async def _record_settings_change(self, result: int, details: dict[str, Any]) -> None:
         """The agent's own reloads are user activity of kind ``settings_change``."""
-        data = {"user": "root", "ip": None, "action": "settings_change", "result": result,
-                "details": {"service": "alpacon-agent", "what": "reload", **details}}
-        ev = make_event("user_activity", data)
-        ev["id"] = stable_id("settings", self.agent_id, ev["ts"], result)
-        await self.batcher.emit([ev], None, "agent")
+        await self.batcher.emit([settings_change_event(self.agent_id, result, details)], None, "agent")
 
     # -- one-shot ----------------------------------------------------------------------------
     async def run_once(self, timeout: float) -> tuple[bool, str]:

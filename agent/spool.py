@@ -7,6 +7,16 @@ room can be made, :class:`~agent.errors.SpoolFull` is raised and nothing is writ
 
 All methods are synchronous and must be called from one thread (the service runs them on
 a single-thread executor); the byte total is tracked in memory.
+
+At start the file is checked (agent.spool_recovery): a corrupt spool is moved aside, what can
+be read of it is copied into a fresh one, and ``Spool.recovery`` says what happened.
+
+``synchronous`` says what a commit promises. ``normal``: it survives a crash of the agent
+(kill -9, OOM); a power loss or kernel crash may take the last seconds of commits back (the
+file stays consistent, pull sources re-read from their committed positions, but a producer's
+``ok`` may be lost). ``full``: additionally every commit answered to a producer (:meth:`durable`)
+is on disk before the answer — a group-committed fsync (agent.spool_sync) — so ``ok`` survives
+power loss too.
 """
 
 from __future__ import annotations
@@ -16,15 +26,20 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent import spool_recovery
 from agent.errors import SpoolFull
 from agent.events import PRIORITY_AUDIT, PRIORITY_BULK
+from agent.spool_sync import WalSync
+from agent.spool_types import Eviction, NewBatch, SpoolBatch, SpoolStats
 from agent.typing import Checkpoint
-from agent.wire import CODEC_JSON, Packed, pack, unpack
+
+__all__ = ["Eviction", "NewBatch", "Spool", "SpoolBatch", "SpoolStats"]
+
 
 SCHEMA_VERSION = 2
 #: columns added since schema 1 (to both body tables, by ``_migrate``, also in a new file): a
@@ -67,88 +82,13 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 
-class _StoredBody:
-    """What a batch's ``body``, ``codec``, ``raw_bytes`` and ``crc`` give (agent.wire)."""
-
-    __slots__ = ()
-    body: bytes
-    codec: str
-    raw_bytes: int
-    crc: int
-
-    def json(self) -> bytes:
-        """The JSON array of the events."""
-        return unpack(self.codec, self.body)
-
-    def packed_body(self) -> Packed:
-        return Packed(self.codec, self.body, self.raw_bytes, self.crc)
+_PENDING_COLS = "batch_id, priority, created, n_events, kinds, body, attempts, codec, raw_bytes, crc"
 
 
-@dataclass(frozen=True, slots=True)
-class NewBatch(_StoredBody):
-    """A batch about to be spooled: ``body`` is the JSON array of its events in ``codec``
-    (see agent.wire: ``json`` as it is, or ``deflate`` with its JSON length and CRC)."""
-
-    batch_id: str
-    priority: int
-    n_events: int
-    kinds: dict[str, int]
-    body: bytes
-    codec: str = CODEC_JSON
-    raw_bytes: int = 0
-    crc: int = 0
-
-    def packed(self, level: int) -> NewBatch:
-        """This batch with its body deflated (agent.wire.pack)."""
-        if self.codec != CODEC_JSON:
-            return self
-        p = pack(self.body, level)
-        return NewBatch(self.batch_id, self.priority, self.n_events, self.kinds, p.data, p.codec, p.raw_bytes, p.crc)
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolBatch(_StoredBody):
-    """A spooled batch waiting to be shipped."""
-
-    seq: int
-    batch_id: str
-    priority: int
-    created: float
-    n_events: int
-    kinds: dict[str, int]
-    body: bytes
-    attempts: int
-    codec: str = CODEC_JSON
-    raw_bytes: int = 0
-    crc: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    """A bulk batch dropped to make room for audit data."""
-
-    batch_id: str
-    n_events: int
-    kinds: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolStats:
-    batches: int
-    bytes: int
-    events: int
-    oldest_age_s: float | None
-    dead_letters: int
-    dead_events: int
-    max_bytes: int
-
-    @classmethod
-    def of(cls, db: sqlite3.Connection, max_bytes: int) -> SpoolStats:
-        n, events, oldest, nbytes, dn, devents = db.execute(
-            "SELECT COUNT(*), TOTAL(n_events), MIN(created), TOTAL(bytes), (SELECT COUNT(*) FROM dead_letters),"
-            " (SELECT TOTAL(n_events) FROM dead_letters) FROM batches").fetchone()
-        age = None if oldest is None else time.time() - oldest
-        return cls(n, int(nbytes), int(events), age, dn, int(devents), max_bytes)
+def _pending_batch(r: tuple[Any, ...]) -> SpoolBatch:
+    if not (isinstance(r[1], str) and isinstance(r[8], str) and isinstance(r[6], bytes)):
+        raise TypeError(f"batch {r[0]}: a column has the wrong type")
+    return SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], r[8], r[9], r[10])
 
 
 class Spool:
@@ -156,17 +96,39 @@ class Spool:
 
     FILENAME = "spool.db"
 
-    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, synchronous: str = "normal") -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], max_bytes: int, synchronous: str = "normal",
+                 recover: bool = True) -> None:
         self.path = Path(state_dir) / self.FILENAME
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes
+        #: what the start-up check found and salvaged (None: the spool was sound)
+        self.recovery: dict[str, Any] | None = None
+        problem = None
+        try:
+            self._open()
+            problem = spool_recovery.check(self._db)
+        except sqlite3.DatabaseError as exc:  # not a database, or too damaged to open
+            if not spool_recovery.is_corruption(exc):
+                raise  # locked, I/O error, disk full …: not the file's fault
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem is not None and not recover:  # only the agent itself moves a spool aside
+            self._db.close()
+            raise RuntimeError(f"{self.path} is damaged ({problem}); the agent moves it aside at its next start")
+        if problem is not None:
+            self._recover(problem)
+        self._sync = WalSync(self.path) if synchronous == "full" else None
+        if self._sync is not None:
+            self._sync.barrier()
+
+    def _open(self) -> None:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         os.chmod(self.path, 0o600)
         # larger pages: a batch body spans fewer overflow pages, so insert and delete touch less
         # (takes effect only when the file is new)
         self._db.execute("PRAGMA page_size=16384")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        # commits are made durable, when asked, by an fsync of their own (durable())
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_DDL)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -174,6 +136,16 @@ class Spool:
             raise RuntimeError(f"{self.path}: spool schema {row[0]} is newer than this agent ({SCHEMA_VERSION})")
         self._migrate()
         self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        self.resync()
+
+    def _recover(self, problem: str) -> None:
+        """Move the corrupt file aside, open a fresh one and copy into it what can be read."""
+        if getattr(self, "_db", None) is not None:
+            self._db.close()
+        moved = spool_recovery.move_aside(self.path)
+        found = spool_recovery.salvage(moved, problem)
+        self._open()
+        self.recovery = spool_recovery.restore(self._db, found)
         self.resync()
 
     def _migrate(self) -> None:
@@ -197,7 +169,18 @@ class Spool:
             self._bytes[prio] = self._bytes.get(prio, 0) + int(total)
 
     def close(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
         self._db.close()
+
+    def durable(self) -> Future[None]:
+        """Done once every commit made so far survives power loss (at once with ``synchronous:
+        normal``, which does not promise that); failed with the OSError when the disk refused."""
+        if self._sync is None:
+            done: Future[None] = Future()
+            done.set_result(None)
+            return done
+        return self._sync.request()
 
     def meta(self, key: str, default: str | None = None) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
@@ -284,16 +267,24 @@ class Spool:
 
     # -- reading and acknowledging -------------------------------------------------------
     def pending(self, limit: int, after_seq: int = 0) -> list[SpoolBatch]:
-        """Up to ``limit`` batches after ``after_seq``, oldest first."""
-        rows = self._db.execute(
-            "SELECT seq, batch_id, priority, created, n_events, kinds, body, attempts, codec, raw_bytes, crc"
-            " FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after_seq, limit),
-        ).fetchall()
-        return [
-            SpoolBatch(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7], r[8], r[9], r[10])
-            for r in rows
-        ]
+        """Up to ``limit`` batches after ``after_seq``, oldest first. A row that cannot be read (its
+        text damaged on disk) is set aside among the dead letters, loudly, not raised: one bad row
+        must not stop shipping the others."""
+        query = (f"SELECT seq, {_PENDING_COLS} FROM batches WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))
+        try:
+            return [_pending_batch(r) for r in self._db.execute(*query).fetchall()]
+        except (sqlite3.OperationalError, ValueError, TypeError):
+            pass  # read them one by one, below
+        out = []
+        for (seq,) in self._db.execute("SELECT seq FROM batches WHERE seq > ? ORDER BY seq LIMIT ?",
+                                       (after_seq, limit)).fetchall():
+            try:
+                out.append(_pending_batch(self._db.execute(f"SELECT seq, {_PENDING_COLS} FROM batches WHERE seq=?",
+                                                           (seq,)).fetchone()))
+            except (sqlite3.OperationalError, ValueError, TypeError) as exc:
+                prio, size = spool_recovery.set_aside(self._db, seq, f"unreadable spool row: {exc}")
+                self._bytes[prio] = self._bytes.get(prio, 0) - size
+        return out
 
     def ack(self, seq: int) -> bool:
         """Delete a shipped batch; False when it was gone already (evicted meanwhile)."""
@@ -369,7 +360,8 @@ class Spool:
         db.execute("BEGIN IMMEDIATE")
         try:
             rows = db.execute(
-                "SELECT seq, batch_id, n_events, bytes, kinds, body, codec, raw_bytes, crc FROM dead_letters ORDER BY seq"
+                "SELECT seq, batch_id, n_events, bytes, kinds, body, codec, raw_bytes, crc FROM dead_letters"
+                " ORDER BY seq"
             ).fetchall()
             now = time.time()
             for seq, batch_id, n, size, kinds, body, codec, raw_bytes, crc in rows:

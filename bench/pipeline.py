@@ -4,7 +4,12 @@ Prints events/s, the agent's CPU seconds per 100k events and its peak and anonym
 beside the receiver's own ingest rate measured in the same run (the same batches POSTed
 straight to it), so the ratio is stable on a shared, noisy machine.
 
-    .venv/bin/python bench/pipeline.py [--events 200000] [--sync normal|full] [--receiver-mode count|store]
+    .venv/bin/python bench/pipeline.py [--events 200000] [--sync normal|full|compare] [--receiver-mode count|store]
+
+``--sync compare`` runs agents with ``spool.synchronous`` normal and full in turn (``--rounds``
+each) against the same receiver and prints the ratio full / normal: the price of an ``ok`` that
+survives power loss, measured in one run. ``--state-root DIR`` puts the spools on DIR's file
+system (the default, a temp dir, may be a tmpfs, where an fsync costs nothing).
 """
 
 from __future__ import annotations
@@ -12,7 +17,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -105,77 +112,102 @@ def produce(sock_path: str, lines: list[bytes], answers: list[int]) -> None:
     answers.append(ok)
 
 
+def run_agent(rx: ReceiverProcess, root: Path, lines: list[bytes], batch: int, sync: str) -> dict | None:
+    """One agent, fed ``lines`` through the hook until the receiver has them all: its figures."""
+    n = len(lines)
+    base_count = receiver_stats(rx)["received"]
+    d = Path(tempfile.mkdtemp(prefix=f"agent-{sync}-", dir=root))
+    cfg = agent_config(d, rx, batch={"max_events": batch, "max_bytes": 4 << 20, "max_wait_ms": 200},
+                       spool={"synchronous": sync})
+    (d / "agent.yaml").write_text(yaml.safe_dump(cfg))
+    log = open(d / "agent.log", "wb")
+    proc = subprocess.Popen([str(BIN / "alpacon-agent"), "run", "--config", str(d / "agent.yaml")],
+                            stdout=log, stderr=log)
+    while not os.path.exists(cfg["hook"]["socket"]):
+        if proc.poll() is not None:
+            print((d / "agent.log").read_text(), file=sys.stderr)
+            return None
+        time.sleep(0.05)
+    ps = psutil.Process(proc.pid)
+    cpu0 = sum(ps.cpu_times()[:2])
+    answers: list[int] = []
+    t0 = time.perf_counter()
+    producer = threading.Thread(target=produce, args=(cfg["hook"]["socket"], lines, answers))
+    producer.start()
+    peak_anon = 0
+    while True:
+        st = receiver_stats(rx)
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("RssAnon:"):
+                    peak_anon = max(peak_anon, int(line.split()[1]))
+        except OSError:
+            pass
+        if st["received"] - base_count >= n:
+            break
+        if proc.poll() is not None:
+            print("agent died:", (d / "agent.log").read_text()[-2000:], file=sys.stderr)
+            return None
+        time.sleep(0.02)
+    elapsed = time.perf_counter() - t0
+    producer.join()
+    cpu = sum(ps.cpu_times()[:2]) - cpu0
+    status = Path(f"/proc/{proc.pid}/status").read_text()
+    hwm = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:"))
+    proc.terminate()
+    proc.wait(30)
+    return {"sync": sync, "rate": n / elapsed, "cpu": cpu, "hwm": hwm, "peak_anon": peak_anon,
+            "ok": answers[0] if answers else 0}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--sync", choices=["normal", "full"], default="normal")
+    ap.add_argument("--sync", choices=["normal", "full", "compare"], default="normal",
+                    help="spool.synchronous; compare: both, alternating, and the ratio full / normal")
+    ap.add_argument("--rounds", type=int, default=3, help="with --sync compare: runs of each")
+    ap.add_argument("--state-root", help="where the agents' state directories go (default: a temp dir)")
     ap.add_argument("--receiver-mode", choices=["count", "store"], default="count")
     args = ap.parse_args()
     n = args.events
+    modes = ["normal", "full"] * args.rounds if args.sync == "compare" else [args.sync]
+    runs: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         tmp_p = Path(tmp)
+        root = Path(tempfile.mkdtemp(prefix="bench-pipeline-", dir=args.state_root)) if args.state_root else tmp_p
         rx = ReceiverProcess(tmp_p / "rx", mode=args.receiver_mode).start()
         try:
             direct_rate = asyncio.run(direct_ingest(rx, n, args.batch))
-            base_count = receiver_stats(rx)["received"]
-            d = tmp_p / "agent"
-            d.mkdir()
-            cfg = agent_config(d, rx, batch={"max_events": args.batch, "max_bytes": 4 << 20, "max_wait_ms": 200},
-                               spool={"synchronous": args.sync})
-            (d / "agent.yaml").write_text(yaml.safe_dump(cfg))
-            log = open(d / "agent.log", "wb")
-            proc = subprocess.Popen([str(BIN / "alpacon-agent"), "run", "--config", str(d / "agent.yaml")],
-                                    stdout=log, stderr=log)
-            while not os.path.exists(cfg["hook"]["socket"]):
-                if proc.poll() is not None:
-                    print((d / "agent.log").read_text(), file=sys.stderr)
-                    return 1
-                time.sleep(0.05)
-            ps = psutil.Process(proc.pid)
-            cpu0 = sum(ps.cpu_times()[:2])
-            answers: list[int] = []
             lines = encode(n)
-            t0 = time.perf_counter()
-            producer = threading.Thread(target=produce, args=(cfg["hook"]["socket"], lines, answers))
-            producer.start()
-            peak_anon = 0
-            while True:
-                st = receiver_stats(rx)
-                try:
-                    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                        if line.startswith("RssAnon:"):
-                            peak_anon = max(peak_anon, int(line.split()[1]))
-                except OSError:
-                    pass
-                if st["received"] - base_count >= n:
-                    break
-                if proc.poll() is not None:
-                    print("agent died:", (d / "agent.log").read_text()[-2000:], file=sys.stderr)
+            for i, sync in enumerate(modes):
+                # fresh ids each run: the receiver stores (or counts) every one again
+                run_lines = lines if i == 0 else [ln.replace(b'"id":"', b'"id":"r%d-' % i, 1) for ln in lines]
+                r = run_agent(rx, root, run_lines, args.batch, sync)
+                if r is None:
                     return 1
-                time.sleep(0.02)
-            elapsed = time.perf_counter() - t0
-            producer.join()
-            cpu = sum(ps.cpu_times()[:2]) - cpu0
-            status = Path(f"/proc/{proc.pid}/status").read_text()
-            hwm = next(int(x.split()[1]) for x in status.splitlines() if x.startswith("VmHWM:"))
-            proc.terminate()
-            proc.wait(30)
+                runs.append(r)
             final = receiver_stats(rx)
         finally:
             rx.stop()
-    rate = n / elapsed
-    print(f"events:                         {n}  (batch {args.batch}, spool synchronous={args.sync}, "
-          f"receiver mode {args.receiver_mode})")
-    print(f"answered ok:                    {answers[0] if answers else 0}")
-    print(f"end to end:                     {rate:,.0f} events/s")
+            if args.state_root:
+                shutil.rmtree(root, ignore_errors=True)
+    print(f"events:                         {n} a run (batch {args.batch}, receiver mode {args.receiver_mode})")
     print(f"receiver's own ingest (direct): {direct_rate:,.0f} events/s")
-    print(f"ratio end-to-end / receiver:    {rate / direct_rate:.2f}")
-    print(f"agent CPU:                      {cpu / n * 100_000:.2f} s per 100k events")
-    print(f"agent peak RSS:                 {hwm / 1024:.1f} MiB (anonymous peak {peak_anon / 1024:.1f} MiB)")
+    for r in runs:
+        print(f"spool synchronous={r['sync']:<6}        {r['rate']:,.0f} events/s end to end "
+              f"(ratio to the receiver {r['rate'] / direct_rate:.2f}), answered ok {r['ok']}, "
+              f"agent CPU {r['cpu'] / n * 100_000:.2f} s per 100k, peak RSS {r['hwm'] / 1024:.1f} MiB "
+              f"(anonymous {r['peak_anon'] / 1024:.1f} MiB)")
+    if args.sync == "compare":
+        best = {m: max(r["rate"] for r in runs if r["sync"] == m) for m in ("normal", "full")}
+        # each full run against the normal run just before it: the two saw the same machine load
+        pairs = [runs[i + 1]["rate"] / runs[i]["rate"] for i in range(0, len(runs) - 1, 2)]
+        print(f"full / normal:                  {statistics.median(pairs):.2f} (median of the pairs "
+              f"{', '.join(f'{p:.2f}' for p in pairs)}), {best['full'] / best['normal']:.2f} (best of each)")
     if final.get("duplicates"):
         print(f"receiver duplicates:            {final['duplicates']}")
-    return 0 if answers and answers[0] == n else 1
+    return 0 if all(r["ok"] == n for r in runs) else 1
 
 
 if __name__ == "__main__":

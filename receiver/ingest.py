@@ -13,7 +13,7 @@ import orjson
 import structlog
 from aiohttp import web
 
-from agent.schema import SchemaError
+from agent.schema import MAX_JSON_DEPTH, SchemaError, json_depth_exceeds
 from receiver.errors import IngestError, StoreError
 from receiver.state import DROPPED, STATE, error_response, json_response
 from receiver.validation import check_batch as validate_batch
@@ -84,11 +84,20 @@ async def drain(request: web.Request, limit: int) -> None:
             return
 
 
+#: a batch > its events > an event: two levels above an event's own, which may nest as deep as a
+#: hook message (agent.schema.MAX_JSON_DEPTH)
+MAX_BATCH_DEPTH = MAX_JSON_DEPTH + 2
+
+
 def parse_batch(body: bytes) -> Any:
+    """The batch parsed, or a 400 saying why not (not JSON, nested deeper than MAX_BATCH_DEPTH)."""
     try:
-        return orjson.loads(body)
+        batch = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise IngestError(400, f"body is not valid JSON: {exc}") from None
+    if json_depth_exceeds(batch, MAX_BATCH_DEPTH):
+        raise IngestError(400, f"body nests deeper than {MAX_BATCH_DEPTH} levels")
+    return batch
 
 
 def check_batch(batch: Any) -> None:

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import socket
 import sqlite3
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.cli.args import add_config_arg
@@ -296,11 +298,13 @@ def check_spool(cfg: AgentConfig) -> list[CheckResult]:
         check, stats = Spool.read_stats(path, cfg.spool.max_bytes)
     except sqlite3.Error as exc:
         return [fail("spool", f"{path} is not a readable SQLite spool: {exc}",
-                     f"stop the agent and move {path} aside (its pending batches are lost)")] + out
+                     "systemctl restart alpacon-agent (at start it moves a damaged spool aside and keeps "
+                     "what can be read)")] + out
     if check != ["ok"]:
         first = "; ".join(check[:3])
         return [fail("spool", f"{path} is damaged: {first}",
-                     f"stop the agent, back up and move {path} aside, start it again")] + out
+                     "systemctl restart alpacon-agent (at start it moves a damaged spool aside and keeps "
+                     "what can be read)")] + out
     age = f", oldest {max(0.0, stats.oldest_age_s):.0f} s old" if stats.oldest_age_s is not None else ""
     out.insert(0, ok("spool", f"{path} intact, {stats.batches} batches pending ({stats.bytes} bytes "
                      f"of {cfg.spool.max_bytes}{age})"))
@@ -332,6 +336,28 @@ def check_provenance(cfg: AgentConfig) -> list[CheckResult]:
     return [ok("provenance", "audit rows only from journal lines whose sender fits their program")]
 
 
+def check_spool_recovery(cfg: AgentConfig) -> list[CheckResult]:
+    """Damaged spools the agent moved aside at start, with what the last recovery salvaged and lost."""
+    path = spool_path(cfg)
+    kept = sorted(p for p in path.parent.glob(f"{path.name}.corrupt-*") if not p.name.endswith(("-wal", "-shm")))
+    if not kept:
+        return []
+    last: dict[str, Any] = {}
+    with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
+            row = db.execute("SELECT value FROM meta WHERE key='last_recovery'").fetchone()
+            last = json.loads(row[0]) if row else {}
+    detail = f"{len(kept)} damaged spool file(s) moved aside at start: {', '.join(str(p) for p in kept)}"
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("at", 0))))
+        lost = last.get("batches_lost")
+        detail += (f"; the last, at {when} ({last.get('problem', '?')}): {last.get('batches', 0)} batches "
+                   f"({last.get('events', 0)} events) salvaged, {'an unknown number of' if lost is None else lost} "
+                   f"lost{', sources re-read from their oldest data' if last.get('resume_from_oldest') else ''}")
+    return [warn("spool-recovered", detail, f"check the disk (dmesg, smartctl); remove {kept[-1]}* once "
+                 "no longer needed")]
+
+
 def run_checks(config_path: str) -> Iterator[CheckResult]:
     """Every check, in order; checks that need a valid config are skipped without one."""
     results, cfg = check_config_file(config_path)
@@ -346,6 +372,7 @@ def run_checks(config_path: str) -> Iterator[CheckResult]:
     yield from check_hook(cfg, service)
     yield from check_backend(cfg)
     yield from check_spool(cfg)
+    yield from check_spool_recovery(cfg)
     for check in EXTRA_CHECKS:
         yield from check(cfg)
 

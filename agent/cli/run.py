@@ -131,7 +131,11 @@ def cmd_spool(args: argparse.Namespace) -> int:
     cfg = load_or_report(args)
     if cfg is None:
         return 2
-    spool = Spool(cfg.state_dir, cfg.spool.max_bytes)
+    try:
+        spool = Spool(cfg.state_dir, cfg.spool.max_bytes, recover=False)
+    except RuntimeError as exc:
+        print(f"alpacon-agent spool: {exc}", file=sys.stderr)
+        return 1
     try:
         if args.action == "requeue-dead":
             n = spool.requeue_dead()

@@ -22,10 +22,11 @@ import structlog
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_BULK, new_id, priority_of
 from agent.pipeline.encode import Prepared
-from agent.pipeline.lanes import Lane, to_batches
+from agent.pipeline.lanes import Lane, resolve_when_durable, to_batches
 from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
 from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
+from agent.spool_recovery import is_corruption
 from agent.typing import Checkpoint, Event, Item, Processor
 
 log = structlog.get_logger("pipeline")
@@ -53,6 +54,7 @@ class Batcher:
         on_event: Callable[[str, str, str, int], None] | None = None,
         on_flush: Callable[[list[NewBatch], list[Any]], None] | None = None,
         pack_level: int | None = 1,
+        on_corrupt_spool: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self.spool = spool
         #: deflate level of spooled bodies (agent.wire.pack); None: spooled as JSON
@@ -66,8 +68,11 @@ class Batcher:
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
         self.on_event = on_event or (lambda kind, what, detail, n: None)
         self.on_flush = on_flush or (lambda batches, evictions: None)
+        self.on_corrupt_spool = on_corrupt_spool  # a write found the file damaged: the agent must restart
         self.pull = Lane("pull", fail_fast=False)
         self.push = Lane("push", fail_fast=True)
+        #: set whenever the push lane has room again (see push_room)
+        self._push_room = asyncio.Event()
         self._locks = {"pull": asyncio.Lock(), "push": asyncio.Lock()}
         self._space = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
@@ -238,6 +243,21 @@ class Batcher:
             asyncio.ensure_future(self.flush_lane(lane))
         return event["id"], fut
 
+    @property
+    def push_full(self) -> bool:
+        """Whether the push lane holds WRITE_AHEAD batches' worth: producers wait (push_room)."""
+        lane = self.push
+        return lane.nevents >= self.max_events * WRITE_AHEAD or lane.nbytes >= self.max_bytes * WRITE_AHEAD
+
+    async def push_room(self) -> None:
+        """Wait until the push lane has room (the hook stops reading producers meanwhile: memory stays bounded)."""
+        while self.push_full:
+            self._push_room.clear()
+            if not self.push.flush_scheduled:
+                self.push.flush_scheduled = True
+                asyncio.ensure_future(self.flush_lane(self.push))
+            await self._push_room.wait()
+
     # -- flushing ------------------------------------------------------------------------------
     def _arm_timer(self) -> None:
         if self._timer is None or self._timer.done():
@@ -279,7 +299,8 @@ class Batcher:
         Pull lane: one batch, or up to WRITE_AHEAD full ones in one transaction (``drain``: all
         of them); while the spool is full the events are
         kept and this waits (or raises SpoolFull when ``wait_for_space`` is False). Push lane:
-        everything; a full spool fails the producers' future with SpoolFull and the events are
+        everything, as batches within the limits; the producers' future is resolved once the
+        commit is durable (Spool.durable); a full spool fails it with SpoolFull and the events are
         discarded (the producers were told *busy* and still hold them).
         """
         async with self._locks[lane.name]:
@@ -288,8 +309,10 @@ class Batcher:
             one_batch = False  # after a full spool: one batch per write, the most that may fit
             while lane.nevents or lane.checkpoints:
                 if lane.fail_fast:
+                    # everything pushed so far, in batches within the limits, in one transaction
                     taken, cps, fut = lane.take()
-                    batches = to_batches(taken)
+                    self._push_room.set()
+                    batches = to_batches(taken, self.max_events, self.max_bytes)
                 else:
                     # a pull lane may have grown past one batch while a write was waiting: up
                     # to WRITE_AHEAD full batches go in one transaction
@@ -318,6 +341,8 @@ class Batcher:
                     await self.wait_for_space(1.0)
                     continue
                 except BaseException as exc:
+                    if is_corruption(exc):
+                        self.on_corrupt_spool(f"spool write: {type(exc).__name__}: {exc}")
                     if fut is not None and not fut.done():
                         fut.set_exception(exc)
                     if not lane.fail_fast:
@@ -331,7 +356,10 @@ class Batcher:
                             continue
                     raise
                 if fut is not None and not fut.done():
-                    fut.set_result(None)
+                    if lane.fail_fast:
+                        resolve_when_durable(fut, self.spool.durable())
+                    else:
+                        fut.set_result(None)
                 self.on_flush(batches, evictions)
                 if lane.fail_fast or (not drain and not self._full(lane)):
                     return

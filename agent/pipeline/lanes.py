@@ -4,12 +4,17 @@ how a lane's items become spool batches (one per eviction class)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import time
 from dataclasses import dataclass, field
+
+import structlog
 
 from agent.events import PRIORITY_AUDIT, PRIORITY_BULK, new_id
 from agent.spool import NewBatch
 from agent.typing import Checkpoint
+
+log = structlog.get_logger("pipeline")
 
 
 @dataclass
@@ -74,16 +79,51 @@ class Lane:
             self.first_at = time.monotonic()
 
 
-def to_batches(taken: list[tuple[int, str, bytes, int]]) -> list[NewBatch]:
-    """One spool batch per eviction class, events in their order."""
+def to_batches(taken: list[tuple[int, str, bytes, int]], max_events: int | None = None,
+               max_bytes: int | None = None) -> list[NewBatch]:
+    """Spool batches of each eviction class, events in their order; with limits, as many batches
+    as it takes to keep each within ``max_events`` and ``max_bytes`` (an item over a limit alone
+    still makes a batch of its own)."""
     out = []
     for prio in (PRIORITY_AUDIT, PRIORITY_BULK):
-        blobs = []
+        blobs: list[bytes] = []
         kinds: dict[str, int] = {}
+        size = 0
         for p, k, blob, n in taken:
-            if p == prio:
-                blobs.append(blob)
-                kinds[k] = kinds.get(k, 0) + n
+            if p != prio:
+                continue
+            if blobs and ((max_events is not None and sum(kinds.values()) + n > max_events)
+                          or (max_bytes is not None and size + len(blob) + 2 > max_bytes)):
+                out.append(_batch(prio, kinds, blobs))
+                blobs, kinds, size = [], {}, 0
+            blobs.append(blob)
+            kinds[k] = kinds.get(k, 0) + n
+            size += len(blob) + 1
         if blobs:
-            out.append(NewBatch(new_id("b"), prio, sum(kinds.values()), kinds, b"[" + b",".join(blobs) + b"]"))
+            out.append(_batch(prio, kinds, blobs))
     return out
+
+
+def _batch(prio: int, kinds: dict[str, int], blobs: list[bytes]) -> NewBatch:
+    return NewBatch(new_id("b"), prio, sum(kinds.values()), kinds, b"[" + b",".join(blobs) + b"]")
+
+
+def resolve_when_durable(fut: asyncio.Future[None], durable: concurrent.futures.Future[None]) -> None:
+    """Resolve a push lane's producers' future once ``durable`` (Spool.durable) says their commit is
+    on disk — at once with ``spool.synchronous: normal``; the next write does not wait for it."""
+    if durable.done() and durable.exception() is None:
+        fut.set_result(None)
+        return
+
+    def done(d: asyncio.Future[None]) -> None:
+        if fut.done():
+            return
+        exc = d.exception()
+        if exc is None:
+            fut.set_result(None)
+        else:
+            log.error("the spool's fsync failed: pushed events are not answered ok", error=str(exc))
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: each waiter reads it itself
+
+    asyncio.wrap_future(durable).add_done_callback(done)

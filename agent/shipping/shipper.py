@@ -32,6 +32,9 @@ from agent.spool import NewBatch, Spool, SpoolBatch
 
 log = structlog.get_logger("shipper")
 
+#: attempts at a batch whose shipping raises (a bug, MemoryError) before it is dead-lettered
+MEMORY_ERROR_ATTEMPTS, INTERNAL_ERROR_ATTEMPTS = 3, 10
+
 #: spooled batches read ahead of the ones in flight, so that a send never waits for the spool's
 #: thread (busy with a write) to hand over the next batch; they are small (deflated)
 PREFETCH = 8
@@ -91,6 +94,8 @@ class Shipper:
         self.last_error: str | None = None
         self.last_success: float | None = None
         self.permanent_failures: list[str] = []
+        #: when the loop or an attempt last moved (monotonic): health and the watchdog read it
+        self.last_progress = time.monotonic()
         self._backoff = wait_exponential_jitter(
             multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s, jitter=cfg.backoff_initial_s
         )
@@ -118,6 +123,7 @@ class Shipper:
         after = 0
         try:
             while True:
+                self.last_progress = time.monotonic()
                 batches = await self._db(self.spool.pending, self.cfg.in_flight + PREFETCH, after)
                 if not batches:
                     if not in_progress and queue.empty():
@@ -148,6 +154,12 @@ class Shipper:
             # acknowledgements already under way are finished, so that a clean stop does not
             # leave stored batches to be sent again
             await asyncio.gather(*self._settling, return_exceptions=True)
+
+    def stalled_for(self) -> float:
+        """Seconds since the shipper last moved beyond what its longest legitimate wait explains (a
+        backoff, the credentials pause, a request's timeout); 0 while it is moving."""
+        longest = max(self.cfg.backoff_max_s, self.cfg.auth_pause_s) + self.cfg.timeout_s + 30.0
+        return max(0.0, time.monotonic() - self.last_progress - longest)
 
     async def drained(self) -> None:
         """Wait until the spool has nothing left to ship."""
@@ -189,6 +201,7 @@ class Shipper:
         while True:
             batch, encoded = await queue.get()
             delay = 1.0
+            failures = 0
             while True:
                 try:
                     await self.ship(batch, encoded, on_done=functools.partial(in_progress.discard, batch.seq))
@@ -196,10 +209,25 @@ class Shipper:
                 except asyncio.CancelledError:
                     in_progress.discard(batch.seq)
                     raise
-                except Exception:  # noqa: BLE001 - a bug must not stop shipping for good
-                    log.exception("shipping a batch failed unexpectedly; trying it again", batch_id=batch.batch_id)
-                    self.metrics.retries.labels("internal_error").inc()
+                except Exception as exc:  # noqa: BLE001 - a bug must not stop shipping for good
+                    failures += 1
                     encoded = None
+                    self.metrics.retries.labels("internal_error").inc()
+                    if failures >= (MEMORY_ERROR_ATTEMPTS if isinstance(exc, MemoryError) else INTERNAL_ERROR_ATTEMPTS):
+                        # a batch that keeps failing must not block every batch behind it: it is
+                        # kept among the dead letters (spool requeue-dead) and the queue moves on
+                        reason = f"shipping failed {failures} times: {type(exc).__name__}: {exc}"[:1000]
+                        log.error("a batch cannot be shipped; moved to dead letters", batch_id=batch.batch_id,
+                                  reason=reason)
+                        await self._db(self.spool.dead_letter, batch.seq, reason, None)
+                        self._count_kinds(batch.kinds, "dead_lettered")
+                        in_progress.discard(batch.seq)
+                        self.on_space()
+                        break
+                    if isinstance(exc, MemoryError):
+                        log.error("out of memory shipping a batch; trying it again", batch_id=batch.batch_id)
+                    else:
+                        log.exception("shipping a batch failed unexpectedly; trying it again", batch_id=batch.batch_id)
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, self.cfg.backoff_max_s)
 
@@ -228,6 +256,7 @@ class Shipper:
             reraise=True,
         ):
             n = attempt.retry_state.attempt_number
+            self.last_progress = time.monotonic()
             if seq is not None and n > 1 and not await self._db(self.spool.exists, seq):
                 return False
             if self.paused_reason is not None:
@@ -273,6 +302,8 @@ class Shipper:
         try:
             events = orjson.loads(part.body.json())
         except (zlib.error, ValueError) as bad:
+            if "memory" in str(bad).lower():  # orjson's own out-of-memory: retried, then dead-lettered
+                raise MemoryError(f"splitting {part.batch_id}: {bad}") from None
             dead.append(_Refused(self._as_stored(part), f"the spooled body cannot be read: {bad}", action.status))
             return
         if len(events) <= 1:
@@ -282,8 +313,13 @@ class Shipper:
             return
         half = len(events) // 2
         log.warning("backend says batch too large, splitting", batch_id=part.batch_id, events=len(events))
-        for i, chunk in enumerate((events[:half], events[half:]), 1):
-            body = self._part(f"{part.batch_id}.{i}", chunk, part.priority)
+        # both halves as JSON, and the parsed events let go, before either is sent: what a split
+        # holds while its halves are delivered (and split again) is one batch's bytes, not its objects
+        halves = [self._part(f"{part.batch_id}.{i}", chunk, part.priority)
+                  for i, chunk in enumerate((events[:half], events[half:]), 1)]
+        del events
+        while halves:
+            body = halves.pop(0)
             await self._deliver(_Part(body.batch_id, body, body.n_events, part.priority, part.spooled_at), dead)
 
     def _stored(self) -> None:
