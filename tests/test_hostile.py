@@ -714,7 +714,8 @@ class TestHookGroups:
         g1, g2 = local_users.group(), local_users.group()
         u1, u2, u3 = local_users.user([g1]), local_users.user([g2]), local_users.user()
         agent: AgentProcess = agent_factory(receiver, hook={
-            "socket": f"{open_sockdir}/hook.sock", "mode": 0o660, "allow_groups": [g1, g2]})
+            "socket": f"{open_sockdir}/hook.sock", "mode": 0o660, "allow_groups": [g1, g2],
+            "push": {"user_activity": {"groups": [g1, g2]}}})  # who may push, apart from who may connect
         agent.start()
         results = {}
         for u in (u1, u2, u3):
