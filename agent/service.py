@@ -41,14 +41,6 @@ from agent.typing import Checkpoint, Emit, EmitItems, Event, Item
 log = structlog.get_logger("service")
 
 
-def _collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
-    """What the collectors are built from (see ``_context`` and ``build_collectors``): their
-    settings, the server name, the hook server they register with and the auth files present."""
-    from collectors.derivers.base import auth_file_paths, ftp_file_paths
-
-    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)), tuple(ftp_file_paths(cfg)))
-
-
 class Agent:
     """One running agent."""
 
@@ -327,7 +319,9 @@ class Agent:
             new = new.model_copy(update={"state_dir": old.state_dir})
         # collectors are started again only when something they were built from changed: a
         # restart ends the commands in progress and the derivers' sessions
-        restart = _collectors_basis(new) != _collectors_basis(old)
+        from collectors import collectors_basis
+
+        restart = collectors_basis(new) != collectors_basis(old)
         if restart:
             await self._stop_collectors()
         await self.batcher.flush(self.cfg.shutdown.flush_timeout_s)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.collector import Collector, CollectorContext
@@ -49,3 +49,12 @@ def build_collectors(cfg: AgentConfig, ctx: CollectorContext) -> list[Collector]
 
         out.append(CommandsCollector(c.commands, ctx))
     return out
+
+
+def collectors_basis(cfg: AgentConfig) -> tuple[Any, ...]:
+    """What the collectors are built from (see ``build_collectors``): their settings, the server
+    name, the hook server they register with and the auth and FTP files present. A reload starts
+    them again only when this changed."""
+    from collectors.derivers.base import auth_file_paths, ftp_file_paths
+
+    return (cfg.collectors, cfg.server, cfg.hook, tuple(auth_file_paths(cfg)), tuple(ftp_file_paths(cfg)))

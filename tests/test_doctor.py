@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.cli import doctor, setup, unit
+from agent.cli import doctor, doctor_spool, setup, unit
 from agent.config import load_config, parse_config
 from agent.spool import NewBatch, Spool
 from tests.harness import ReceiverProcess
@@ -342,7 +342,7 @@ class TestDoctorSpoolAndJournal:
         sp.dead_letter(first.seq, "400 bad", 400)
         sp.close()
         os.chmod(tmp_path / "state", 0o700)
-        results = doctor.check_spool(cfg)
+        results = doctor_spool.check_spool(cfg)
         assert results[0].status == "OK" and "2 batches pending" in results[0].detail
         assert by_name(results, "dead-letters").status == "WARN"
 
@@ -351,7 +351,7 @@ class TestDoctorSpoolAndJournal:
         state = tmp_path / "state"
         state.mkdir(mode=0o700)
         (state / "spool.db").write_bytes(os.urandom(8192))
-        r = doctor.check_spool(parse_config({"state_dir": str(state)}))[0]
+        r = doctor_spool.check_spool(parse_config({"state_dir": str(state)}))[0]
         assert r.status == "FAIL" and "move" in (r.fix or "")
 
     def test_open_state_dir_warns(self, tmp_path: Path) -> None:
@@ -359,7 +359,7 @@ class TestDoctorSpoolAndJournal:
         state = tmp_path / "state"
         state.mkdir(mode=0o755)
         state.chmod(0o755)
-        results = doctor.check_spool(parse_config({"state_dir": str(state)}))
+        results = doctor_spool.check_spool(parse_config({"state_dir": str(state)}))
         assert by_name(results, "state-dir").status == "WARN"
 
     def test_journal_directory_with_entries_ok(self, tmp_path: Path) -> None:

@@ -118,7 +118,9 @@ class TestMessages:
         (ua_msg,) = [m for m in msgs if m[0] == "alpacon.test-server.user_activity"]
         assert ua_msg[1] == ua_msg[2]["id"] == "nats-ua-000001"
         assert ua_msg[2]["kind"] == "user_activity" and ua_msg[2]["server"] == "test-server"
-        assert ua_msg[2]["data"] == ua["data"]
+        got = dict(ua_msg[2]["data"])
+        prov = got.pop("provenance")  # stamped by the hook: the pushing process, root
+        assert got == ua["data"] and (prov["source"], prov["uid"]) == ("hook", 0)
         assert all(m[1] == m[2]["id"] for m in msgs)
 
     def test_a_missing_stream_without_auto_create_is_reported_and_waits(self, agent_factory, lone_nats):

@@ -108,7 +108,10 @@ class TestOtlpRecords:
             if kind == "system_log":
                 assert _value(rec.body) == "fatal: out of luck"
             else:
-                assert _value(rec.body) == data, kind
+                body = _value(rec.body)
+                # the hook stamps who pushed it: root, this test's own process
+                prov = body.pop("provenance")
+                assert body == data and (prov["source"], prov["uid"]) == ("hook", 0), kind
 
 
 class TestOtlpDelivery:

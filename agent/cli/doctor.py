@@ -10,26 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import shutil
 import socket
-import sqlite3
 import stat
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from agent import __version__
 from agent.cli.args import add_config_arg
 from agent.cli.checks import CheckResult, fail, ok, warn
+from agent.cli.doctor_spool import check_spool, check_spool_recovery
 from agent.cli.unit import UNIT, service_state
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, load_config, parse_config
 from agent.errors import ConfigError
-from agent.spool import Spool
 
 if TYPE_CHECKING:
     from agent.cli.args import Subparsers
@@ -271,53 +267,6 @@ def check_backend(cfg: AgentConfig) -> list[CheckResult]:
     return [warn("backend", f"{url} answered an unexpected {status}")] + extra
 
 
-def spool_path(cfg: AgentConfig) -> Path:
-    return Path(cfg.state_dir) / Spool.FILENAME
-
-
-def check_spool(cfg: AgentConfig) -> list[CheckResult]:
-    """The state dir is private, the spool database is intact; pending and dead batches."""
-    out: list[CheckResult] = []
-    state = Path(cfg.state_dir)
-    if not state.is_dir():
-        return [warn("spool", f"{state} does not exist yet (created when the agent starts)",
-                     "systemctl start alpacon-agent")]
-    st = state.stat()
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        out.append(warn("state-dir", f"{state} has mode {stat.S_IMODE(st.st_mode):04o}: "
-                        "spooled events are readable by other users", f"chmod 700 {state}"))
-    free = shutil.disk_usage(state).free
-    if free < cfg.spool.max_bytes:
-        out.append(warn("disk", f"{free // 1048576} MiB free under {state}, less than "
-                        f"spool.max_bytes ({cfg.spool.max_bytes // 1048576} MiB)",
-                        "free disk space or lower spool.max_bytes"))
-    path = spool_path(cfg)
-    if not path.exists():
-        return [ok("spool", f"{path} not created yet (nothing spooled)")] + out
-    try:
-        check, stats = Spool.read_stats(path, cfg.spool.max_bytes)
-    except sqlite3.Error as exc:
-        return [fail("spool", f"{path} is not a readable SQLite spool: {exc}",
-                     "systemctl restart alpacon-agent (at start it moves a damaged spool aside and keeps "
-                     "what can be read)")] + out
-    if check != ["ok"]:
-        first = "; ".join(check[:3])
-        return [fail("spool", f"{path} is damaged: {first}",
-                     "systemctl restart alpacon-agent (at start it moves a damaged spool aside and keeps "
-                     "what can be read)")] + out
-    age = f", oldest {max(0.0, stats.oldest_age_s):.0f} s old" if stats.oldest_age_s is not None else ""
-    out.insert(0, ok("spool", f"{path} intact, {stats.batches} batches pending ({stats.bytes} bytes "
-                     f"of {cfg.spool.max_bytes}{age})"))
-    if stats.dead_letters:
-        out.append(warn("dead-letters", f"{stats.dead_letters} batches refused by the backend",
-                        "see: alpacon-agent spool; after fixing the cause: "
-                        "alpacon-agent spool requeue-dead"))
-    if stats.bytes > 0.9 * cfg.spool.max_bytes:
-        out.append(warn("spool-full", "the spool is over 90% full: the backend is not keeping up",
-                        "check the backend check above"))
-    return out
-
-
 #: checks a collector adds (registered by ``agent/cli/main.py``, which may import collectors)
 EXTRA_CHECKS: list[Callable[[AgentConfig], list[CheckResult]]] = []
 
@@ -334,28 +283,6 @@ def check_provenance(cfg: AgentConfig) -> list[CheckResult]:
                      "enable collectors.journald (collectors.auth.source: auto) so the journal's record of "
                      "each line's sender vouches for it; see docs/security.md")]
     return [ok("provenance", "audit rows only from journal lines whose sender fits their program")]
-
-
-def check_spool_recovery(cfg: AgentConfig) -> list[CheckResult]:
-    """Damaged spools the agent moved aside at start, with what the last recovery salvaged and lost."""
-    path = spool_path(cfg)
-    kept = sorted(p for p in path.parent.glob(f"{path.name}.corrupt-*") if not p.name.endswith(("-wal", "-shm")))
-    if not kept:
-        return []
-    last: dict[str, Any] = {}
-    with contextlib.suppress(sqlite3.Error, ValueError, TypeError):
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)) as db:
-            row = db.execute("SELECT value FROM meta WHERE key='last_recovery'").fetchone()
-            last = json.loads(row[0]) if row else {}
-    detail = f"{len(kept)} damaged spool file(s) moved aside at start: {', '.join(str(p) for p in kept)}"
-    if last:
-        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(float(last.get("at", 0))))
-        lost = last.get("batches_lost")
-        detail += (f"; the last, at {when} ({last.get('problem', '?')}): {last.get('batches', 0)} batches "
-                   f"({last.get('events', 0)} events) salvaged, {'an unknown number of' if lost is None else lost} "
-                   f"lost{', sources re-read from their oldest data' if last.get('resume_from_oldest') else ''}")
-    return [warn("spool-recovered", detail, f"check the disk (dmesg, smartctl); remove {kept[-1]}* once "
-                 "no longer needed")]
 
 
 def run_checks(config_path: str) -> Iterator[CheckResult]:

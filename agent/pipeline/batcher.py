@@ -22,7 +22,7 @@ import structlog
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_BULK, new_id, priority_of
 from agent.pipeline.encode import Prepared
-from agent.pipeline.lanes import Lane, resolve_when_durable, to_batches
+from agent.pipeline.lanes import Lane, packed, resolve_when_durable, to_batches
 from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
 from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
@@ -34,8 +34,6 @@ log = structlog.get_logger("pipeline")
 #: full batches a pull lane may hold while a spool write is in progress (then its collector
 #: waits), all written in the next transaction
 WRITE_AHEAD = 4
-#: bodies smaller than this are deflated on the event loop, larger ones in a thread
-_PACK_INLINE_BYTES = 16 * 1024
 
 
 class Batcher:
@@ -323,7 +321,7 @@ class Batcher:
                         taken += more
                         batches += to_batches(more)
                 if self.pack_level is not None:
-                    batches = await self._packed(batches)
+                    batches = await packed(batches, self.pack_level or 1)
                 try:
                     evictions = await loop.run_in_executor(self.executor, self.spool.append, batches, cps)
                 except SpoolFull as exc:
@@ -363,14 +361,6 @@ class Batcher:
                 self.on_flush(batches, evictions)
                 if lane.fail_fast or (not drain and not self._full(lane)):
                     return
-
-    async def _packed(self, batches: list[NewBatch]) -> list[NewBatch]:
-        """The batches with deflated bodies; large ones are compressed in a worker thread (zlib
-        lets go of the GIL), beside the spool's own thread."""
-        level = self.pack_level or 1
-        if sum(len(b.body) for b in batches) < _PACK_INLINE_BYTES:
-            return [b.packed(level) for b in batches]
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: [b.packed(level) for b in batches])
 
     def space_freed(self) -> None:
         """Called by the shipper after it deleted batches."""

@@ -127,3 +127,15 @@ def resolve_when_durable(fut: asyncio.Future[None], durable: concurrent.futures.
             fut.exception()  # retrieved: each waiter reads it itself
 
     asyncio.wrap_future(durable).add_done_callback(done)
+
+
+#: bodies smaller than this are deflated on the event loop, larger ones in a thread
+PACK_INLINE_BYTES = 16 * 1024
+
+
+async def packed(batches: list[NewBatch], level: int) -> list[NewBatch]:
+    """The batches with deflated bodies; large ones are compressed in a worker thread (zlib lets
+    go of the GIL), beside the spool's own thread."""
+    if sum(len(b.body) for b in batches) < PACK_INLINE_BYTES:
+        return [b.packed(level) for b in batches]
+    return await asyncio.get_running_loop().run_in_executor(None, lambda: [b.packed(level) for b in batches])

@@ -16,7 +16,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -26,9 +25,10 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_result, stop_never,
 from agent import wire
 from agent.config import SinkConfig
 from agent.metrics import AgentMetrics
+from agent.shipping.parts import Part, Refused, as_stored, events_part, part_batch, partial_refusal
 from agent.shipping.retry import Action, RetryAction, decide
 from agent.shipping.sinks import Sink
-from agent.spool import NewBatch, Spool, SpoolBatch
+from agent.spool import Spool, SpoolBatch
 
 log = structlog.get_logger("shipper")
 
@@ -38,27 +38,6 @@ MEMORY_ERROR_ATTEMPTS, INTERNAL_ERROR_ATTEMPTS = 3, 10
 #: spooled batches read ahead of the ones in flight, so that a send never waits for the spool's
 #: thread (busy with a write) to hand over the next batch; they are small (deflated)
 PREFETCH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """A batch, or a part of one split off after a 413, on its way to the sink."""
-
-    batch_id: str
-    body: NewBatch | SpoolBatch
-    n_events: int
-    priority: int
-    spooled_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Refused:
-    """Events for the dead letters; ``copy``: the backend stored them too (a partial success)."""
-
-    part: NewBatch
-    reason: str
-    status: int | None
-    copy: bool = False
 
 
 def _needs_another_attempt(action: RetryAction) -> bool:
@@ -178,7 +157,7 @@ class Shipper:
             return None
         return asyncio.get_running_loop().run_in_executor(None, self.sink.encode, payload, batch.created)
 
-    async def _attempt(self, part: _Part, encoded: asyncio.Future[bytes] | None) -> RetryAction:
+    async def _attempt(self, part: Part, encoded: asyncio.Future[bytes] | None) -> RetryAction:
         """One send of a batch, and the decision on its outcome. A deflate-spooled body goes to a
         gzip sink without being inflated; ``encoded`` is a body made ahead of time."""
         batch_id, body, n_events = part.batch_id, part.body, part.n_events
@@ -244,7 +223,7 @@ class Shipper:
             return max(action.retry_after, base)
         return base
 
-    async def _deliver(self, part: _Part, dead: list[_Refused], seq: int | None = None,
+    async def _deliver(self, part: Part, dead: list[Refused], seq: int | None = None,
                        encoded: asyncio.Future[bytes] | None = None) -> bool:
         """Send a batch (or a part of one) until the decision is final, acting on each decision;
         False when the batch was evicted from the spool while being retried.
@@ -268,7 +247,7 @@ class Shipper:
                 await self._act(action, part, dead, n)
         return True
 
-    async def _act(self, action: RetryAction, part: _Part, dead: list[_Refused], attempt: int) -> None:
+    async def _act(self, action: RetryAction, part: Part, dead: list[Refused], attempt: int) -> None:
         """The one place a decision is acted on (the wait before a retry is :meth:`_wait`'s)."""
         match action.action:
             case Action.SUCCESS:
@@ -278,7 +257,7 @@ class Shipper:
                 log.error("backend stored the batch but refused part of it: to the dead letters",
                           batch_id=part.batch_id, reason=action.reason)
                 self._note_permanent(part.batch_id, action.reason)
-                dead.append(self._partial(part, action))
+                dead.append(partial_refusal(part, action))
             case Action.RETRY:
                 log.warning("send failed, will retry", reason=action.reason, attempt=attempt)
                 self.last_error = action.reason
@@ -295,19 +274,19 @@ class Shipper:
             case Action.DEAD_LETTER:
                 log.error("backend refused batch, moved to dead letters", batch_id=part.batch_id, reason=action.reason)
                 self._note_permanent(part.batch_id, action.reason)
-                dead.append(_Refused(self._events_part(part), action.reason, action.status))
+                dead.append(Refused(events_part(part), action.reason, action.status))
 
-    async def _split(self, part: _Part, action: RetryAction, dead: list[_Refused]) -> None:
+    async def _split(self, part: Part, action: RetryAction, dead: list[Refused]) -> None:
         """413: halve the batch and deliver each half, until an event is too large alone."""
         try:
             events = orjson.loads(part.body.json())
         except (zlib.error, ValueError) as bad:
             if "memory" in str(bad).lower():  # orjson's own out-of-memory: retried, then dead-lettered
                 raise MemoryError(f"splitting {part.batch_id}: {bad}") from None
-            dead.append(_Refused(self._as_stored(part), f"the spooled body cannot be read: {bad}", action.status))
+            dead.append(Refused(as_stored(part), f"the spooled body cannot be read: {bad}", action.status))
             return
         if len(events) <= 1:
-            dead.append(_Refused(self._part(part.batch_id, events, part.priority),
+            dead.append(Refused(part_batch(part.batch_id, events, part.priority),
                                  f"too large even alone: {action.reason}", action.status))
             log.error("event too large for the backend, dead-lettered", batch_id=part.batch_id)
             return
@@ -315,12 +294,12 @@ class Shipper:
         log.warning("backend says batch too large, splitting", batch_id=part.batch_id, events=len(events))
         # both halves as JSON, and the parsed events let go, before either is sent: what a split
         # holds while its halves are delivered (and split again) is one batch's bytes, not its objects
-        halves = [self._part(f"{part.batch_id}.{i}", chunk, part.priority)
+        halves = [part_batch(f"{part.batch_id}.{i}", chunk, part.priority)
                   for i, chunk in enumerate((events[:half], events[half:]), 1)]
         del events
         while halves:
             body = halves.pop(0)
-            await self._deliver(_Part(body.batch_id, body, body.n_events, part.priority, part.spooled_at), dead)
+            await self._deliver(Part(body.batch_id, body, body.n_events, part.priority, part.spooled_at), dead)
 
     def _stored(self) -> None:
         if self.paused_reason is not None:
@@ -347,15 +326,15 @@ class Shipper:
         ``on_done``) follows in the background, so the next batch goes out meanwhile.
         """
         started = time.monotonic()
-        dead: list[_Refused] = []
-        part = _Part(batch.batch_id, batch, batch.n_events, batch.priority, batch.created)
+        dead: list[Refused] = []
+        part = Part(batch.batch_id, batch, batch.n_events, batch.priority, batch.created)
         ok = await self._deliver(part, dead, batch.seq, encoded)
         task = asyncio.ensure_future(self._settle(batch, dead, ok, started))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         task.add_done_callback(lambda _: on_done())
 
-    async def _settle(self, batch: SpoolBatch, dead: list[_Refused], ok: bool, started: float) -> None:
+    async def _settle(self, batch: SpoolBatch, dead: list[Refused], ok: bool, started: float) -> None:
         if not ok:
             log.info("batch was evicted while being retried; dropped from the shipper", batch_id=batch.batch_id)
             self.on_space()
@@ -375,37 +354,6 @@ class Shipper:
             self._count_kinds(shipped, "shipped")
             self.metrics.ship_latency.observe(time.monotonic() - started)
         self.on_space()
-
-    def _partial(self, part: _Part, action: RetryAction) -> _Refused:
-        """The dead letter of a partial success: the refused events where the backend named them,
-        else a copy of the whole part (its stored events are harmless replays if requeued)."""
-        if action.rejected_ids:
-            ids = set(action.rejected_ids)
-            events = [e for e in orjson.loads(part.body.json()) if e.get("id") in ids]
-            if events:
-                return _Refused(self._part(f"{part.batch_id}.rejected", events, part.priority), action.reason,
-                                action.status)
-        return _Refused(self._events_part(part), action.reason, action.status, copy=True)
-
-    def _events_part(self, part: _Part) -> NewBatch:
-        """The part as a dead letter: its events re-encoded, or its body as stored when unreadable."""
-        try:
-            return self._part(part.batch_id, orjson.loads(part.body.json()), part.priority)
-        except (zlib.error, ValueError):
-            return self._as_stored(part)
-
-    @staticmethod
-    def _as_stored(part: _Part) -> NewBatch:
-        b = part.body
-        return NewBatch(part.batch_id, part.priority, part.n_events, dict(b.kinds), b.body, b.codec, b.raw_bytes, b.crc)
-
-    @staticmethod
-    def _part(batch_id: str, events: list[dict[str, Any]], priority: int) -> NewBatch:
-        kinds: dict[str, int] = {}
-        for e in events:
-            k = e.get("kind", "unknown")
-            kinds[k] = kinds.get(k, 0) + 1
-        return NewBatch(batch_id, priority, len(events), kinds, orjson.dumps(events))
 
     def _count_kinds(self, kinds: dict[str, int], outcome: str) -> None:
         for k, n in kinds.items():
