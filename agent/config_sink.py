@@ -178,4 +178,9 @@ class SinkConfig(Section):
 
     def token_in_clear(self) -> bool:
         """Whether a bearer token would cross the network unencrypted (plain http to another host)."""
-        return self.type in ("http", "otlp") and bool(self.token_file) and self.url.startswith("http://") and not self.is_local()
+        return (
+            self.type in ("http", "otlp")
+            and bool(self.token_file)
+            and self.url.startswith("http://")
+            and not self.is_local()
+        )

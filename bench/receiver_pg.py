@@ -51,10 +51,21 @@ def gz(doc: Any) -> bytes:
 def log_bodies(n: int, batch: int) -> list[bytes]:
     out = []
     for b in range(0, n, batch):
-        evs = [{"id": new_id(), "kind": "system_log", "ts": format_ts(), "server": f"web-{i % 50:02d}",
-                "data": {"program": "nginx", "level": "info", "pid": 4242,
-                         "message": f"seq={i} GET /api/v1/servers/42 200 1534 bytes in 12 ms from 10.1.2.3"}}
-               for i in range(b, min(n, b + batch))]
+        evs = [
+            {
+                "id": new_id(),
+                "kind": "system_log",
+                "ts": format_ts(),
+                "server": f"web-{i % 50:02d}",
+                "data": {
+                    "program": "nginx",
+                    "level": "info",
+                    "pid": 4242,
+                    "message": f"seq={i} GET /api/v1/servers/42 200 1534 bytes in 12 ms from 10.1.2.3",
+                },
+            }
+            for i in range(b, min(n, b + batch))
+        ]
         out.append(gz({"schema": 1, "agent": AGENT, "batch_id": new_id("b"), "sent_at": format_ts(), "events": evs}))
     return out
 
@@ -65,12 +76,23 @@ def command_bodies(n: int, batch: int) -> list[bytes]:
     for b in range(0, n // 2, batch // 2):
         evs = []
         for i in range(b, min(n // 2, b + batch // 2)):
-            base = {"command_id": f"cmd-{i:08d}", "shell": "system", "line": f"systemctl restart app-{i % 9}",
-                    "operator": f"op-{i % 13}"}
+            base = {
+                "command_id": f"cmd-{i:08d}",
+                "shell": "system",
+                "line": f"systemctl restart app-{i % 9}",
+                "operator": f"op-{i % 13}",
+            }
             for k, status in enumerate(("running", "success")):
                 data = {**base, "status": status, **({"exit_code": 0} if status == "success" else {})}
-                evs.append({"id": new_id(), "kind": "command", "ts": format_ts(now + i * 0.001 + k * 0.0005),
-                            "server": f"web-{i % 50:02d}", "data": data})
+                evs.append(
+                    {
+                        "id": new_id(),
+                        "kind": "command",
+                        "ts": format_ts(now + i * 0.001 + k * 0.0005),
+                        "server": f"web-{i % 50:02d}",
+                        "data": data,
+                    }
+                )
         out.append(gz({"schema": 1, "agent": AGENT, "batch_id": new_id("b"), "sent_at": format_ts(), "events": evs}))
     return out
 
@@ -145,9 +167,15 @@ def main() -> int:
                 rx.stop()
             print(f"ingest, {args.events} events, {args.senders} senders, batches of 1000:")
             print(f"  sqlite, 1 receiver       {rates['sqlite']:10.0f} events/s  (1.00x)")
-            print(f"  postgresql, 1 receiver   {rates['pg_1']:10.0f} events/s  ({rates['pg_1'] / rates['sqlite']:.2f}x sqlite)")
-            print(f"  postgresql, 2 receivers  {rates['pg_2']:10.0f} events/s  ({rates['pg_2'] / rates['sqlite']:.2f}x sqlite,"
-                  f" {rates['pg_2'] / rates['pg_1']:.2f}x one receiver)")
+            print(
+                f"  postgresql, 1 receiver   {rates['pg_1']:10.0f} events/s"
+                f"  ({rates['pg_1'] / rates['sqlite']:.2f}x sqlite)"
+            )
+            print(
+                f"  postgresql, 2 receivers  {rates['pg_2']:10.0f} events/s"
+                f"  ({rates['pg_2'] / rates['sqlite']:.2f}x sqlite,"
+                f" {rates['pg_2'] / rates['pg_1']:.2f}x one receiver)"
+            )
 
             print(f"\nGET /api/v1/commands?limit=50, median of 25, {store_n} vs 2000 stored command events:")
             for backend in ("sqlite", "postgresql"):
@@ -161,12 +189,19 @@ def main() -> int:
                 lat_small = asyncio.run(latency(small.url, "/api/v1/commands?limit=50"))
                 lat_large = asyncio.run(latency(large.url, "/api/v1/commands?limit=50"))
                 page2 = asyncio.run(latency(large.url, f"/api/v1/commands?limit=50&after={store_n // 4}"))
-                print(f"  {backend:10s} large {lat_large * 1000:7.2f} ms, small {lat_small * 1000:7.2f} ms"
-                      f"  (large/small {lat_large / lat_small:.2f}x; a page deep inside: {page2 / lat_small:.2f}x;"
-                      f" filled in {fill:.0f} s)")
+                print(
+                    f"  {backend:10s} large {lat_large * 1000:7.2f} ms, small {lat_small * 1000:7.2f} ms"
+                    f"  (large/small {lat_large / lat_small:.2f}x; a page deep inside: {page2 / lat_small:.2f}x;"
+                    f" filled in {fill:.0f} s)"
+                )
                 if large_db is not None:
-                    size = int(pg.psql("SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
-                                       " WHERE inhparent = 'events'::regclass", database=large_db.rsplit("/", 1)[1]))
+                    size = int(
+                        pg.psql(
+                            "SELECT sum(pg_total_relation_size(inhrelid)) FROM pg_inherits"
+                            " WHERE inhparent = 'events'::regclass",
+                            database=large_db.rsplit("/", 1)[1],
+                        )
+                    )
                 else:
                     size = sum(p.stat().st_size for p in large.tmp.glob("receiver.db*"))
                 print(f"  {backend:10s} {size / store_n:7.0f} bytes per stored event (table and indexes)")

@@ -230,12 +230,16 @@ class LiveJournald:
         self.stop()
         self.start()
 
-    def run(self, args: list[str], input: bytes | None = None, check: bool = True,
-            timeout: float = 120.0) -> subprocess.CompletedProcess[bytes]:
+    def run(
+        self, args: list[str], input: bytes | None = None, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[bytes]:
         """Run ``args`` inside journald's mount namespace."""
         return subprocess.run(
             ["nsenter", "-t", str(self.pid), "-m", *args],
-            input=input, capture_output=True, check=check, timeout=timeout,
+            input=input,
+            capture_output=True,
+            check=check,
+            timeout=timeout,
         )
 
     def popen(self, args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
@@ -244,9 +248,10 @@ class LiveJournald:
 
     def logger(self, *messages: str, tag: str = "test", priority: str = "user.info") -> None:
         """Log through ``logger`` (the syslog socket), one entry per message (no newlines in them)."""
-        self.run(["logger", "--socket", "/run/systemd/journal/dev-log", "--socket-errors=on",
-                  "-t", tag, "-p", priority],
-                 input="".join(m + "\n" for m in messages).encode())
+        self.run(
+            ["logger", "--socket", "/run/systemd/journal/dev-log", "--socket-errors=on", "-t", tag, "-p", priority],
+            input="".join(m + "\n" for m in messages).encode(),
+        )
 
     def send(self, entries: Iterable[Mapping[str, FieldValue | bytes]]) -> None:
         """Send entries with systemd-python's ``journal.sendv`` (native protocol, binary-safe)."""
@@ -269,7 +274,9 @@ class LiveJournald:
         """Delete archived journal files, keeping the ``keep`` newest (plus the active one)."""
         subprocess.run(
             ["journalctl", "-D", str(self.journal_dir), f"--vacuum-files={keep}"],
-            capture_output=True, check=True, timeout=60,
+            capture_output=True,
+            check=True,
+            timeout=60,
         )
 
     def archived_files(self) -> list[Path]:
@@ -288,7 +295,8 @@ RSYSLOG_CONF = """\
 global(workDirectory="{root}/work" maxMessageSize="{max_message_size}")
 module(load="imuxsock" SysSock.Use="off")
 input(type="imuxsock" Socket="{socket}" CreatePath="on" RateLimit.Interval="0")
-template(name="Traditional" type="string" string="%TIMESTAMP% %HOSTNAME% %syslogtag%%msg:::sp-if-no-1st-sp%%msg:::drop-last-lf%\\n")
+template(name="Traditional" type="string"
+         string="%TIMESTAMP% %HOSTNAME% %syslogtag%%msg:::sp-if-no-1st-sp%%msg:::drop-last-lf%\\n")
 *.* action(type="omfile" file="{root}/log/syslog" template="RSYSLOG_FileFormat")
 *.* action(type="omfile" file="{root}/log/traditional.log" template="Traditional")
 """
@@ -323,8 +331,9 @@ class RsyslogInstance:
         for d in ("work", "log"):
             (self.root / d).mkdir(parents=True, exist_ok=True)
         conf = self.root / "rsyslog.conf"
-        conf.write_text(RSYSLOG_CONF.format(root=self.root, socket=self.socket_path,
-                                            max_message_size=self.max_message_size))
+        conf.write_text(
+            RSYSLOG_CONF.format(root=self.root, socket=self.socket_path, max_message_size=self.max_message_size)
+        )
         if self.socket_path.exists():
             self.socket_path.unlink()
         rsyslogd = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
@@ -337,8 +346,9 @@ class RsyslogInstance:
         _wait_path(self.socket_path, self.proc, timeout, "rsyslogd")
         return self
 
-    def send(self, message: str | bytes, tag: str = "test", pid: int | None = None,
-             facility: int = 1, severity: int = 6) -> None:
+    def send(
+        self, message: str | bytes, tag: str = "test", pid: int | None = None, facility: int = 1, severity: int = 6
+    ) -> None:
         """Send one message over the socket as ``<PRI>TAG[PID]: MESSAGE`` (like syslog(3))."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -429,14 +439,24 @@ class EmitRecorder:
         from agent.collector import CollectorContext
         from collectors.derivers.base import line_gate
 
-        return CollectorContext(server="test", emit_fn=self.emit, checkpoints=dict(self.checkpoints),
-                                once=once, counter=self.count, derivers=derivers or [],
-                                line_gate=line_gate(derivers or []),
-                                emit_prepared_fn=self.emit_prepared, prepared_fn=self.prepared)
+        return CollectorContext(
+            server="test",
+            emit_fn=self.emit,
+            checkpoints=dict(self.checkpoints),
+            once=once,
+            counter=self.count,
+            derivers=derivers or [],
+            line_gate=line_gate(derivers or []),
+            emit_prepared_fn=self.emit_prepared,
+            prepared_fn=self.prepared,
+        )
 
     def messages(self, program: str | None = None) -> list[str]:
-        return [e["data"]["message"] for e in self.events
-                if e["kind"] == "system_log" and (program is None or e["data"]["program"] == program)]
+        return [
+            e["data"]["message"]
+            for e in self.events
+            if e["kind"] == "system_log" and (program is None or e["data"]["program"] == program)
+        ]
 
 
 async def crash_then_run_again(collector: Any, rec: EmitRecorder) -> None:

@@ -25,10 +25,22 @@ def line(program: str, message: str, pid: int | None = 812, id: str = "jd-0001",
         data["extra"] = {"sender": sender(program, pid=pid or 812)}
     elif "extra" not in data and isinstance(message, str) and message.startswith("pam_unix("):
         # another PAM service (vsftpd …): its root daemon
-        data["extra"] = {"sender": {"uid": 0, "pid": pid, "comm": program, "exe": f"/usr/sbin/{program}",
-                                    "cap_effective": "1ffffffffff", "transport": "syslog"}}
-    return {"id": id, "kind": "system_log", "ts": TS,
-            "data": {"program": program, "level": "info", "pid": pid, "message": message, **data}}
+        data["extra"] = {
+            "sender": {
+                "uid": 0,
+                "pid": pid,
+                "comm": program,
+                "exe": f"/usr/sbin/{program}",
+                "cap_effective": "1ffffffffff",
+                "transport": "syslog",
+            }
+        }
+    return {
+        "id": id,
+        "kind": "system_log",
+        "ts": TS,
+        "data": {"program": program, "level": "info", "pid": pid, "message": message, **data},
+    }
 
 
 def derive(d: AuthDeriver, program: str, message: str, **kw: Any) -> dict[str, Any] | None:
@@ -50,27 +62,64 @@ def key(row: dict[str, Any] | None) -> tuple[Any, ...] | None:
 CASES = [
     # sshd, both families
     ("sshd", "Accepted password for alice from 192.0.2.10 port 52144 ssh2", ("alice", "192.0.2.10", "login", 200)),
-    ("sshd", "Accepted publickey for deploy from 10.0.0.5 port 40022 ssh2: RSA SHA256:Zm9vYmFyYmF6cXV4",
-     ("deploy", "10.0.0.5", "login", 200)),
-    ("sshd", "Accepted publickey for alice from 2001:db8::7 port 40022 ssh2: ED25519 SHA256:abc",
-     ("alice", "2001:db8::7", "login", 200)),
-    ("sshd", "Accepted keyboard-interactive/pam for bob from 198.51.100.3 port 6000 ssh2",
-     ("bob", "198.51.100.3", "login", 200)),
-    ("sshd", "Accepted gssapi-with-mic for carol from 198.51.100.4 port 6001 ssh2", ("carol", "198.51.100.4", "login", 200)),
-    ("sshd-session", "Accepted password for alice from 192.0.2.10 port 52144 ssh2", ("alice", "192.0.2.10", "login", 200)),
-    ("sshd", "Failed password for alice from 203.0.113.9 port 22022 ssh2", ("alice", "203.0.113.9", "login_failed", 401)),
-    ("sshd", "Failed password for invalid user admin from 203.0.113.9 port 22022 ssh2",
-     ("admin", "203.0.113.9", "login_failed", 401)),
-    ("sshd", "Failed publickey for root from 203.0.113.9 port 22 ssh2: RSA SHA256:xyz",
-     ("root", "203.0.113.9", "login_failed", 401)),
-    ("sshd", "Failed keyboard-interactive/pam for invalid user test from 203.0.113.9 port 5 ssh2",
-     ("test", "203.0.113.9", "login_failed", 401)),
+    (
+        "sshd",
+        "Accepted publickey for deploy from 10.0.0.5 port 40022 ssh2: RSA SHA256:Zm9vYmFyYmF6cXV4",
+        ("deploy", "10.0.0.5", "login", 200),
+    ),
+    (
+        "sshd",
+        "Accepted publickey for alice from 2001:db8::7 port 40022 ssh2: ED25519 SHA256:abc",
+        ("alice", "2001:db8::7", "login", 200),
+    ),
+    (
+        "sshd",
+        "Accepted keyboard-interactive/pam for bob from 198.51.100.3 port 6000 ssh2",
+        ("bob", "198.51.100.3", "login", 200),
+    ),
+    (
+        "sshd",
+        "Accepted gssapi-with-mic for carol from 198.51.100.4 port 6001 ssh2",
+        ("carol", "198.51.100.4", "login", 200),
+    ),
+    (
+        "sshd-session",
+        "Accepted password for alice from 192.0.2.10 port 52144 ssh2",
+        ("alice", "192.0.2.10", "login", 200),
+    ),
+    (
+        "sshd",
+        "Failed password for alice from 203.0.113.9 port 22022 ssh2",
+        ("alice", "203.0.113.9", "login_failed", 401),
+    ),
+    (
+        "sshd",
+        "Failed password for invalid user admin from 203.0.113.9 port 22022 ssh2",
+        ("admin", "203.0.113.9", "login_failed", 401),
+    ),
+    (
+        "sshd",
+        "Failed publickey for root from 203.0.113.9 port 22 ssh2: RSA SHA256:xyz",
+        ("root", "203.0.113.9", "login_failed", 401),
+    ),
+    (
+        "sshd",
+        "Failed keyboard-interactive/pam for invalid user test from 203.0.113.9 port 5 ssh2",
+        ("test", "203.0.113.9", "login_failed", 401),
+    ),
     ("sshd", "Invalid user oracle from 203.0.113.9 port 40000", ("oracle", "203.0.113.9", "invalid_user", 401)),
     ("sshd", "Invalid user oracle from 203.0.113.9", ("oracle", "203.0.113.9", "invalid_user", 401)),  # RHEL 7
     ("sshd", "Invalid user  from 203.0.113.9 port 40000", None),  # empty user name
-    ("sshd", "User root from 203.0.113.9 not allowed because not listed in AllowUsers",
-     ("root", "203.0.113.9", "login_failed", 403)),
-    ("sshd", "User bob from 203.0.113.9 not allowed because listed in DenyUsers", ("bob", "203.0.113.9", "login_failed", 403)),
+    (
+        "sshd",
+        "User root from 203.0.113.9 not allowed because not listed in AllowUsers",
+        ("root", "203.0.113.9", "login_failed", 403),
+    ),
+    (
+        "sshd",
+        "User bob from 203.0.113.9 not allowed because listed in DenyUsers",
+        ("bob", "203.0.113.9", "login_failed", 403),
+    ),
     ("sshd", "Disconnected from user alice 192.0.2.10 port 52144", ("alice", "192.0.2.10", "logout", 200)),
     # sshd lines that are not a row of their own
     ("sshd", "Failed none for invalid user admin from 203.0.113.9 port 22022 ssh2", None),
@@ -79,30 +128,64 @@ CASES = [
     ("sshd", "Disconnected from authenticating user alice 203.0.113.9 port 22 [preauth]", None),
     ("sshd", "Received disconnect from 192.0.2.10 port 52144:11: disconnected by user", None),
     ("sshd", "Server listening on 0.0.0.0 port 22.", None),
-    ("sshd", "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  user=alice", None),
+    (
+        "sshd",
+        "pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.9  "
+        "user=alice",
+        None,
+    ),
     ("sshd", "pam_unix(sshd:auth): check pass; user unknown", None),
     ("sshd", "pam_unix(sshd:session): session opened for user alice(uid=1000) by (uid=0)", None),
     ("sshd", "pam_unix(sshd:session): session opened for user alice by (uid=0)", None),  # RHEL 7
     # too many keys offered: no "Failed" line per key, so the end of it is the row
-    ("sshd", "error: maximum authentication attempts exceeded for root from 203.0.113.9 port 22 ssh2 [preauth]",
-     ("root", "203.0.113.9", "login_failed", 401)),
+    (
+        "sshd",
+        "error: maximum authentication attempts exceeded for root from 203.0.113.9 port 22 ssh2 [preauth]",
+        ("root", "203.0.113.9", "login_failed", 401),
+    ),
     ("sshd", "Postponed keyboard-interactive for alice from 192.0.2.1 port 22 ssh2 [preauth]", None),
     # sudo 1.8 (RHEL 7/8) and 1.9 (Debian 12, RHEL 9)
-    ("sudo", "   alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update",
-     ("alice", None, "sudo", 200)),
-    ("sudo", "alice : TTY=pts/1 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/systemctl restart nginx",
-     ("alice", None, "sudo", 200)),
-    ("sudo", "alice : 3 incorrect password attempts ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id",
-     ("alice", None, "sudo", 401)),
-    ("sudo", "alice : 1 incorrect password attempt ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id",
-     ("alice", None, "sudo", 401)),
-    ("sudo", "bob : user NOT in sudoers ; TTY=pts/0 ; PWD=/home/bob ; USER=root ; COMMAND=/bin/bash",
-     ("bob", None, "sudo", 403)),
-    ("sudo", "alice : command not allowed ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/cat /etc/shadow",
-     ("alice", None, "sudo", 403)),
-    ("sudo", "alice : a password is required ; TTY=unknown ; PWD=/ ; USER=root ; COMMAND=/usr/bin/id",
-     ("alice", None, "sudo", 401)),
-    ("sudo", "pam_unix(sudo:auth): authentication failure; logname=alice uid=1000 euid=0 tty=/dev/pts/0 ruser=alice rhost=  user=alice", None),
+    (
+        "sudo",
+        "   alice : TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/apt update",
+        ("alice", None, "sudo", 200),
+    ),
+    (
+        "sudo",
+        "alice : TTY=pts/1 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/systemctl restart nginx",
+        ("alice", None, "sudo", 200),
+    ),
+    (
+        "sudo",
+        "alice : 3 incorrect password attempts ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id",
+        ("alice", None, "sudo", 401),
+    ),
+    (
+        "sudo",
+        "alice : 1 incorrect password attempt ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/id",
+        ("alice", None, "sudo", 401),
+    ),
+    (
+        "sudo",
+        "bob : user NOT in sudoers ; TTY=pts/0 ; PWD=/home/bob ; USER=root ; COMMAND=/bin/bash",
+        ("bob", None, "sudo", 403),
+    ),
+    (
+        "sudo",
+        "alice : command not allowed ; TTY=pts/0 ; PWD=/home/alice ; USER=root ; COMMAND=/usr/bin/cat /etc/shadow",
+        ("alice", None, "sudo", 403),
+    ),
+    (
+        "sudo",
+        "alice : a password is required ; TTY=unknown ; PWD=/ ; USER=root ; COMMAND=/usr/bin/id",
+        ("alice", None, "sudo", 401),
+    ),
+    (
+        "sudo",
+        "pam_unix(sudo:auth): authentication failure; logname=alice uid=1000 euid=0 tty=/dev/pts/0 ruser=alice "
+        "rhost=  user=alice",
+        None,
+    ),
     ("sudo", "pam_unix(sudo:session): session opened for user root(uid=0) by alice(uid=1000)", None),
     ("sudo", "pam_unix(sudo-i:session): session closed for user root", None),
     ("sudo", "unable to resolve host web-01: Name or service not known", None),
@@ -114,17 +197,32 @@ CASES = [
     ("su", "+ pts/0 alice:root", None),
     ("su", "pam_unix(su:session): session opened for user root(uid=0) by alice(uid=1000)", None),
     ("su", "pam_unix(su-l:session): session opened for user root by alice(uid=1000)", None),  # RHEL
-    ("su", "pam_unix(su:auth): authentication failure; logname=alice uid=1000 euid=0 tty=pts/0 ruser=alice rhost=  user=root", None),
+    (
+        "su",
+        "pam_unix(su:auth): authentication failure; logname=alice uid=1000 euid=0 tty=pts/0 ruser=alice rhost=  "
+        "user=root",
+        None,
+    ),
     # login: shadow (Debian) and util-linux (RHEL)
-    ("login", "FAILED LOGIN (1) on '/dev/tty1' FOR 'alice', Authentication failure", ("alice", None, "login_failed", 401)),
+    (
+        "login",
+        "FAILED LOGIN (1) on '/dev/tty1' FOR 'alice', Authentication failure",
+        ("alice", None, "login_failed", 401),
+    ),
     ("login", "FAILED LOGIN 1 FROM tty1 FOR alice, Authentication failure", ("alice", None, "login_failed", 401)),
-    ("login", "pam_unix(login:session): session opened for user alice(uid=1000) by LOGIN(uid=0)",
-     ("alice", None, "login", 200)),
+    (
+        "login",
+        "pam_unix(login:session): session opened for user alice(uid=1000) by LOGIN(uid=0)",
+        ("alice", None, "login", 200),
+    ),
     ("login", "pam_unix(login:session): session closed for user alice", ("alice", None, "logout", 200)),
     ("login", "ROOT LOGIN  on '/dev/tty1'", ("root", None, "login", 200)),
     # other PAM services: sessions; cron and systemd-user are noise
-    ("vsftpd", "pam_unix(vsftpd:session): session opened for user ftpuser(uid=1005) by (uid=0)",
-     ("ftpuser", None, "login", 200)),  # an FTP server's session is a login
+    (
+        "vsftpd",
+        "pam_unix(vsftpd:session): session opened for user ftpuser(uid=1005) by (uid=0)",
+        ("ftpuser", None, "login", 200),
+    ),  # an FTP server's session is a login
     ("CRON", "pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)", None),
     ("crond", "pam_unix(crond:session): session closed for user root", None),  # RHEL
     ("systemd", "pam_unix(systemd-user:session): session opened for user alice(uid=1000) by (uid=0)", None),
@@ -139,15 +237,23 @@ class TestAuthDeriver:
 
     def test_details_of_sudo(self) -> None:
         """A sudo line keeps the command (even one containing ' ; '), target user, tty and cwd."""
-        row = derive(AuthDeriver(), "sudo",
-                     "alice : TTY=pts/0 ; PWD=/srv ; USER=postgres ; COMMAND=/bin/sh -c echo a ; echo b")
+        row = derive(
+            AuthDeriver(), "sudo", "alice : TTY=pts/0 ; PWD=/srv ; USER=postgres ; COMMAND=/bin/sh -c echo a ; echo b"
+        )
         assert row is not None
         d = row["details"]
-        assert (d["command"], d["target_user"], d["tty"], d["cwd"]) == ("/bin/sh -c echo a ; echo b", "postgres", "pts/0", "/srv")
+        assert (d["command"], d["target_user"], d["tty"], d["cwd"]) == (
+            "/bin/sh -c echo a ; echo b",
+            "postgres",
+            "pts/0",
+            "/srv",
+        )
 
     def test_details_of_ssh_login(self) -> None:
         """An sshd login carries the method, port and key fingerprint."""
-        row = derive(AuthDeriver(), "sshd", "Accepted publickey for alice from 10.0.0.5 port 40022 ssh2: ED25519 SHA256:abc")
+        row = derive(
+            AuthDeriver(), "sshd", "Accepted publickey for alice from 10.0.0.5 port 40022 ssh2: ED25519 SHA256:abc"
+        )
         assert row is not None
         assert row["details"]["method"] == "publickey"
         assert row["details"]["port"] == 40022
@@ -163,7 +269,11 @@ class TestAuthDeriver:
         d = AuthDeriver()
         assert key(derive(d, "sshd", "Accepted password for alice from 192.0.2.10 port 5000 ssh2", pid=100, id="jd-1"))
         assert key(derive(d, "sshd", "Disconnected from user alice 192.0.2.10 port 5000", pid=101, id="jd-2")) == (
-            "alice", "192.0.2.10", "logout", 200)
+            "alice",
+            "192.0.2.10",
+            "logout",
+            200,
+        )
         assert derive(d, "sshd", "pam_unix(sshd:session): session closed for user alice", pid=100, id="jd-3") is None
 
     def test_logout_from_pam_gets_the_address(self) -> None:
@@ -183,8 +293,7 @@ class TestAuthDeriver:
 
     def test_hostile_user_cannot_move_the_address(self) -> None:
         """A user name that contains ' from X port N' does not replace the real client address."""
-        row = derive(AuthDeriver(), "sshd",
-                     "Invalid user x from 10.9.9.9 port 1 from 203.0.113.9 port 40000")
+        row = derive(AuthDeriver(), "sshd", "Invalid user x from 10.9.9.9 port 1 from 203.0.113.9 port 40000")
         assert row is not None and row["ip"] == "203.0.113.9"
         assert row["user"] == "x from 10.9.9.9 port 1"
 
@@ -193,12 +302,23 @@ class TestAuthDeriver:
         row = derive(AuthDeriver(), "sshd", "Failed password for alice from gw.example.net port 22 ssh2")
         assert row is not None and row["ip"] is None and row["details"]["host"] == "gw.example.net"
 
-    @pytest.mark.parametrize("message", [
-        "", " ", "Accepted", "Accepted password for", "Failed password for alice from",
-        "alice : ", "\x00\x01\x02 garbage", "(to ) on ", "FAILED SU (to root)",
-        "pam_unix(sshd:session): session opened for user", "\udcff\udcfe invalid utf-8",
-        "Accepted password for alice from 192.0.2.1 port 99999999 ssh2 trailing",
-    ])
+    @pytest.mark.parametrize(
+        "message",
+        [
+            "",
+            " ",
+            "Accepted",
+            "Accepted password for",
+            "Failed password for alice from",
+            "alice : ",
+            "\x00\x01\x02 garbage",
+            "(to ) on ",
+            "FAILED SU (to root)",
+            "pam_unix(sshd:session): session opened for user",
+            "\udcff\udcfe invalid utf-8",
+            "Accepted password for alice from 192.0.2.1 port 99999999 ssh2 trailing",
+        ],
+    )
     @pytest.mark.parametrize("program", ["sshd", "sudo", "su", "login"])
     def test_garbage_yields_nothing(self, program: str, message: str) -> None:
         """Garbage lines give no row rather than a wrong one."""
@@ -209,7 +329,17 @@ class TestAuthDeriver:
         d = AuthDeriver()
         assert d(line("sshd", "Accepted password for " + "a" * 10_000_000 + " from 1.2.3.4 port 1 ssh2")) == []
         assert d(line("sshd", 12345)) == []  # type: ignore[arg-type]
-        assert d({"id": "x", "kind": "system_log", "ts": TS, "data": {"message": "Accepted password for a from 1.2.3.4 port 1 ssh2"}}) == []
+        assert (
+            d(
+                {
+                    "id": "x",
+                    "kind": "system_log",
+                    "ts": TS,
+                    "data": {"message": "Accepted password for a from 1.2.3.4 port 1 ssh2"},
+                }
+            )
+            == []
+        )
         assert d({"kind": "metrics", "ts": TS, "data": {}}) == []
         assert d({"kind": "system_log"}) == []  # type: ignore[typeddict-item]
 
@@ -227,7 +357,11 @@ class TestAuthDeriver:
         """Thousands of connections keep the per-connection memory at its cap."""
         d = AuthDeriver(max_tracked=100)
         for i in range(1000):
-            d(line("sshd", f"Accepted password for u{i} from 192.0.2.1 port {i + 1} ssh2", pid=10_000 + i, id=f"jd-{i}"))
+            d(
+                line(
+                    "sshd", f"Accepted password for u{i} from 192.0.2.1 port {i + 1} ssh2", pid=10_000 + i, id=f"jd-{i}"
+                )
+            )
         assert len(d._conn) <= 100
 
 
@@ -275,28 +409,53 @@ class TestDeriverOrigin:
         """build_derivers returns the enabled derivers; auth_file_paths names the files to tail."""
         auth = tmp_path / "auth.log"
         auth.write_text("")
-        cfg = parse_config({"collectors": {"journald": {"enabled": False}, "sftp": {"enabled": False},
-                                           "auth": {"paths": [str(auth), str(tmp_path / "secure")]}}})
+        cfg = parse_config(
+            {
+                "collectors": {
+                    "journald": {"enabled": False},
+                    "sftp": {"enabled": False},
+                    "auth": {"paths": [str(auth), str(tmp_path / "secure")]},
+                }
+            }
+        )
         names = [d.name for d in build_derivers(cfg)]  # type: ignore[attr-defined]
         assert names == ["auth", "ftp"]
         assert auth_file_paths(cfg) == [str(auth)]
         cfg2 = parse_config({"collectors": {"journald": {"enabled": True}}})
         assert sorted(d.name for d in build_derivers(cfg2)) == ["auth", "ftp", "sftp"]  # type: ignore[attr-defined]
         assert auth_file_paths(cfg2) == []
-        cfg3 = parse_config({"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False},
-                                            "ftp": {"enabled": False}}})
+        cfg3 = parse_config(
+            {"collectors": {"auth": {"enabled": False}, "sftp": {"enabled": False}, "ftp": {"enabled": False}}}
+        )
         assert build_derivers(cfg3) == []
 
 
 class TestForgedLines:
-    def _event(self, program: str, message: str, sender: dict[str, Any] | None, id: str = "jd-0123456789abcdef",
-               source: str = "journald") -> dict[str, Any]:
+    def _event(
+        self,
+        program: str,
+        message: str,
+        sender: dict[str, Any] | None,
+        id: str = "jd-0123456789abcdef",
+        source: str = "journald",
+    ) -> dict[str, Any]:
         extra: dict[str, Any] = {"transport": "syslog"}
         if sender is not None:
             extra["sender"] = sender
-        return {"id": id, "kind": "system_log", "ts": "2026-11-26T20:00:00.000Z",
-                "data": {"program": program, "pid": 812, "level": "info", "message": message,
-                         "hostname": "web-01", "source": source, "extra": extra}}
+        return {
+            "id": id,
+            "kind": "system_log",
+            "ts": "2026-11-26T20:00:00.000Z",
+            "data": {
+                "program": program,
+                "pid": 812,
+                "level": "info",
+                "message": message,
+                "hostname": "web-01",
+                "source": source,
+                "extra": extra,
+            },
+        }
 
     def test_only_a_fitting_sender_makes_a_row(self) -> None:
         """An sshd line sent by logger (any uid) or with no sender yields no row; the same line
@@ -311,13 +470,22 @@ class TestForgedLines:
         assert d(self._event("sshd", line, None, id="jd-3")) == []  # the same line again counts once
         assert d.witness.forged == {"sshd": 3}
         rows = d(self._event("sshd", line, sender("sshd")))
-        assert [(r["data"]["user"], r["data"]["ip"], r["data"]["result"]) for r in rows] == [("root", "203.0.113.9", 200)]
+        assert [(r["data"]["user"], r["data"]["ip"], r["data"]["result"]) for r in rows] == [
+            ("root", "203.0.113.9", 200)
+        ]
         prov = rows[0]["data"]["provenance"]
         assert prov["source"] == "journal" and prov["uid"] == 0 and prov["exe"] == sender("sshd").get("exe")
         validate_data("user_activity", rows[0]["data"])
 
     def test_file_lines_say_so(self) -> None:
         """A line read from an auth log file carries no sender: its row says provenance.source file."""
-        rows = AuthDeriver()(self._event("sshd", "Accepted password for root from 203.0.113.9 port 1 ssh2", None,
-                                         id="f-0123456789abcdef", source="/var/log/auth.log"))
+        rows = AuthDeriver()(
+            self._event(
+                "sshd",
+                "Accepted password for root from 203.0.113.9 port 1 ssh2",
+                None,
+                id="f-0123456789abcdef",
+                source="/var/log/auth.log",
+            )
+        )
         assert rows[0]["data"]["provenance"] == {"source": "file", "path": "/var/log/auth.log"}

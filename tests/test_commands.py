@@ -61,7 +61,14 @@ class TestParseRequest:
     def test_defaults(self) -> None:
         """An argv request runs as the caller with the configured timeout; the line is shell-quoted."""
         r = parse_request({"op": "exec", "argv": ["echo", "a b"]}, ROOT, 60.0, False)
-        assert (r.line, r.user, r.operator, r.timeout_s, r.kill, r.due) == ("echo 'a b'", "root", "root", 60.0, False, None)
+        assert (r.line, r.user, r.operator, r.timeout_s, r.kill, r.due) == (
+            "echo 'a b'",
+            "root",
+            "root",
+            60.0,
+            False,
+            None,
+        )
         assert parse_request({"argv": ["echo hi; id"]}, ROOT, 60.0, False).line == "echo hi; id"
 
     def test_schedule(self) -> None:
@@ -71,28 +78,31 @@ class TestParseRequest:
         r = parse_request({"line": "true", "at": "2030-01-01T00:00:00Z"}, ROOT, 60.0, False, now=1.89e9)
         assert r.due == 1893456000.0
 
-    @pytest.mark.parametrize(("msg", "why"), [
-        ({"op": "exec"}, "a command is required"),
-        ({"line": "   "}, "a command is required"),
-        ({"argv": []}, "non-empty list"),
-        ({"argv": ["a", 1]}, "non-empty list"),
-        ({"argv": "ls"}, "non-empty list"),
-        ({"line": "a", "argv": ["a"]}, "not both"),
-        ({"line": "a\x00b"}, "NUL"),
-        ({"line": "x" * 70_000}, "longer than"),
-        ({"line": "true", "user": "no-such-user-xyz"}, "no such user"),
-        ({"line": "true", "user": ["root"]}, "user name"),
-        ({"line": "true", "timeout_s": 0}, "timeout_s"),
-        ({"line": "true", "timeout_s": "5"}, "timeout_s"),
-        ({"line": "true", "timeout_s": True}, "timeout_s"),
-        ({"line": "true", "in_s": -1}, "in_s"),
-        ({"line": "true", "at": "tomorrow-ish"}, "RFC 3339"),
-        ({"line": "true", "at": 1, "in_s": 1}, "not both"),
-        ({"line": "true", "in_s": 10 * 365 * 86400}, "a year"),
-        ({"line": "true", "kill_on_timeout": "yes"}, "kill_on_timeout"),
-        ({"line": "true", "operator": "o" * 300}, "operator"),
-        ({"line": "true", "env": {"LD_PRELOAD": "/tmp/x.so"}}, "unknown fields: env"),
-    ])
+    @pytest.mark.parametrize(
+        ("msg", "why"),
+        [
+            ({"op": "exec"}, "a command is required"),
+            ({"line": "   "}, "a command is required"),
+            ({"argv": []}, "non-empty list"),
+            ({"argv": ["a", 1]}, "non-empty list"),
+            ({"argv": "ls"}, "non-empty list"),
+            ({"line": "a", "argv": ["a"]}, "not both"),
+            ({"line": "a\x00b"}, "NUL"),
+            ({"line": "x" * 70_000}, "longer than"),
+            ({"line": "true", "user": "no-such-user-xyz"}, "no such user"),
+            ({"line": "true", "user": ["root"]}, "user name"),
+            ({"line": "true", "timeout_s": 0}, "timeout_s"),
+            ({"line": "true", "timeout_s": "5"}, "timeout_s"),
+            ({"line": "true", "timeout_s": True}, "timeout_s"),
+            ({"line": "true", "in_s": -1}, "in_s"),
+            ({"line": "true", "at": "tomorrow-ish"}, "RFC 3339"),
+            ({"line": "true", "at": 1, "in_s": 1}, "not both"),
+            ({"line": "true", "in_s": 10 * 365 * 86400}, "a year"),
+            ({"line": "true", "kill_on_timeout": "yes"}, "kill_on_timeout"),
+            ({"line": "true", "operator": "o" * 300}, "operator"),
+            ({"line": "true", "env": {"LD_PRELOAD": "/tmp/x.so"}}, "unknown fields: env"),
+        ],
+    )
     def test_rejects(self, msg: dict[str, Any], why: str) -> None:
         """Malformed or hostile requests are refused with a reason that names the problem."""
         with pytest.raises(InputError, match=why):
@@ -119,8 +129,12 @@ class TestParseRequest:
 
 
 def exec_cli(agent: AgentProcess, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "alpacon-agent"), "exec", "--config", str(agent.config_path), *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [str(BIN / "alpacon-agent"), "exec", "--config", str(agent.config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def command_rows(receiver: ReceiverProcess) -> dict[str, dict[str, Any]]:
@@ -154,7 +168,12 @@ class TestExecThroughAgent:
         assert r.stdout == "out\nerr\n"
         row = wait_status(receiver, "echo out; echo err >&2", "success")
         assert statuses(row) == ["running", "success"]
-        assert (row["exit_code"], row["result"], row["operator"], row["shell"]) == (0, "out\nerr\n", "Alice Admin", "system")
+        assert (row["exit_code"], row["result"], row["operator"], row["shell"]) == (
+            0,
+            "out\nerr\n",
+            "Alice Admin",
+            "system",
+        )
         assert row["started_at"] and row["finished_at"]
 
     def test_failure(self, cmd_agent: AgentProcess, receiver: ReceiverProcess) -> None:
@@ -186,8 +205,12 @@ class TestExecThroughAgent:
         collectors running: a command in progress finishes and reports its real outcome."""
         go = tmp_path / "go"
         line = f"while [ ! -e {go} ]; do sleep 0.05; done; echo done"
-        proc = subprocess.Popen([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path),
-                                 "--", line], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path), "--", line],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_status(receiver, line, "running")
             cmd_agent.write_config(deep_merge(cmd_agent.config, {"batch": {"max_wait_ms": 50}}))
@@ -208,11 +231,17 @@ class TestExecThroughAgent:
         """A reload that changes collector settings starts them again: a command in progress is
         terminated, its caller is answered at once, and its record is reported failed."""
         line = f"while [ ! -e {tmp_path / 'never'} ]; do sleep 0.05; done"
-        proc = subprocess.Popen([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path),
-                                 "--", line], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path), "--", line],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_status(receiver, line, "running")
-            cmd_agent.write_config(deep_merge(cmd_agent.config, {"collectors": {"commands": {"max_output_bytes": 8192}}}))
+            cmd_agent.write_config(
+                deep_merge(cmd_agent.config, {"collectors": {"commands": {"max_output_bytes": 8192}}})
+            )
             cmd_agent.signal(signal.SIGHUP)
             out, err = proc.communicate(timeout=60)
         finally:
@@ -234,9 +263,22 @@ class TestExecThroughAgent:
         """--user runs the command as that user, in its home, with a clean environment."""
         need_root()
         env = {**os.environ, "SECRET_TOKEN": "leak"}
-        r = subprocess.run([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path),
-                            "--user", "nobody", "--", "id -un; env | grep -c SECRET_TOKEN; pwd"],
-                           capture_output=True, text=True, timeout=60, env=env)
+        r = subprocess.run(
+            [
+                str(BIN / "alpacon-agent"),
+                "exec",
+                "--config",
+                str(cmd_agent.config_path),
+                "--user",
+                "nobody",
+                "--",
+                "id -un; env | grep -c SECRET_TOKEN; pwd",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
         home = pwd.getpwnam("nobody").pw_dir
         cwd = home if os.path.isdir(home) else "/"
         assert r.stdout == f"nobody\n0\n{cwd}\n"
@@ -254,12 +296,18 @@ class TestExecThroughAgent:
         assert statuses(row) == ["scheduled", "running", "success"]
         assert row["result"] == "scheduled-run\n" and row["scheduled_at"]
 
-    def test_agent_killed_while_running(self, cmd_agent: AgentProcess, receiver: ReceiverProcess, tmp_path: Path) -> None:
+    def test_agent_killed_while_running(
+        self, cmd_agent: AgentProcess, receiver: ReceiverProcess, tmp_path: Path
+    ) -> None:
         """A command running when the agent is SIGKILLed is reported failed, with the reason, on restart."""
         pidfile = tmp_path / "cmd.pid"
         line = f"echo $$ > {pidfile}; sleep 120"
-        client = subprocess.Popen([str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path), "--", line],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        client = subprocess.Popen(
+            [str(BIN / "alpacon-agent"), "exec", "--config", str(cmd_agent.config_path), "--", line],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             wait_status(receiver, line, "running")
             wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), 10, what="command pid")
@@ -291,8 +339,13 @@ class TestExecThroughAgent:
     def test_garbage_requests(self, cmd_agent: AgentProcess) -> None:
         """Malformed exec requests get a clear refusal and the agent keeps serving."""
         with HookClient(cmd_agent.socket) as c:
-            for msg in ({"op": "exec"}, {"op": "exec", "argv": [1, 2]}, {"op": "exec", "line": "x" * 100_000},
-                        {"op": "exec", "line": "true", "user": "no-such-user-xyz"}, {"op": "exec", "bogus": 1}):
+            for msg in (
+                {"op": "exec"},
+                {"op": "exec", "argv": [1, 2]},
+                {"op": "exec", "line": "x" * 100_000},
+                {"op": "exec", "line": "true", "user": "no-such-user-xyz"},
+                {"op": "exec", "bogus": 1},
+            ):
                 ans = c.request(msg)
                 assert ans["status"] == "invalid" and ans["reason"], ans
             assert c.request({"op": "exec", "line": "echo alive"})["output"] == "alive\n"
@@ -334,7 +387,10 @@ class TestExecThroughAgent:
         for ev in got:
             validate_data("command", ev["data"])
         assert [(e["data"]["shell"], e["data"]["status"], e["data"].get("exit_code")) for e in got] == [
-            ("internal", "success", 0), ("internal", "failed", 3), ("internal", "failed", None)]
+            ("internal", "success", 0),
+            ("internal", "failed", 3),
+            ("internal", "failed", None),
+        ]
         assert got[1]["data"]["result"] == "hi\n"
 
     def test_exec_json_output(self, cmd_agent: AgentProcess) -> None:

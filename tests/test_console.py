@@ -24,9 +24,13 @@ LOGIN_TIMEOUT = 20
 
 
 def post_batch(receiver: ReceiverProcess, events: list[dict[str, Any]]) -> Any:
-    batch = {"schema": 1, "agent": {"id": "agent-console", "server": "web-01", "hostname": "web-01",
-                                    "version": "0.1.0"},
-             "batch_id": "batch-" + secrets.token_hex(6), "sent_at": "2026-12-01T20:00:00.000Z", "events": events}
+    batch = {
+        "schema": 1,
+        "agent": {"id": "agent-console", "server": "web-01", "hostname": "web-01", "version": "0.1.0"},
+        "batch_id": "batch-" + secrets.token_hex(6),
+        "sent_at": "2026-12-01T20:00:00.000Z",
+        "events": events,
+    }
     return _http("POST", receiver.ingest_url, batch)
 
 
@@ -37,8 +41,9 @@ def login(b: Browser, receiver: ReceiverProcess, token: str = TOKEN) -> None:
     b.one("#login-button").click()
 
 
-def raw(method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
-        ) -> tuple[int, dict[str, str], bytes]:
+def raw(
+    method: str, url: str, data: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     opener = urllib.request.build_opener(NoRedirect)
     try:
@@ -63,15 +68,19 @@ class TestConsoleAccess:
         assert urllib.parse.urlsplit(browser.driver.current_url).path == "/console/login"
         assert not browser.css("#nav") and not browser.css("table")
         status = browser.driver.execute_async_script(
-            "const done = arguments[0]; fetch('/api/v1/system-logs').then(r => done(r.status));")
+            "const done = arguments[0]; fetch('/api/v1/system-logs').then(r => done(r.status));"
+        )
         assert status == 401
         browser.shot("login")
 
     def test_wrong_token_is_refused(self, receiver: ReceiverProcess, browser: Browser) -> None:
         """A wrong token gives the login page again with a note, and no cookie."""
         login(browser, receiver, "wrong-" + TOKEN)
-        wait_until(lambda: browser.css("#login-failed") and browser.one("#login-failed").is_displayed(), 10,
-                   what="the refusal note")
+        wait_until(
+            lambda: browser.css("#login-failed") and browser.one("#login-failed").is_displayed(),
+            10,
+            what="the refusal note",
+        )
         assert browser.driver.get_cookies() == []
 
     def test_cookie_opens_reads_only(self, receiver: ReceiverProcess, browser: Browser) -> None:
@@ -83,14 +92,17 @@ class TestConsoleAccess:
         assert c["httpOnly"] is True and c["sameSite"] == "Strict" and c["path"] == "/"
         assert browser.driver.execute_script("return document.cookie") == ""  # HttpOnly: not visible to scripts
         status = browser.driver.execute_async_script(
-            "const done = arguments[0]; fetch('/api/v1/system-logs').then(r => done(r.status));")
+            "const done = arguments[0]; fetch('/api/v1/system-logs').then(r => done(r.status));"
+        )
         assert status == 200
         ingest = browser.driver.execute_async_script(
             "const done = arguments[0]; fetch('/api/v1/agent/events', {method: 'POST', body: '{}',"
-            " headers: {'Content-Type': 'application/json'}}).then(r => done(r.status));")
+            " headers: {'Content-Type': 'application/json'}}).then(r => done(r.status));"
+        )
         assert ingest == 401
         faults = browser.driver.execute_async_script(
-            "const done = arguments[0]; fetch('/api/v1/_faults').then(r => done(r.status));")
+            "const done = arguments[0]; fetch('/api/v1/_faults').then(r => done(r.status));"
+        )
         assert faults == 401
         # signing out ends the session on the server, not only in this browser
         sid = c["value"]
@@ -102,8 +114,9 @@ class TestConsoleAccess:
     def test_set_cookie_header_and_security_headers(self, receiver: ReceiverProcess) -> None:
         """The Set-Cookie header itself carries HttpOnly and SameSite=Strict; pages carry a CSP."""
         form = urllib.parse.urlencode({"token": TOKEN}).encode()
-        status, headers, _ = raw("POST", receiver.url + "/console/login", form,
-                                 {"Content-Type": "application/x-www-form-urlencoded"})
+        status, headers, _ = raw(
+            "POST", receiver.url + "/console/login", form, {"Content-Type": "application/x-www-form-urlencoded"}
+        )
         assert status == 303 and headers["Location"] == "/console/"
         cookie = headers["Set-Cookie"]
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
@@ -118,22 +131,35 @@ class TestConsoleAccess:
     def test_cross_site_login_and_forged_cookies_refused(self, receiver: ReceiverProcess) -> None:
         """A login posted from another origin is refused; a made-up cookie opens nothing."""
         form = urllib.parse.urlencode({"token": TOKEN}).encode()
-        status, headers, body = raw("POST", receiver.url + "/console/login", form,
-                                    {"Content-Type": "application/x-www-form-urlencoded",
-                                     "Origin": "http://evil.example"})
+        status, headers, body = raw(
+            "POST",
+            receiver.url + "/console/login",
+            form,
+            {"Content-Type": "application/x-www-form-urlencoded", "Origin": "http://evil.example"},
+        )
         assert status == 403 and "Set-Cookie" not in headers
         for forged in ("x", "A" * 43, "", "../../etc/passwd"):
-            status, _, _ = raw("GET", receiver.url + "/api/v1/system-logs",
-                               headers={"Cookie": f"alpacon_console={forged}"})
+            status, _, _ = raw(
+                "GET", receiver.url + "/api/v1/system-logs", headers={"Cookie": f"alpacon_console={forged}"}
+            )
             assert status == 401
-        status, _, _ = raw("POST", receiver.url + "/console/login", b"token=" + b"A" * 10_000,
-                           {"Content-Type": "application/x-www-form-urlencoded"})
+        status, _, _ = raw(
+            "POST",
+            receiver.url + "/console/login",
+            b"token=" + b"A" * 10_000,
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
         assert status == 413
 
     def test_static_files_stay_in_their_folder(self, receiver: ReceiverProcess) -> None:
         """Path tricks on the static route find nothing outside static/."""
-        for path in ("../__init__.py", "..%2f__init__.py", "%2e%2e/%2e%2e/app.py", "vendor/../../__init__.py",
-                     "index.html"):
+        for path in (
+            "../__init__.py",
+            "..%2f__init__.py",
+            "%2e%2e/%2e%2e/app.py",
+            "vendor/../../__init__.py",
+            "index.html",
+        ):
             status, _, body = raw("GET", receiver.url + "/console/static/" + path)
             assert status == 404, (path, status)
         status, headers, _ = raw("GET", receiver.url + "/console/static/console.js")
@@ -142,12 +168,25 @@ class TestConsoleAccess:
     def test_hostile_text_is_shown_as_text(self, receiver: ReceiverProcess, browser: Browser) -> None:
         """A log message and a user name made of HTML and script are shown literally and run nothing."""
         payload = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
-        post_batch(receiver, [
-            {"id": "ev-hostile-1", "kind": "system_log", "ts": "2026-12-01T20:00:00.000Z", "server": "web-01",
-             "data": {"program": "evil", "level": "error", "pid": 1, "message": payload}},
-            {"id": "ev-hostile-2", "kind": "user_activity", "ts": "2026-12-01T20:00:00.000Z", "server": "web-01",
-             "data": {"user": payload, "ip": "203.0.113.9", "action": "login", "result": 200}},
-        ])
+        post_batch(
+            receiver,
+            [
+                {
+                    "id": "ev-hostile-1",
+                    "kind": "system_log",
+                    "ts": "2026-12-01T20:00:00.000Z",
+                    "server": "web-01",
+                    "data": {"program": "evil", "level": "error", "pid": 1, "message": payload},
+                },
+                {
+                    "id": "ev-hostile-2",
+                    "kind": "user_activity",
+                    "ts": "2026-12-01T20:00:00.000Z",
+                    "server": "web-01",
+                    "data": {"user": payload, "ip": "203.0.113.9", "action": "login", "result": 200},
+                },
+            ],
+        )
         login(browser, receiver)
         browser.ready()
         for route in ("#/logs", "#/activity"):
@@ -203,38 +242,59 @@ def run_everything(lab: Any, agent: Any, receiver: ReceiverProcess, tmp: Path) -
     assert s.finish() == 0
     want = {
         "system-logs": lambda: receiver.view("system-logs", program="console-test"),
-        "webftp-transfers": lambda: [x for x in receiver.view("webftp-transfers", username=u.name)
-                                     if x["object_name"] == f"console-{tag}.bin"],
-        "commands": lambda: [x for x in receiver.view("commands") if x.get("line", "").endswith(f"exec-{tag}")
-                             and x.get("status") == "success"],
-        "websh-sessions": lambda: [x for x in receiver.view("websh-sessions", session_id=sid)
-                                   if x.get("state") == "closed" and x.get("commands")],
+        "webftp-transfers": lambda: [
+            x for x in receiver.view("webftp-transfers", username=u.name) if x["object_name"] == f"console-{tag}.bin"
+        ],
+        "commands": lambda: [
+            x
+            for x in receiver.view("commands")
+            if x.get("line", "").endswith(f"exec-{tag}") and x.get("status") == "success"
+        ],
+        "websh-sessions": lambda: [
+            x
+            for x in receiver.view("websh-sessions", session_id=sid)
+            if x.get("state") == "closed" and x.get("commands")
+        ],
         "user-activity": lambda: [x for x in receiver.view("user-activity", user=u.name) if x["action"] == "login"],
     }
     for name, rows in want.items():
         try:
             wait_until(rows, 90, what=f"{name} rows at the receiver")
         except AssertionError:
-            raise AssertionError(f"no {name} rows; stored: {receiver.stats().get('stored_by_kind')}; agent log:"
-                                 f" {agent.log_path.read_text()[-3000:]}") from None
+            raise AssertionError(
+                f"no {name} rows; stored: {receiver.stats().get('stored_by_kind')}; agent log:"
+                f" {agent.log_path.read_text()[-3000:]}"
+            ) from None
     wait_until(lambda: len(want["system-logs"]()) == 3, 30, what="the three journald lines")
-    wait_until(lambda: raw("GET", f"{receiver.url}/api/v1/websh-recordings/{sid}",
-                           headers={"Authorization": f"Bearer {TOKEN}"})[0] == 200, 60,
-               what="the session's recording at the receiver")
+    wait_until(
+        lambda: (
+            raw("GET", f"{receiver.url}/api/v1/websh-recordings/{sid}", headers={"Authorization": f"Bearer {TOKEN}"})[0]
+            == 200
+        ),
+        60,
+        what="the session's recording at the receiver",
+    )
     return {"tag": tag, "sid": sid, "user": u.name, "lines": lines}
 
 
 class TestConsoleViews:
     """Each view lists what a real agent run collected, with the view's columns."""
 
-    def test_views_after_a_real_run(self, console_lab: Any, agent_factory: Any, receiver: ReceiverProcess,
-                                    browser: Browser, tmp_path: Path) -> None:
+    def test_views_after_a_real_run(
+        self, console_lab: Any, agent_factory: Any, receiver: ReceiverProcess, browser: Browser, tmp_path: Path
+    ) -> None:
         """Logs, a Websh session (Record and playback), an exec, an sftp upload and a login, in the browser."""
         lab = console_lab
-        agent = agent_factory(receiver, collectors={
-            "journald": {"enabled": True, "directory": str(lab.journald.journal_dir), "start_at": "beginning"},
-            "auth": {"enabled": True}, "sftp": {"enabled": True}, "commands": {"enabled": True},
-            "metrics": {"enabled": True, "interval_s": 1}})
+        agent = agent_factory(
+            receiver,
+            collectors={
+                "journald": {"enabled": True, "directory": str(lab.journald.journal_dir), "start_at": "beginning"},
+                "auth": {"enabled": True},
+                "sftp": {"enabled": True},
+                "commands": {"enabled": True},
+                "metrics": {"enabled": True, "interval_s": 1},
+            },
+        )
         agent.start()
         done = run_everything(lab, agent, receiver, tmp_path)
         tag, sid = done["tag"], done["sid"]
@@ -255,8 +315,16 @@ class TestConsoleViews:
 
         # Websh history and a session's detail: metadata, Record, playback
         browser.route("#/websh")
-        assert browser.headers() == ["Server", "Username", "Groupname", "Duration", "Operator", "Browser",
-                                     "Remote IP", "Date"]
+        assert browser.headers() == [
+            "Server",
+            "Username",
+            "Groupname",
+            "Duration",
+            "Operator",
+            "Browser",
+            "Remote IP",
+            "Date",
+        ]
         api_session = receiver.view("websh-sessions", session_id=sid)[0]
         row = next(r for r in browser.table() if r["operator"] == api_session["operator"])
         assert row["remote_ip"] == api_session["remote_ip"] and row["browser"] == api_session["browser"]
@@ -265,13 +333,21 @@ class TestConsoleViews:
         record = browser.table("#record")
         assert any(r["command"] == f"echo websh-{tag}" and r["exit_code"] == "0" for r in record), record
         wait_until(lambda: browser.css("#player .ap-player, #player .ap-wrapper"), 20, what="the asciinema player")
-        duration = wait_until(lambda: browser.driver.execute_async_script(
-            "const done = arguments[0]; Promise.resolve(window.castPlayer.getDuration()).then(done, () => done(null));"),
-            20, what="the recording's duration in the player")
+        duration = wait_until(
+            lambda: browser.driver.execute_async_script(
+                "const done = arguments[0]; Promise.resolve(window.castPlayer.getDuration()).then(done, () => "
+                "done(null));"
+            ),
+            20,
+            what="the recording's duration in the player",
+        )
         assert duration > 0, duration
         browser.driver.execute_script("window.castPlayer.play()")
-        wait_until(lambda: f"websh-{tag}" in browser.one("#player").get_attribute("textContent"), 20,
-                   what="the recorded output on the player's screen")
+        wait_until(
+            lambda: f"websh-{tag}" in browser.one("#player").get_attribute("textContent"),
+            20,
+            what="the recorded output on the player's screen",
+        )
         browser.shot("websh-session")
 
         # Command history: the columns, and the output behind a row
@@ -285,8 +361,16 @@ class TestConsoleViews:
 
         # WebFTP history
         browser.route(f"#/webftp?username={done['user']}")
-        assert browser.headers() == ["Server", "Username", "Groupname", "Type", "Object name", "Size", "Remote IP",
-                                     "Date"]
+        assert browser.headers() == [
+            "Server",
+            "Username",
+            "Groupname",
+            "Type",
+            "Object name",
+            "Size",
+            "Remote IP",
+            "Date",
+        ]
         rows = [r for r in browser.table() if r["object_name"] == f"console-{tag}.bin"]
         assert rows and rows[0]["type"] == "upload" and rows[0]["size"] == "4.2 KiB"
         next(tr for tr in browser.css("table.rows tbody tr.row") if f"console-{tag}.bin" in tr.text).click()
@@ -298,14 +382,21 @@ class TestConsoleViews:
         summary = receiver.get("/api/v1/user-activity/summary")
         bars: Counter[tuple[Any, ...]] = Counter()
         for bar in browser.css("#activity-hours .bar"):
-            bars[(bar.get_attribute("data-hour"), bar.get_attribute("data-action"),
-                  int(bar.get_attribute("data-result")))] += int(bar.get_attribute("data-count"))
+            bars[
+                (
+                    bar.get_attribute("data-hour"),
+                    bar.get_attribute("data-action"),
+                    int(bar.get_attribute("data-result")),
+                )
+            ] += int(bar.get_attribute("data-count"))
         assert bars == Counter({(h["hour"], h["action"], h["result"]): h["count"] for h in summary["hours"]})
         api_counts: Counter[tuple[Any, ...]] = Counter()
         for r in receiver.view("user-activity"):
             api_counts[(r["ts"][:13] + ":00:00.000Z", r["action"], r["result"])] += 1
         assert bars == api_counts
-        users = {e.get_attribute("data-key"): int(e.get_attribute("data-count")) for e in browser.css("#top-users .hbar")}
+        users = {
+            e.get_attribute("data-key"): int(e.get_attribute("data-count")) for e in browser.css("#top-users .hbar")
+        }
         assert users[done["user"]] == sum(1 for r in receiver.view("user-activity") if r["user"] == done["user"])
         browser.shot("user-activity")
         login_bar = next(b for b in browser.css("#activity-hours .bar") if b.get_attribute("data-action") == "login")

@@ -33,9 +33,20 @@ def journal_tools() -> None:
 
 
 def _entries(n: int, start: int = 0, **extra: object) -> list[dict]:
-    return [{"MESSAGE": f"seq={i} hello", "SYSLOG_IDENTIFIER": "app", "_PID": "4242", "PRIORITY": "6",
-             "_HOSTNAME": "web-01", "_TRANSPORT": "journal", "_SYSTEMD_UNIT": "app.service",
-             "SYSLOG_FACILITY": "3", **extra} for i in range(start, start + n)]
+    return [
+        {
+            "MESSAGE": f"seq={i} hello",
+            "SYSLOG_IDENTIFIER": "app",
+            "_PID": "4242",
+            "PRIORITY": "6",
+            "_HOSTNAME": "web-01",
+            "_TRANSPORT": "journal",
+            "_SYSTEMD_UNIT": "app.service",
+            "SYSLOG_FACILITY": "3",
+            **extra,
+        }
+        for i in range(start, start + n)
+    ]
 
 
 def _collector(rec: EmitRecorder, directory: Path, once: bool = True, derivers=None, **cfg) -> JournaldCollector:
@@ -46,21 +57,38 @@ def _collector(rec: EmitRecorder, directory: Path, once: bool = True, derivers=N
 class TestJournaldMapping:
     async def test_fields_mapped(self, tmp_path, journal_tools):
         """program, pid, level, message, ts, facility and extra come from the right fields."""
-        write_journal_file(tmp_path / "j" / "a.journal", [
-            {"MESSAGE": "hello", "SYSLOG_IDENTIFIER": "sshd", "_COMM": "sshd-session", "_PID": "812",
-             "PRIORITY": "3", "SYSLOG_FACILITY": "4", "_HOSTNAME": "web-01", "_TRANSPORT": "syslog",
-             "_SYSTEMD_UNIT": "ssh.service", "__REALTIME_TIMESTAMP": "1795728000123456"},
-            {"MESSAGE": "no ident", "_COMM": "cron", "SYSLOG_PID": "9"},
-            {"MESSAGE": "bare"},
-        ])
+        write_journal_file(
+            tmp_path / "j" / "a.journal",
+            [
+                {
+                    "MESSAGE": "hello",
+                    "SYSLOG_IDENTIFIER": "sshd",
+                    "_COMM": "sshd-session",
+                    "_PID": "812",
+                    "PRIORITY": "3",
+                    "SYSLOG_FACILITY": "4",
+                    "_HOSTNAME": "web-01",
+                    "_TRANSPORT": "syslog",
+                    "_SYSTEMD_UNIT": "ssh.service",
+                    "__REALTIME_TIMESTAMP": "1795728000123456",
+                },
+                {"MESSAGE": "no ident", "_COMM": "cron", "SYSLOG_PID": "9"},
+                {"MESSAGE": "bare"},
+            ],
+        )
         rec = EmitRecorder()
         await run_once(_collector(rec, tmp_path / "j"))
         a, b, c = rec.events
         assert a["ts"] == "2026-11-26T21:20:00.123Z"
         assert a["data"]["program"] == "sshd" and a["data"]["pid"] == 812 and a["data"]["level"] == "error"
         assert a["data"]["message"] == "hello" and a["data"]["facility"] == "auth"
-        assert a["data"]["extra"] == {"unit": "ssh.service", "hostname": "web-01", "transport": "syslog",
-                                      "boot_id": "0123456789abcdef0123456789abcdef", "facility": "auth"}
+        assert a["data"]["extra"] == {
+            "unit": "ssh.service",
+            "hostname": "web-01",
+            "transport": "syslog",
+            "boot_id": "0123456789abcdef0123456789abcdef",
+            "facility": "auth",
+        }
         assert (b["data"]["program"], b["data"]["pid"], b["data"]["level"]) == ("cron", 9, "info")
         assert c["data"]["program"] == "unknown" and c["data"]["pid"] is None
         for e in rec.events:
@@ -84,12 +112,15 @@ class TestJournaldMapping:
 
     async def test_binary_multiline_and_huge_messages(self, tmp_path, journal_tools):
         """Binary messages decode with replacement, multi-line ones stay whole, long ones are cut."""
-        write_journal_file(tmp_path / "j" / "a.journal", [
-            {"MESSAGE": b"bin\x00\xff\xfeok", "SYSLOG_IDENTIFIER": "b"},
-            {"MESSAGE": "line1\nline2\n\ttab", "SYSLOG_IDENTIFIER": "m"},
-            {"MESSAGE": "é" * 2000, "SYSLOG_IDENTIFIER": "big"},
-            {"MESSAGE": "x" * 600, "SYSLOG_IDENTIFIER": "fits"},
-        ])
+        write_journal_file(
+            tmp_path / "j" / "a.journal",
+            [
+                {"MESSAGE": b"bin\x00\xff\xfeok", "SYSLOG_IDENTIFIER": "b"},
+                {"MESSAGE": "line1\nline2\n\ttab", "SYSLOG_IDENTIFIER": "m"},
+                {"MESSAGE": "é" * 2000, "SYSLOG_IDENTIFIER": "big"},
+                {"MESSAGE": "x" * 600, "SYSLOG_IDENTIFIER": "fits"},
+            ],
+        )
         rec = EmitRecorder()
         await run_once(_collector(rec, tmp_path / "j", max_message_bytes=1000))
         b, m, big, fits = (e["data"] for e in rec.events)
@@ -102,10 +133,19 @@ class TestJournaldMapping:
 
     async def test_hostile_field_values(self, tmp_path, journal_tools):
         """Garbage PRIORITY/PID/FACILITY values and duplicated fields never break the mapping."""
-        write_journal_file(tmp_path / "j" / "a.journal", [
-            {"MESSAGE": "a", "PRIORITY": "99", "_PID": "-1", "SYSLOG_FACILITY": "x", "SYSLOG_IDENTIFIER": b"\xff" * 500},
-            {"MESSAGE": "b", "PRIORITY": "", "_PID": "99999999999999999999", "SYSLOG_PID": "abc"},
-        ])
+        write_journal_file(
+            tmp_path / "j" / "a.journal",
+            [
+                {
+                    "MESSAGE": "a",
+                    "PRIORITY": "99",
+                    "_PID": "-1",
+                    "SYSLOG_FACILITY": "x",
+                    "SYSLOG_IDENTIFIER": b"\xff" * 500,
+                },
+                {"MESSAGE": "b", "PRIORITY": "", "_PID": "99999999999999999999", "SYSLOG_PID": "abc"},
+            ],
+        )
         rec = EmitRecorder()
         await run_once(_collector(rec, tmp_path / "j"))
         a, b = (e["data"] for e in rec.events)
@@ -117,12 +157,15 @@ class TestJournaldMapping:
 
     async def test_filters(self, tmp_path, journal_tools):
         """Units/identifiers include, excludes and min_level select entries; the cursor still moves."""
-        write_journal_file(tmp_path / "j" / "a.journal", [
-            {"MESSAGE": "1", "SYSLOG_IDENTIFIER": "a", "_SYSTEMD_UNIT": "u1.service", "PRIORITY": "6"},
-            {"MESSAGE": "2", "SYSLOG_IDENTIFIER": "b", "_SYSTEMD_UNIT": "u2.service", "PRIORITY": "3"},
-            {"MESSAGE": "3", "SYSLOG_IDENTIFIER": "c", "_SYSTEMD_UNIT": "u3.service", "PRIORITY": "2"},
-            {"MESSAGE": "4", "SYSLOG_IDENTIFIER": "d", "_SYSTEMD_UNIT": "u1.service", "PRIORITY": "7"},
-        ])
+        write_journal_file(
+            tmp_path / "j" / "a.journal",
+            [
+                {"MESSAGE": "1", "SYSLOG_IDENTIFIER": "a", "_SYSTEMD_UNIT": "u1.service", "PRIORITY": "6"},
+                {"MESSAGE": "2", "SYSLOG_IDENTIFIER": "b", "_SYSTEMD_UNIT": "u2.service", "PRIORITY": "3"},
+                {"MESSAGE": "3", "SYSLOG_IDENTIFIER": "c", "_SYSTEMD_UNIT": "u3.service", "PRIORITY": "2"},
+                {"MESSAGE": "4", "SYSLOG_IDENTIFIER": "d", "_SYSTEMD_UNIT": "u1.service", "PRIORITY": "7"},
+            ],
+        )
         rec = EmitRecorder()
         await run_once(_collector(rec, tmp_path / "j", units=["u1.service"], identifiers=["c"]))
         assert rec.messages() == ["1", "3", "4"]

@@ -170,7 +170,10 @@ class TestMetricsCollector:
         a.start()
         rows = wait_until(lambda: len(r := receiver.view("metrics")) >= 3 and r, 30, what="3 metrics samples")
         for row in rows:
-            assert all(x >= 0 for x in all_numbers({k: v for k, v in row.items() if k in ("cpu", "memory", "disk_io", "network")}))
+            assert all(
+                x >= 0
+                for x in all_numbers({k: v for k, v in row.items() if k in ("cpu", "memory", "disk_io", "network")})
+            )
         a.stop()
 
 
@@ -193,4 +196,3 @@ def _loopback_traffic(n: int) -> int:
     t.join(10)
     srv.close()
     return n
-

@@ -96,8 +96,11 @@ class SshLab:
         (ssh_dir / "authorized_keys").write_text((self.root / "userkey.pub").read_text())
         subprocess.run(["chown", "-R", f"{self.ssh_user.name}:", str(ssh_dir)], check=True)
         conf = self.root / "sshd_config"
-        conf.write_text(SSHD_CONFIG.format(port=self.port, root=self.root, sftp_server=SFTP_SERVER,
-                                           users=" ".join(u.name for u in self.users)))
+        conf.write_text(
+            SSHD_CONFIG.format(
+                port=self.port, root=self.root, sftp_server=SFTP_SERVER, users=" ".join(u.name for u in self.users)
+            )
+        )
         self.sshd = self.journald.popen([SSHD, "-D", "-f", str(conf)], stderr=open(self.root / "sshd.err", "ab"))
         wait_until(self._listening, 15, what="sshd listening")
         return self
@@ -126,25 +129,61 @@ class SshLab:
     # -- clients ---------------------------------------------------------------------------
     def ssh_password(self, user: str, password: str) -> int:
         return subprocess.run(
-            ["sshpass", "-p", password, "ssh", *SSH_OPTS, "-p", str(self.port), "-o", "PubkeyAuthentication=no",
-             "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1",
-             f"{user}@127.0.0.1", "true"], capture_output=True, timeout=60).returncode
+            [
+                "sshpass",
+                "-p",
+                password,
+                "ssh",
+                *SSH_OPTS,
+                "-p",
+                str(self.port),
+                "-o",
+                "PubkeyAuthentication=no",
+                "-o",
+                "PreferredAuthentications=password",
+                "-o",
+                "NumberOfPasswordPrompts=1",
+                f"{user}@127.0.0.1",
+                "true",
+            ],
+            capture_output=True,
+            timeout=60,
+        ).returncode
 
     def key_opts(self) -> list[str]:
         return [*SSH_OPTS, "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-i", str(self.root / "userkey")]
 
     def ssh_key(self, user: str) -> int:
-        return subprocess.run(["ssh", *self.key_opts(), "-p", str(self.port), f"{user}@127.0.0.1", "true"],
-                              capture_output=True, timeout=60).returncode
+        return subprocess.run(
+            ["ssh", *self.key_opts(), "-p", str(self.port), f"{user}@127.0.0.1", "true"],
+            capture_output=True,
+            timeout=60,
+        ).returncode
 
     def sftp(self, user: str, batch: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(["sftp", *self.key_opts(), "-P", str(self.port), "-b", "-", f"{user}@127.0.0.1"],
-                              input=batch.encode(), capture_output=True, timeout=120, check=check, **kw)
+        return subprocess.run(
+            ["sftp", *self.key_opts(), "-P", str(self.port), "-b", "-", f"{user}@127.0.0.1"],
+            input=batch.encode(),
+            capture_output=True,
+            timeout=120,
+            check=check,
+            **kw,
+        )
 
     def in_ns_as(self, user: OsUser, args: list[str]) -> list[str]:
         """``args`` run as ``user`` (no PAM session of its own) inside the journald namespace."""
-        return ["nsenter", "-t", str(self.journald.pid), "-m", "setpriv", f"--reuid={user.uid}",
-                f"--regid={user.uid}", "--init-groups", "--reset-env", *args]
+        return [
+            "nsenter",
+            "-t",
+            str(self.journald.pid),
+            "-m",
+            "setpriv",
+            f"--reuid={user.uid}",
+            f"--regid={user.uid}",
+            "--init-groups",
+            "--reset-env",
+            *args,
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +203,14 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshLab]:
 
 
 def start_agent(agent_factory: Any, receiver: ReceiverProcess, lab: SshLab) -> AgentProcess:
-    a = agent_factory(receiver, collectors={
-        "journald": {"enabled": True, "directory": str(lab.journald.journal_dir), "start_at": "beginning"},
-        "auth": {"enabled": True}, "sftp": {"enabled": True}})
+    a = agent_factory(
+        receiver,
+        collectors={
+            "journald": {"enabled": True, "directory": str(lab.journald.journal_dir), "start_at": "beginning"},
+            "auth": {"enabled": True},
+            "sftp": {"enabled": True},
+        },
+    )
     a.start()
     return a
 
@@ -175,18 +219,23 @@ def settle(lab: SshLab, receiver: ReceiverProcess) -> None:
     """Until a marker logged after everything has reached the receiver: all earlier lines are in."""
     marker = f"alpacon-test-marker-{secrets.token_hex(4)}"
     lab.journald.logger(marker, tag="marker")
-    wait_until(lambda: any(r["message"] == marker for r in receiver.view("system-logs", program="marker")),
-               60, what="marker line at the receiver")
+    wait_until(
+        lambda: any(r["message"] == marker for r in receiver.view("system-logs", program="marker")),
+        60,
+        what="marker line at the receiver",
+    )
 
 
 def activity(receiver: ReceiverProcess, users: set[str]) -> Counter[tuple[Any, ...]]:
-    return Counter((r["user"], r["ip"], r["action"], r["result"]) for r in receiver.view("user-activity")
-                   if r["user"] in users)
+    return Counter(
+        (r["user"], r["ip"], r["action"], r["result"]) for r in receiver.view("user-activity") if r["user"] in users
+    )
 
 
 class TestOpenSSHEndToEnd:
-    def test_logins_and_transfers(self, lab: SshLab, agent_factory: Any, receiver: ReceiverProcess,
-                                  tmp_path: Path) -> None:
+    def test_logins_and_transfers(
+        self, lab: SshLab, agent_factory: Any, receiver: ReceiverProcess, tmp_path: Path
+    ) -> None:
         """Logins (password, key, wrong password, invalid user), sftp transfers of several sizes,
         one aborted midway, and scp both ways give the right rows, each once."""
         agent = start_agent(agent_factory, receiver, lab)
@@ -209,18 +258,27 @@ class TestOpenSSHEndToEnd:
         # scp (SFTP protocol since OpenSSH 9) both ways
         (tmp_path / "scpsrc").write_bytes(os.urandom(54_321))
         scp = ["scp", *lab.key_opts(), "-P", str(lab.port)]
-        subprocess.run([*scp, str(tmp_path / "scpsrc"), f"{u.name}@127.0.0.1:scp_up"], check=True, timeout=60,
-                       capture_output=True)
-        subprocess.run([*scp, f"{u.name}@127.0.0.1:scp_up", str(tmp_path / "scp_back")], check=True, timeout=60,
-                       capture_output=True)
+        subprocess.run(
+            [*scp, str(tmp_path / "scpsrc"), f"{u.name}@127.0.0.1:scp_up"], check=True, timeout=60, capture_output=True
+        )
+        subprocess.run(
+            [*scp, f"{u.name}@127.0.0.1:scp_up", str(tmp_path / "scp_back")],
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
         assert (tmp_path / "scp_back").read_bytes() == (tmp_path / "scpsrc").read_bytes()
 
         # an upload cut midway: a slow sftp killed while the file grows on the server
         (tmp_path / "big").write_bytes(os.urandom(30_000_000))
         remote = u.home / "aborted"
-        p = subprocess.Popen(["sftp", *lab.key_opts(), "-l", "2000", "-P", str(lab.port), "-b", "-",
-                              f"{u.name}@127.0.0.1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            ["sftp", *lab.key_opts(), "-l", "2000", "-P", str(lab.port), "-b", "-", f"{u.name}@127.0.0.1"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         assert p.stdin is not None
         p.stdin.write(f"put {tmp_path / 'big'} aborted\n".encode())
         p.stdin.close()
@@ -232,8 +290,10 @@ class TestOpenSSHEndToEnd:
         expected_ftp = Counter(
             [("upload", f"{home}/up_{n}", f"up_{n}", size, "success") for n, size in sizes.items()]
             + [("download", f"{home}/up_{n}", f"up_{n}", size, "success") for n, size in sizes.items()]
-            + [("upload", f"{home}/scp_up", "scp_up", 54_321, "success"),
-               ("download", f"{home}/scp_up", "scp_up", 54_321, "success")]
+            + [
+                ("upload", f"{home}/scp_up", "scp_up", 54_321, "success"),
+                ("download", f"{home}/scp_up", "scp_up", 54_321, "success"),
+            ]
         )
 
         def ftp_rows() -> list[dict[str, Any]]:
@@ -243,21 +303,31 @@ class TestOpenSSHEndToEnd:
         try:
             wait_until(lambda: any(r["status"] == "failed" for r in ftp_rows()), 60, what="the aborted upload row")
         except AssertionError:
-            logs = [(r["program"], r["pid"], r["message"]) for r in receiver.view("system-logs")
-                    if r["program"] in ("sftp-server", "sshd")]
-            raise AssertionError(f"no aborted upload row; transfers: {ftp_rows()}; sftp/sshd lines: {logs[-30:]}") from None
+            logs = [
+                (r["program"], r["pid"], r["message"])
+                for r in receiver.view("system-logs")
+                if r["program"] in ("sftp-server", "sshd")
+            ]
+            raise AssertionError(
+                f"no aborted upload row; transfers: {ftp_rows()}; sftp/sshd lines: {logs[-30:]}"
+            ) from None
         partial = remote.stat().st_size
         expected_ftp[("upload", f"{home}/aborted", "aborted", partial, "failed")] += 1
         n_sessions = 1 + 2 + 1  # one sftp batch, two scp, the aborted sftp
-        expected_ua = Counter({
-            (u.name, "127.0.0.1", "login", 200): 2 + n_sessions,
-            (u.name, "127.0.0.1", "logout", 200): 2 + n_sessions,
-            (u.name, "127.0.0.1", "login_failed", 401): 1,
-            (bogus, "127.0.0.1", "invalid_user", 401): 1,
-            (bogus, "127.0.0.1", "login_failed", 401): 1,
-        })
-        wait_until(lambda: activity(receiver, {u.name, bogus}) == expected_ua, 60,
-                   what=f"user activity {expected_ua} (have {activity(receiver, {u.name, bogus})})")
+        expected_ua = Counter(
+            {
+                (u.name, "127.0.0.1", "login", 200): 2 + n_sessions,
+                (u.name, "127.0.0.1", "logout", 200): 2 + n_sessions,
+                (u.name, "127.0.0.1", "login_failed", 401): 1,
+                (bogus, "127.0.0.1", "invalid_user", 401): 1,
+                (bogus, "127.0.0.1", "login_failed", 401): 1,
+            }
+        )
+        wait_until(
+            lambda: activity(receiver, {u.name, bogus}) == expected_ua,
+            60,
+            what=f"user activity {expected_ua} (have {activity(receiver, {u.name, bogus})})",
+        )
         settle(lab, receiver)
         assert activity(receiver, {u.name, bogus}) == expected_ua
         rows = ftp_rows()
@@ -286,8 +356,12 @@ class TestOpenSSHEndToEnd:
         a, t = lab.actor, lab.target
 
         def sudo(pw: str, *cmd: str) -> subprocess.CompletedProcess[bytes]:
-            return subprocess.run(lab.in_ns_as(a, ["sudo", "-k", "-S", "-p", "", *cmd]), input=f"{pw}\n".encode(),
-                                  capture_output=True, timeout=60)
+            return subprocess.run(
+                lab.in_ns_as(a, ["sudo", "-k", "-S", "-p", "", *cmd]),
+                input=f"{pw}\n".encode(),
+                capture_output=True,
+                timeout=60,
+            )
 
         ok = sudo(a.password, "/usr/bin/id", "-u")
         assert ok.returncode == 0 and ok.stdout.strip() == b"0", ok.stderr
@@ -307,16 +381,21 @@ class TestOpenSSHEndToEnd:
         assert su("wrong-" + t.password) != 0
 
         def rows() -> list[tuple[Any, ...]]:
-            return sorted((r["action"], r["result"], r["details"].get("target_user"), r["details"].get("command"))
-                          for r in receiver.view("user-activity") if r["user"] == a.name)
+            return sorted(
+                (r["action"], r["result"], r["details"].get("target_user"), r["details"].get("command"))
+                for r in receiver.view("user-activity")
+                if r["user"] == a.name
+            )
 
-        expected = sorted([
-            ("sudo", 200, "root", "/usr/bin/id -u"),
-            ("sudo", 401, "root", "/usr/bin/id"),
-            ("sudo", 403, "root", "/usr/bin/cat /etc/shadow"),
-            ("su", 200, t.name, None),
-            ("su", 401, t.name, None),
-        ])
+        expected = sorted(
+            [
+                ("sudo", 200, "root", "/usr/bin/id -u"),
+                ("sudo", 401, "root", "/usr/bin/id"),
+                ("sudo", 403, "root", "/usr/bin/cat /etc/shadow"),
+                ("su", 200, t.name, None),
+                ("su", 401, t.name, None),
+            ]
+        )
         wait_until(lambda: rows() == expected, 60, what=f"sudo/su rows {expected} (have {rows()})")
         settle(lab, receiver)
         assert rows() == expected

@@ -43,8 +43,7 @@ CHROOT_ENV = {
 def build(fmt: str, version: str, out: Path) -> Path:
     """Run packaging/build.sh and return the package it made."""
     env = dict(os.environ, VERSION=version, RELEASE="1")
-    res = subprocess.run([str(PKG / "build.sh"), fmt, str(out)], capture_output=True,
-                         text=True, env=env, timeout=900)
+    res = subprocess.run([str(PKG / "build.sh"), fmt, str(out)], capture_output=True, text=True, env=env, timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     path = Path(res.stdout.strip().splitlines()[-1])
     assert path.is_file(), res.stdout
@@ -73,8 +72,9 @@ class Chroot:
         self.mounts: list[Path] = []
 
     def setup(self) -> Chroot:
-        res = subprocess.run([str(PKG / "debian12-root.sh"), str(self.root)],
-                             capture_output=True, text=True, timeout=1800)
+        res = subprocess.run(
+            [str(PKG / "debian12-root.sh"), str(self.root)], capture_output=True, text=True, timeout=1800
+        )
         assert res.returncode == 0, res.stderr[-3000:]
         self._mount(["-t", "proc", "proc"], self.root / "proc")
         APT_CACHE.mkdir(parents=True, exist_ok=True)
@@ -92,17 +92,25 @@ class Chroot:
             subprocess.run(["umount", "-l", str(target)], check=False)
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 600,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(["chroot", str(self.root), *cmd], capture_output=True, text=True,
-                             env=CHROOT_ENV, timeout=timeout, input=input)
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 600, input: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            ["chroot", str(self.root), *cmd],
+            capture_output=True,
+            text=True,
+            env=CHROOT_ENV,
+            timeout=timeout,
+            input=input,
+        )
         if check:
             assert res.returncode == 0, f"{cmd}: rc {res.returncode}\n{res.stdout}\n{res.stderr}"
         return res
 
     def popen(self, *cmd: str, log: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(["chroot", str(self.root), *cmd], env=CHROOT_ENV,
-                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            ["chroot", str(self.root), *cmd], env=CHROOT_ENV, stdout=log.open("ab"), stderr=subprocess.STDOUT
+        )
 
     def path(self, p: str) -> Path:
         return self.root / p.lstrip("/")
@@ -139,7 +147,9 @@ def spool_rows(c: Chroot) -> dict[str, tuple[str, bytes]]:
     """batch_id -> (codec, body as stored) of every pending batch in the installed agent's spool."""
     db = sqlite3.connect(f"file:{c.path('/var/lib/alpacon-agent/spool.db')}?mode=ro", uri=True)
     try:
-        return {bid: (codec, bytes(body)) for bid, codec, body in db.execute("SELECT batch_id, codec, body FROM batches")}
+        return {
+            bid: (codec, bytes(body)) for bid, codec, body in db.execute("SELECT batch_id, codec, body FROM batches")
+        }
     finally:
         db.close()
 
@@ -156,61 +166,74 @@ class TestDebBuild:
     def test_lintian_reports_no_errors(self, debs: dict[str, Path]) -> None:
         """lintian finds no error in the .deb (overrides carry their reasons)."""
         lintian = need_binary("lintian")
-        res = subprocess.run([lintian, "--fail-on", "error", str(debs[VERSION_N])],
-                             capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [lintian, "--fail-on", "error", str(debs[VERSION_N])], capture_output=True, text=True, timeout=600
+        )
         errors = [line for line in res.stdout.splitlines() if line.startswith("E:")]
         assert res.returncode == 0 and not errors, res.stdout + res.stderr
 
     def test_contents_and_metadata(self, debs: dict[str, Path]) -> None:
         """The command, unit, conffile and venv are there; Depends names the Python it needs."""
         deb = str(debs[VERSION_N])
-        listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True,
-                                 check=True).stdout
-        for path in ("./usr/bin/alpacon-agent -> /opt/alpacon-agent/bin/alpacon-agent",
-                     "./lib/systemd/system/alpacon-agent.service",
-                     "./etc/alpacon-agent/agent.yaml",
-                     "./opt/alpacon-agent/bin/python3.11 -> /usr/bin/python3.11",
-                     "./usr/share/doc/alpacon-agent/copyright"):
+        listing = subprocess.run(["dpkg-deb", "-c", deb], capture_output=True, text=True, check=True).stdout
+        for path in (
+            "./usr/bin/alpacon-agent -> /opt/alpacon-agent/bin/alpacon-agent",
+            "./lib/systemd/system/alpacon-agent.service",
+            "./etc/alpacon-agent/agent.yaml",
+            "./opt/alpacon-agent/bin/python3.11 -> /usr/bin/python3.11",
+            "./usr/share/doc/alpacon-agent/copyright",
+        ):
             assert path in listing, path
         assert "__pycache__" not in listing and ".pyc" not in listing
-        fields = subprocess.run(["dpkg-deb", "-f", deb, "Version", "Depends"],
-                                capture_output=True, text=True, check=True).stdout
+        fields = subprocess.run(
+            ["dpkg-deb", "-f", deb, "Version", "Depends"], capture_output=True, text=True, check=True
+        ).stdout
         assert f"Version: {VERSION_N}-1" in fields
         assert re.search(r"python3\.1[1-9]\b", fields) and "libsystemd0" in fields
-        conffiles = subprocess.run(["dpkg-deb", "-I", deb, "conffiles"], capture_output=True,
-                                   text=True, check=True).stdout
+        conffiles = subprocess.run(
+            ["dpkg-deb", "-I", deb, "conffiles"], capture_output=True, text=True, check=True
+        ).stdout
         assert conffiles.split() == ["/etc/alpacon-agent/agent.yaml"]
 
 
 class TestRpmBuild:
     def test_rpm_lists_expected_files(self, rpm: Path) -> None:
         """rpm -qlp shows the command, venv, unit, config (noreplace) and state dir."""
-        files = set(subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True,
-                                   check=True).stdout.split())
-        for path in ("/usr/bin/alpacon-agent", "/opt/alpacon-agent/bin/alpacon-agent",
-                     "/opt/alpacon-agent/bin/python3", "/usr/lib/systemd/system/alpacon-agent.service",
-                     "/etc/alpacon-agent/agent.yaml", "/var/lib/alpacon-agent"):
+        files = set(
+            subprocess.run(["rpm", "-qlp", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
+        )
+        for path in (
+            "/usr/bin/alpacon-agent",
+            "/opt/alpacon-agent/bin/alpacon-agent",
+            "/opt/alpacon-agent/bin/python3",
+            "/usr/lib/systemd/system/alpacon-agent.service",
+            "/etc/alpacon-agent/agent.yaml",
+            "/var/lib/alpacon-agent",
+        ):
             assert path in files, path
         assert any(p.endswith("/site-packages/agent/cli/doctor.py") for p in files)
-        configs = subprocess.run(["rpm", "-qpc", str(rpm)], capture_output=True, text=True,
-                                 check=True).stdout.split()
+        configs = subprocess.run(["rpm", "-qpc", str(rpm)], capture_output=True, text=True, check=True).stdout.split()
         assert configs == ["/etc/alpacon-agent/agent.yaml"]
-        dump = subprocess.run(["rpm", "-qp", "--dump", str(rpm)], capture_output=True,
-                              text=True, check=True).stdout
+        dump = subprocess.run(["rpm", "-qp", "--dump", str(rpm)], capture_output=True, text=True, check=True).stdout
         state = next(line for line in dump.splitlines() if line.startswith("/var/lib/alpacon-agent "))
         assert " 040700 " in state, state
 
     def test_rpmlint_reports_no_errors(self, rpm: Path) -> None:
         """rpmlint (with the filters in packaging/rpm, each explained) reports 0 errors."""
         rpmlint = need_binary("rpmlint")
-        res = subprocess.run([rpmlint, "-r", str(PKG / "rpm/alpacon-agent.rpmlintrc"), str(rpm)],
-                             capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            [rpmlint, "-r", str(PKG / "rpm/alpacon-agent.rpmlintrc"), str(rpm)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert re.search(r"\b0 errors\b", res.stdout), res.stdout[-4000:]
 
     def test_scripts_tolerate_missing_systemd(self, rpm: Path) -> None:
         """Every scriptlet guards systemctl calls so installs into images and chroots work."""
-        scripts = subprocess.run(["rpm", "-qp", "--scripts", str(rpm)], capture_output=True,
-                                 text=True, check=True).stdout
+        scripts = subprocess.run(
+            ["rpm", "-qp", "--scripts", str(rpm)], capture_output=True, text=True, check=True
+        ).stdout
         for line in scripts.splitlines():
             if "systemctl " in line and "--no-reload" not in line:
                 assert "|| :" in line or "2>/dev/null" in line or "is-active" in line, line
@@ -222,8 +245,7 @@ class TestDebianInstall:
     def test_install_into_clean_root(self, chroot: Chroot, debs: dict[str, Path]) -> None:
         """apt installs the .deb with its dependencies; the unit is enabled, not started."""
         deb = chroot.copy_in(debs[VERSION_N], "/tmp/agent-n.deb")
-        res = chroot.run("apt-get", "install", "-y", "-q", "--no-install-recommends",
-                         deb, "systemd", timeout=1200)
+        res = chroot.run("apt-get", "install", "-y", "-q", "--no-install-recommends", deb, "systemd", timeout=1200)
         assert "not connected" in res.stdout
         assert chroot.path("/etc/systemd/system/multi-user.target.wants/alpacon-agent.service").is_symlink()
         state = chroot.path("/var/lib/alpacon-agent").stat()
@@ -242,12 +264,21 @@ class TestDebianInstall:
     def test_installed_unit_verifies_and_scores_ok(self, chroot: Chroot) -> None:
         """systemd-analyze verify accepts the installed unit; security rates it OK or better."""
         analyze = need_binary("systemd-analyze")
-        res = subprocess.run([analyze, "verify", f"--root={chroot.root}", "alpacon-agent.service"],
-                             capture_output=True, text=True, timeout=120, cwd="/")
+        res = subprocess.run(
+            [analyze, "verify", f"--root={chroot.root}", "alpacon-agent.service"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+        )
         assert res.returncode == 0 and not res.stderr.strip(), res.stderr
-        sec = subprocess.run([analyze, "security", "--offline=true", f"--root={chroot.root}",
-                              "alpacon-agent.service"], capture_output=True, text=True,
-                             timeout=120, cwd="/")
+        sec = subprocess.run(
+            [analyze, "security", "--offline=true", f"--root={chroot.root}", "alpacon-agent.service"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd="/",
+        )
         m = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", sec.stdout)
         assert m and float(m.group(1)) < 5.0, sec.stdout[-2000:] + sec.stderr
 
@@ -256,8 +287,16 @@ class TestDebianInstall:
         chroot.path("/root/token.txt").write_text(receiver.token + "\n")
         before = chroot.run("alpacon-agent", "setup", "--check", check=False)
         assert before.returncode == 1
-        res = chroot.run("alpacon-agent", "setup", "--url", receiver.ingest_url,
-                         "--token-file", "/root/token.txt", "--server", "d12-test")
+        res = chroot.run(
+            "alpacon-agent",
+            "setup",
+            "--url",
+            receiver.ingest_url,
+            "--token-file",
+            "/root/token.txt",
+            "--server",
+            "d12-test",
+        )
         assert "systemd is not running" in res.stdout
         token = chroot.path("/etc/alpacon-agent/token")
         assert oct(token.stat().st_mode & 0o777) == "0o600"
@@ -275,8 +314,7 @@ class TestDebianInstall:
     ) -> None:
         """The packaged agent runs: an event reaches the receiver; with it gone, events spool."""
         log = tmp_path / "agent.log"
-        proc = chroot.popen("alpacon-agent", "run", "--config", "/etc/alpacon-agent/agent.yaml",
-                            log=log)
+        proc = chroot.popen("alpacon-agent", "run", "--config", "/etc/alpacon-agent/agent.yaml", log=log)
         try:
             sock = chroot.path("/run/alpacon-agent/hook.sock")
             wait_until(lambda: sock.exists() or proc.poll() is not None, 60, what="hook socket")
@@ -284,13 +322,19 @@ class TestDebianInstall:
             doc = chroot.run("alpacon-agent", "doctor", check=False)
             assert re.search(r"^OK\s+hook\s", doc.stdout, re.M), doc.stdout
             data = {"user": "alice", "action": "login", "result": 200, "ip": "10.0.0.1"}
-            chroot.run("alpacon-agent", "emit", "user_activity", "--json", json.dumps(data),
-                       "--id", "pkg-test-first")
+            chroot.run("alpacon-agent", "emit", "user_activity", "--json", json.dumps(data), "--id", "pkg-test-first")
             wait_until(lambda: "pkg-test-first" in receiver.ids(), 60, what="first event shipped")
             receiver.stop()
             for i in range(30):
-                chroot.run("alpacon-agent", "emit", "user_activity", "--json", json.dumps(data),
-                           "--id", f"pkg-test-spooled-{i}")
+                chroot.run(
+                    "alpacon-agent",
+                    "emit",
+                    "user_activity",
+                    "--json",
+                    json.dumps(data),
+                    "--id",
+                    f"pkg-test-spooled-{i}",
+                )
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(60)
@@ -311,8 +355,9 @@ class TestDebianInstall:
         assert chroot.path("/etc/alpacon-agent/agent.yaml").read_text() == conf
         assert chroot.path("/etc/alpacon-agent/token").exists()
         receiver.start()
-        res = chroot.run("alpacon-agent", "run", "--once", "--config",
-                         "/etc/alpacon-agent/agent.yaml", check=False, timeout=300)
+        res = chroot.run(
+            "alpacon-agent", "run", "--once", "--config", "/etc/alpacon-agent/agent.yaml", check=False, timeout=300
+        )
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert event_ids(before) <= set(receiver.ids())
         assert spool_rows(chroot) == {}
@@ -323,8 +368,7 @@ class TestDebianInstall:
         assert not chroot.path("/opt/alpacon-agent").exists(), "no byte-code left behind"
         assert not chroot.path("/usr/bin/alpacon-agent").is_symlink()
         assert not chroot.path("/lib/systemd/system/alpacon-agent.service").exists()
-        for kept in ("/etc/alpacon-agent/agent.yaml", "/etc/alpacon-agent/token",
-                     "/var/lib/alpacon-agent/spool.db"):
+        for kept in ("/etc/alpacon-agent/agent.yaml", "/etc/alpacon-agent/token", "/var/lib/alpacon-agent/spool.db"):
             assert chroot.path(kept).exists(), kept
         status = chroot.run("dpkg-query", "-W", "-f=${Status}", "alpacon-agent").stdout
         assert status == "deinstall ok config-files"
@@ -332,8 +376,11 @@ class TestDebianInstall:
     def test_purge_deletes_config_and_state(self, chroot: Chroot) -> None:
         """dpkg -P deletes config, token, state and the unit's enablement."""
         chroot.run("dpkg", "-P", "alpacon-agent")
-        for gone in ("/etc/alpacon-agent", "/var/lib/alpacon-agent",
-                     "/etc/systemd/system/multi-user.target.wants/alpacon-agent.service"):
+        for gone in (
+            "/etc/alpacon-agent",
+            "/var/lib/alpacon-agent",
+            "/etc/systemd/system/multi-user.target.wants/alpacon-agent.service",
+        ):
             assert not chroot.path(gone).exists() and not chroot.path(gone).is_symlink(), gone
         res = chroot.run("dpkg-query", "-W", "alpacon-agent", check=False)
         assert res.returncode != 0
@@ -356,15 +403,19 @@ class TestDebianInstall:
         def actions() -> list[str]:
             text = calls.read_text() if calls.exists() else ""
             calls.write_text("")
-            return [line.split()[-2] for line in text.splitlines()
-                    if line.endswith("alpacon-agent.service") and " is-" not in line]
+            return [
+                line.split()[-2]
+                for line in text.splitlines()
+                if line.endswith("alpacon-agent.service") and " is-" not in line
+            ]
 
         try:
             chroot.run("dpkg", "-i", chroot.copy_in(debs[VERSION_N], "/tmp/agent-n.deb"))
             assert "start" not in actions(), "an unconfigured agent must not be started"
             chroot.path("/root/token.txt").write_text(receiver.token + "\n")
-            chroot.run("alpacon-agent", "setup", "--no-start", "--url", receiver.ingest_url,
-                       "--token-file", "/root/token.txt")
+            chroot.run(
+                "alpacon-agent", "setup", "--no-start", "--url", receiver.ingest_url, "--token-file", "/root/token.txt"
+            )
             chroot.run("dpkg", "-i", chroot.copy_in(debs[VERSION_N1], "/tmp/agent-n1.deb"))
             assert actions() == ["stop", "start"]
             chroot.run("dpkg", "-r", "alpacon-agent")

@@ -21,7 +21,10 @@ class TestRedactor:
             ("app --password hunter2 --x", "hunter2"),
             ("app --password=hunter2", "hunter2"),
             ("app --token abcdef123", "abcdef123"),
-            ("export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"),
+            (
+                "export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            ),
             ("aws_access_key_id AKIAIOSFODNN7EXAMPLE", "AKIAIOSFODNN7EXAMPLE"),
             ("git clone https://bob:pw123@git.example.com/r.git", "pw123"),
             ("-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----", "MIIEow"),
@@ -33,7 +36,9 @@ class TestRedactor:
         assert secret not in out
         assert "[REDACTED]" in out
 
-    @pytest.mark.parametrize("text", ["ls -la", "mysql -p -u root", "Accepted publickey for root from 10.0.0.1", "", "x" * 100_000])
+    @pytest.mark.parametrize(
+        "text", ["ls -la", "mysql -p -u root", "Accepted publickey for root from 10.0.0.1", "", "x" * 100_000]
+    )
     def test_innocent_text_unchanged(self, text):
         """Lines without secrets pass through unchanged (a bare -p prompts, it holds nothing)."""
         assert R.redact_text(text) == text
@@ -54,7 +59,10 @@ class TestRedactor:
         assert ev["data"]["line"] == "mysql -p[REDACTED] db"
         assert ev["data"]["result"] == "token=[REDACTED]"
         assert ev["data"]["operator"] == "password=name"
-        ua = {"kind": "user_activity", "data": {"user": "u", "details": {"command": "/usr/bin/app --password=zz", "n": [1, "secret=q"]}}}
+        ua = {
+            "kind": "user_activity",
+            "data": {"user": "u", "details": {"command": "/usr/bin/app --password=zz", "n": [1, "secret=q"]}},
+        }
         R(ua)
         assert ua["data"]["details"] == {"command": "/usr/bin/app --password=[REDACTED]", "n": [1, "secret=[REDACTED]"]}
 
@@ -88,10 +96,15 @@ class TestTriggerPrefilter:
 
 
 class TestManyTextsAtOnce:
-    @pytest.mark.parametrize("redactor,redacts", [(Redactor(), True),
-                                                  (Redactor(patterns=[r"seq=(?P<secret>\d+)"]), True),
-                                                  (Redactor(builtin=False), False),
-                                                  (Redactor(replacement="***"), True)])
+    @pytest.mark.parametrize(
+        "redactor,redacts",
+        [
+            (Redactor(), True),
+            (Redactor(patterns=[r"seq=(?P<secret>\d+)"]), True),
+            (Redactor(builtin=False), False),
+            (Redactor(replacement="***"), True),
+        ],
+    )
     def test_changed_texts_is_redact_text_on_each(self, redactor: Redactor, redacts: bool) -> None:
         """``changed_texts`` answers exactly what ``redact_text`` gives on each text: secrets
         anywhere (first, last, after a newline inside a text), case and Unicode that change
@@ -99,10 +112,31 @@ class TestManyTextsAtOnce:
         import random
 
         rng = random.Random(20261201)
-        pieces = ["password=hunter2", "PASSWD: 'x y'", "--token abc", "Authorization: Bearer abcdefghijklmnop",
-                  "mysql -pS3cret", "https://u:pw@h/x", "AKIAIOSFODNN7EXAMPLE", "İstanbul", "ǅ", "ß", "\u0130pass=1",
-                  "pa", "ss=nope", "\n", "line\nsecret: s", "seq=42", "plain words", "", "é" * 30, "PWD=/home/a",
-                  "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----", "\x00\x1f", "☃ token: ☃"]
+        pieces = [
+            "password=hunter2",
+            "PASSWD: 'x y'",
+            "--token abc",
+            "Authorization: Bearer abcdefghijklmnop",
+            "mysql -pS3cret",
+            "https://u:pw@h/x",
+            "AKIAIOSFODNN7EXAMPLE",
+            "İstanbul",
+            "ǅ",
+            "ß",
+            "\u0130pass=1",
+            "pa",
+            "ss=nope",
+            "\n",
+            "line\nsecret: s",
+            "seq=42",
+            "plain words",
+            "",
+            "é" * 30,
+            "PWD=/home/a",
+            "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----",
+            "\x00\x1f",
+            "☃ token: ☃",
+        ]
         texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 5))) for _ in range(2000)]
         texts += ["pa", "ss=split across texts", "tok", "en: x"]
         want = {i: r for i, t in enumerate(texts) if (r := redactor.redact_text(t)) != t}
@@ -115,8 +149,10 @@ class TestSecretsInCommands:
     @pytest.mark.parametrize(
         ("text", "expected"),
         [
-            ("export DB_PASSWORD=DbSecret1 GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789",
-             "export DB_PASSWORD=[REDACTED] GITHUB_TOKEN=[REDACTED]"),
+            (
+                "export DB_PASSWORD=DbSecret1 GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+                "export DB_PASSWORD=[REDACTED] GITHUB_TOKEN=[REDACTED]",
+            ),
             ("MYSQL_PWD=hunter2 mysql -u root app", "MYSQL_PWD=[REDACTED] mysql -u root app"),
             ("PGPASSWORD='pg pass' psql -h 192.0.2.5 -U app", "PGPASSWORD=[REDACTED] psql -h 192.0.2.5 -U app"),
             ("curl -u admin:SECRET https://192.0.2.5/api", "curl -u admin:[REDACTED] https://192.0.2.5/api"),
@@ -124,16 +160,34 @@ class TestSecretsInCommands:
             ("sshpass -p SECRET ssh deploy@192.0.2.7", "sshpass -p [REDACTED] ssh deploy@192.0.2.7"),
             ("sshpass -p 'two words' ssh h", "sshpass -p [REDACTED] ssh h"),
             ("mysql -u root -p'two words' app", "mysql -u root -p[REDACTED] app"),
-            ("git clone https://alice:Pa55@git.example.com/r.git", "git clone https://alice:[REDACTED]@git.example.com/r.git"),
+            (
+                "git clone https://alice:Pa55@git.example.com/r.git",
+                "git clone https://alice:[REDACTED]@git.example.com/r.git",
+            ),
             ("redis-cli -u redis://:RedisPw@127.0.0.1:6379", "redis-cli -u redis://:[REDACTED]@127.0.0.1:6379"),
-            ("T=github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123 x", "T=[REDACTED] x"),
+            (
+                "T=github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123 x",
+                "T=[REDACTED] x",
+            ),
             ("notify xoxb-123456789012-1234567890123-AbCdEfGhIjKlMnOpQrStUvWx now", "notify [REDACTED] now"),
-            ("aws configure set aws_access_key_id AKIAIOSFODNN7EXAMPLE", "aws configure set aws_access_key_id [REDACTED]"),
-            ("AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY aws s3 ls", "AWS_SECRET_ACCESS_KEY=[REDACTED] aws s3 ls"),
-            ("curl -H 'X-Auth: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXZhbHVl' https://x",
-             "curl -H 'X-Auth: [REDACTED]' https://x"),
-            ("echo '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----' > k",
-             "echo '-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]-----END OPENSSH PRIVATE KEY-----' > k"),
+            (
+                "aws configure set aws_access_key_id AKIAIOSFODNN7EXAMPLE",
+                "aws configure set aws_access_key_id [REDACTED]",
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY aws s3 ls",
+                "AWS_SECRET_ACCESS_KEY=[REDACTED] aws s3 ls",
+            ),
+            (
+                "curl -H 'X-Auth: eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.c2lnbmF0dXJlLXZhbHVl' https://x",
+                "curl -H 'X-Auth: [REDACTED]' https://x",
+            ),
+            (
+                "echo '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE "
+                "KEY-----' "
+                "> k",
+                "echo '-----BEGIN OPENSSH PRIVATE KEY-----[REDACTED]-----END OPENSSH PRIVATE KEY-----' > k",
+            ),
             ("-----BEGIN EC PRIVATE KEY----- MHcCAQEEIIrYSSNQFaA", "-----BEGIN EC PRIVATE KEY-----[REDACTED]"),
             ('{"password": "x y", "user": "bob"}', '{"password": [REDACTED], "user": "bob"}'),
             ("openssl enc -aes256 -pass pass:Secr3t -in f", "openssl enc -aes256 -pass pass:[REDACTED] -in f"),
@@ -168,16 +222,28 @@ class TestSecretsInCommands:
 
     def test_sudo_line_as_a_system_log_keeps_its_directory(self):
         """sudo's log line through the redaction of system logs keeps PWD=/root, like the derived row."""
-        ev = {"kind": "system_log", "data": {"program": "sudo", "message":
-              "   alice : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/env DB_PASSWORD=DbSecret1 app"}}
+        ev = {
+            "kind": "system_log",
+            "data": {
+                "program": "sudo",
+                "message": "   alice : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/env DB_PASSWORD=DbSecret1 "
+                           "app",
+            },
+        }
         R(ev)
-        assert ev["data"]["message"] == ("   alice : TTY=pts/0 ; PWD=/root ; USER=root ; "
-                                         "COMMAND=/usr/bin/env DB_PASSWORD=[REDACTED] app")
+        assert ev["data"]["message"] == (
+            "   alice : TTY=pts/0 ; PWD=/root ; USER=root ; COMMAND=/usr/bin/env DB_PASSWORD=[REDACTED] app"
+        )
 
     def test_changed_lines_agrees_with_redact_text(self):
         """The whole-block path finds the same secrets as line by line."""
-        lines = ["ls", "export GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789", "cd /root; PWD=/root",
-                 "sshpass -p X ssh h", "curl -u a:b https://x"]
+        lines = [
+            "ls",
+            "export GITHUB_TOKEN=ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "cd /root; PWD=/root",
+            "sshpass -p X ssh h",
+            "curl -u a:b https://x",
+        ]
         changed = R.changed_lines("\n".join(lines))
         assert changed == {i: R.redact_text(t) for i, t in enumerate(lines) if R.redact_text(t) != t}
         assert set(changed) == {1, 3, 4}

@@ -23,7 +23,10 @@ def _metric(i: int) -> dict:
 
 
 def _audit(i: int) -> dict:
-    return {"kind": "user_activity", "data": {"user": f"u{i}", "action": "login", "result": 200, "details": {"pad": _pad()}}}
+    return {
+        "kind": "user_activity",
+        "data": {"user": f"u{i}", "action": "login", "result": 200, "details": {"pad": _pad()}},
+    }
 
 
 class TestSpoolCap:
@@ -72,14 +75,17 @@ class TestSpoolCap:
             spool = Spool(tmp_path, max_bytes=65536)
             ex = ThreadPoolExecutor(1)
             b = Batcher(spool, ex, [], max_events=50, max_bytes=1 << 20, max_wait_ms=5)
-            evs = [make_event("system_log", {"program": "p", "level": "info", "message": _pad(500)}, id=stable_id("t", i))
-                   for i in range(400)]
+            evs = [
+                make_event("system_log", {"program": "p", "level": "info", "message": _pad(500)}, id=stable_id("t", i))
+                for i in range(400)
+            ]
             for e in evs:
                 e["server"] = "s"
             task = asyncio.ensure_future(b.emit(evs, Checkpoint("src", "400")))
             await asyncio.sleep(0.3)
             assert not task.done(), "emit should wait while the spool is full"
             assert spool.checkpoints() == {}, "no checkpoint may pass events that are not spooled"
+
             async def emit_then_flush() -> None:
                 await task
                 await b.flush()

@@ -29,9 +29,9 @@ from tests.support import need
 MAX_LINE = 300
 LINES: list[bytes] = [
     b"2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: Accepted publickey for deploy from 10.0.0.1 port 5 ssh2",
-    b"2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: \"GET /a\\\\b HTTP/1.1\" 200 \"-\" tab\there",
+    b'2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: "GET /a\\\\b HTTP/1.1" 200 "-" tab\there',
     b"2026-11-26T21:22:37Z web-01 app: password=hunter2 token: abc123 ctrl\x01\x1b\x7f end\r",
-    b"2026-11-26T21:22:37.123-05:30 h\"o\\st pr\"og[12x]: odd tag and host",
+    b'2026-11-26T21:22:37.123-05:30 h"o\\st pr"og[12x]: odd tag and host',
     b"2026-11-26T21:22:38.5+00:00 web-01 kernel: [1.2] caf\xc3\xa9 utf-8 and bad \xff\xfe bytes",
     b"2026-11-26T21:22:38.5+00:00 web-01 prog\x1cname[3]: a separator in the tag",
     b"2026-13-45T99:22:38.5+00:00 web-01 bad[1]: an impossible date",
@@ -40,7 +40,7 @@ LINES: list[bytes] = [
     b"Nov  6 01:02:03 web-01 su: (to root) alice on pts/0",
     b"Feb 30 01:02:03 web-01 bad: no such day",
     b"<38>Nov 26 21:22:36 web-01 login[5]: FAILED LOGIN (1) on '/dev/tty1' FOR 'bob', Authentication failure",
-    b"<165>1 2026-11-26T21:22:36.003Z web-01 su 123 ID47 [sd@1 k=\"v\\\"q\"] structured",
+    b'<165>1 2026-11-26T21:22:36.003Z web-01 su 123 ID47 [sd@1 k="v\\"q"] structured',
     b"",
     b"   leading spaces and nothing else",
     b"\x00\x00binary garbage\xff",
@@ -52,7 +52,7 @@ LINES: list[bytes] = [
 #: lines the bulk parsers take, all of one format per file, with everything a message may hold
 BULK_ISO_LINES: list[bytes] = [
     b"2026-11-26T21:22:36.922364+00:00 web-01 sshd[812]: Accepted publickey for deploy from 10.0.0.1",
-    b"2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: \"GET /a\\\\b HTTP/1.1\" 200 \"-\" tab\there",
+    b'2026-11-26T21:22:36.9+00:00 web-01 nginx[1]: "GET /a\\\\b HTTP/1.1" 200 "-" tab\there',
     b"2026-11-26T21:22:37Z web-01 app: password=hunter2 token: abc123 ctrl\x01\x1b\x7f\x00 end\r",
     b"2026-11-26T21:22:37.12-05:30 web-01 prog[12x]: odd pid and another zone",
     b"2026-11-26T21:22:38+09:00 web-01 kernel: [1.2] no fraction, no pid",
@@ -66,7 +66,7 @@ BULK_ISO_LINES: list[bytes] = [
 BULK_TRAD_LINES: list[bytes] = [
     b"Nov 26 21:22:36 web-01 CRON[99]: (root) CMD (run-parts /etc/cron.hourly)",
     b"Nov  6 01:02:03 web-01 kernel: a kernel line",
-    b"Dec 31 23:59:59 web-01 app[5]: \"quoted\" and \\ back\tslash mysql -pS3cret",
+    b'Dec 31 23:59:59 web-01 app[5]: "quoted" and \\ back\tslash mysql -pS3cret',
     b"Jan  1 00:00:00 web-01 app[5]:",
 ]
 
@@ -136,19 +136,25 @@ class TestSyslogFastPath:
             "long": BULK_ISO_LINES * 5 + [b"2026-11-26T21:22:39+00:00 web-01 long[9]: " + b"x" * 400],
             "date": BULK_ISO_LINES * 5 + [b"2026-13-45T99:22:38.5+00:00 web-01 bad[1]: an impossible date"],
             "derive": BULK_ISO_LINES * 5,
-            "utf8": BULK_ISO_LINES * 3 + [
-                "2026-11-26T21:22:41.5+09:00 web-01 app[7]: 로그인 성공 user=김철수 café ☃ \"q\" \\ é".encode(),
+            "utf8": BULK_ISO_LINES * 3
+            + [
+                '2026-11-26T21:22:41.5+09:00 web-01 app[7]: 로그인 성공 user=김철수 café ☃ "q" \\ é'.encode(),
                 "2026-11-26T21:22:41.5+09:00 web-01 app[7]: password=비밀번호 token: 토큰\t끝".encode(),
                 "2026-11-26T21:22:41.5+09:00 web-01 app[7]: \u2028 line separator \x85 and NEL".encode(),
             ],
             "badutf8": BULK_ISO_LINES * 3 + [b"2026-11-26T21:22:41.5+00:00 web-01 app[7]: bad \xff\xfe bytes"],
             "crlf": [line + b"\r" for line in BULK_ISO_LINES * 5],
             "crlf_trad": [line + b"\r" for line in BULK_TRAD_LINES * 20],
-            "tags": [b"Dec  1 09:00:00 oldbox syslogd 1.4.1: restart.", b"Dec  1 09:00:01 oldbox  -- root[2421]: ROOT",
-                     b"Dec  1 09:00:02 rhel4 sshd(pam_unix)[1234]: session opened for user alice by (uid=0)",
-                     b"Dec  1 09:00:03 ws-01 gdm-password][607]: x", b"Dec  1 09:00:04 oldbox -- MARK --",
-                     b"Dec  1 09:00:05 mac-07 launchd[1] (com.example.job[42]): exited", b"Dec  1 09:00:06 h (sd-pam)[9]: y",
-                     ] * 20,
+            "tags": [
+                b"Dec  1 09:00:00 oldbox syslogd 1.4.1: restart.",
+                b"Dec  1 09:00:01 oldbox  -- root[2421]: ROOT",
+                b"Dec  1 09:00:02 rhel4 sshd(pam_unix)[1234]: session opened for user alice by (uid=0)",
+                b"Dec  1 09:00:03 ws-01 gdm-password][607]: x",
+                b"Dec  1 09:00:04 oldbox -- MARK --",
+                b"Dec  1 09:00:05 mac-07 launchd[1] (com.example.job[42]): exited",
+                b"Dec  1 09:00:06 h (sd-pam)[9]: y",
+            ]
+            * 20,
         }
         seen: list[str] = []
 
@@ -186,7 +192,14 @@ class TestSyslogFastPath:
                     assert got["data"]["message"] == "an impossible date" and got["ts"].endswith("Z")
                     continue
                 assert got == want, (name, got, want)
-            if name in ("iso", "trad", "utf8", "crlf", "crlf_trad", "tags"):  # CRLF files and every tag form in bulk too
+            if name in (
+                "iso",
+                "trad",
+                "utf8",
+                "crlf",
+                "crlf_trad",
+                "tags",
+            ):  # CRLF files and every tag form in bulk too
                 # segments of at most 7 events, halved while over the byte cap
                 assert sum(segments) == len(lines), (name, segments)
                 assert (max(segments) < 7) if name == "iso" else (max(segments) == 7), (name, segments)
@@ -227,9 +240,20 @@ class TestSyslogFastPath:
 
         def derive(ev: dict[str, Any]) -> list[dict[str, Any]]:
             seen.append(ev["data"]["message"])
-            return [{"kind": "user_activity", "ts": ev["ts"], "id": stable_id("ua", ev["id"]),
-                     "data": {"user": "alice", "action": "login", "result": 200, "ip": None,
-                              "details": {"note": "password=x"}}}]
+            return [
+                {
+                    "kind": "user_activity",
+                    "ts": ev["ts"],
+                    "id": stable_id("ua", ev["id"]),
+                    "data": {
+                        "user": "alice",
+                        "action": "login",
+                        "result": 200,
+                        "ip": None,
+                        "details": {"note": "password=x"},
+                    },
+                }
+            ]
 
         derive.programs = frozenset({"sudo", "su"})  # type: ignore[attr-defined]
         derive.message_prefixes = ()  # type: ignore[attr-defined]
@@ -238,8 +262,11 @@ class TestSyslogFastPath:
         cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
         await run_once(SyslogFileCollector(cfg, rec.context(once=True, derivers=[derive])))
         assert [e["kind"] for e in rec.events] == ["user_activity"] * 3
-        assert seen == ["(to root) alice on pts/0", "structured",
-                        "alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/ls"]
+        assert seen == [
+            "(to root) alice on pts/0",
+            "structured",
+            "alice : TTY=pts/0 ; PWD=/ ; USER=root ; COMMAND=/bin/ls",
+        ]
         for e in rec.events:
             validate_event(e)
             assert e["data"]["details"] == {"note": "password=[REDACTED]"} and e["server"] == "test"
@@ -250,9 +277,16 @@ class TestJournaldFastPath:
         """Journal entries with hostile values give schema-valid events the chain leaves unchanged."""
         need(os.access(JOURNAL_REMOTE, os.X_OK), "systemd-journal-remote (apt systemd-journal-remote)")
         entries = [
-            {"MESSAGE": b"bin\x00\xff\xfe \"q\" \\ \x01\x1f", "SYSLOG_IDENTIFIER": "b\"\\", "_PID": "7"},
-            {"MESSAGE": "login with password=hunter2 ok", "SYSLOG_IDENTIFIER": "app", "PRIORITY": "3",
-             "_HOSTNAME": "web-01", "_TRANSPORT": "syslog", "_SYSTEMD_UNIT": "a\"b.service", "SYSLOG_FACILITY": "10"},
+            {"MESSAGE": b'bin\x00\xff\xfe "q" \\ \x01\x1f', "SYSLOG_IDENTIFIER": 'b"\\', "_PID": "7"},
+            {
+                "MESSAGE": "login with password=hunter2 ok",
+                "SYSLOG_IDENTIFIER": "app",
+                "PRIORITY": "3",
+                "_HOSTNAME": "web-01",
+                "_TRANSPORT": "syslog",
+                "_SYSTEMD_UNIT": 'a"b.service',
+                "SYSLOG_FACILITY": "10",
+            },
             {"MESSAGE": "é" * 700, "SYSLOG_IDENTIFIER": b"\xff" * 300, "_PID": "0099"},
             {"MESSAGE": "multi\nline\n", "_COMM": "x", "SYSLOG_PID": "abc", "PRIORITY": "x"},
         ]
@@ -265,10 +299,15 @@ class TestJournaldFastPath:
             validate_event(ev)
             assert _through_chain(copy.deepcopy(ev)) == ev
         a, b, c, d = (e["data"] for e in rec.events)
-        assert a["message"] == "bin\x00\ufffd\ufffd \"q\" \\ \x01\x1f" and a["program"] == "b\"\\" and a["pid"] == 7
+        assert a["message"] == 'bin\x00\ufffd\ufffd "q" \\ \x01\x1f' and a["program"] == 'b"\\' and a["pid"] == 7
         assert b["message"] == "login with password=[REDACTED] ok" and b["level"] == "error"
-        assert b["extra"] == {"unit": "a\"b.service", "hostname": "web-01", "transport": "syslog",
-                              "boot_id": "0123456789abcdef0123456789abcdef", "facility": "authpriv"}
+        assert b["extra"] == {
+            "unit": 'a"b.service',
+            "hostname": "web-01",
+            "transport": "syslog",
+            "boot_id": "0123456789abcdef0123456789abcdef",
+            "facility": "authpriv",
+        }
         assert c["truncated"] is True and c["message"].endswith(TRUNCATION_MARKER) and c["pid"] == 99
         assert c["program"] == "\ufffd" * 256
         assert d["message"] == "multi\nline\n" and d["pid"] is None and d["level"] == "info"
@@ -284,14 +323,21 @@ class TestSegments:
             return (kind, orjson.dumps({"id": f"e{i:03d}", "kind": kind}), 1)
 
         items = [ev(i) for i in range(10)] + [ev(10, "user_activity")] + [ev(i) for i in range(11, 14)]
-        items.append(("system_log", b",".join(orjson.dumps({"id": f"e{i:03d}", "kind": "system_log"})
-                                              for i in range(14, 17)), 3))
+        items.append(
+            ("system_log", b",".join(orjson.dumps({"id": f"e{i:03d}", "kind": "system_log"}) for i in range(14, 17)), 3)
+        )
         items.append(ev(17))
         r = Redactor()
         out = segmented(items, Prepared("s", r.redact_text, Filter(), r.changed_lines, 4, 10_000))
-        assert [(k, n) for k, _, n in out] == [("system_log", 4), ("system_log", 4), ("system_log", 2),
-                                               ("user_activity", 1), ("system_log", 3), ("system_log", 3),
-                                               ("system_log", 1)]
+        assert [(k, n) for k, _, n in out] == [
+            ("system_log", 4),
+            ("system_log", 4),
+            ("system_log", 2),
+            ("user_activity", 1),
+            ("system_log", 3),
+            ("system_log", 3),
+            ("system_log", 1),
+        ]
         ids = [e["id"] for _, blob, _ in out for e in orjson.loads(b"[" + blob + b"]")]
         assert ids == [f"e{i:03d}" for i in range(18)]
         small = segmented(items[:10], Prepared("s", r.redact_text, Filter(), r.changed_lines, 100, 70))
@@ -307,8 +353,9 @@ class TestYearsInTheCollector:
 
         year = _time.localtime().tm_year
         old = tmp_path / "old.log"
-        old.write_bytes(b"Dec 20 10:00:00 h a[1]: one\r\nFeb 31 10:00:00 h a[1]: impossible\r\n"
-                        b"Dec 31 23:00:00 h a[1]: two\r\n")
+        old.write_bytes(
+            b"Dec 20 10:00:00 h a[1]: one\r\nFeb 31 10:00:00 h a[1]: impossible\r\nDec 31 23:00:00 h a[1]: two\r\n"
+        )
         jan = _time.mktime((year, 1, 4, 9, 0, 0, 0, 0, -1))
         os.utime(old, (jan, jan))
         new = tmp_path / "new.log"
@@ -319,7 +366,9 @@ class TestYearsInTheCollector:
         await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
         by_msg = {e["data"]["message"]: e for e in rec.events}
         assert set(by_msg) == {"one", "impossible", "two", "fresh"}
-        assert by_msg["one"]["ts"].startswith(f"{year - 1}-12-20") and by_msg["two"]["ts"].startswith(f"{year - 1}-12-31")
+        assert by_msg["one"]["ts"].startswith(f"{year - 1}-12-20") and by_msg["two"]["ts"].startswith(
+            f"{year - 1}-12-31"
+        )
         assert by_msg["impossible"]["ts"] == by_msg["one"]["ts"]
         assert by_msg["impossible"]["data"]["extra"] == {"raw_timestamp": "Feb 31 10:00:00"}
         assert by_msg["fresh"]["ts"].startswith(str(year)) or _time.localtime().tm_yday == 1

@@ -145,7 +145,8 @@ class TestScanAhead:
         """The scan finds the stamps at line starts (after a PRI too), skipping other lines."""
         from collectors.syslog.year import stamps_in
 
-        blocks = [b"Dec 31 23:59:59 h a: x\r\n<13>Jan  1 00:00:00 h a: y\n", b"garbage Dec 31 10:00:00\nFoo  1 10:00:00 h\n"
+        blocks = [b"Dec 31 23:59:59 h a: x\r\n<13>Jan  1 00:00:00 h a: y\n", b"garbage Dec 31 10:00:00\nFoo  1 "
+                                                                             b"10:00:00 h\n"
                   b"Feb 2 01:02:03 h a: z\n"]
         assert list(stamps_in(blocks)) == [(12, 31, 23, 59, 59), (1, 1, 0, 0, 0), (2, 2, 1, 2, 3)]
 

@@ -35,10 +35,22 @@ MAX_FIELD = 4096
 MAX_USER = 256
 
 #: PAM services of graphical and console logins: their sessions are logins
-LOGIN_SERVICES = frozenset({
-    "login", "remote", "gdm", "gdm-password", "gdm-autologin", "gdm-fingerprint", "gdm-smartcard",
-    "kdm", "lightdm", "sddm", "xdm", "lxdm",
-})
+LOGIN_SERVICES = frozenset(
+    {
+        "login",
+        "remote",
+        "gdm",
+        "gdm-password",
+        "gdm-autologin",
+        "gdm-fingerprint",
+        "gdm-smartcard",
+        "kdm",
+        "lightdm",
+        "sddm",
+        "xdm",
+        "lxdm",
+    }
+)
 #: PAM services of FTP servers
 FTP_SERVICES = frozenset({"ftp", "ftpd", "in.ftpd", "vsftpd", "proftpd", "pure-ftpd", "wu-ftpd", "wu.ftpd"})
 #: programs that write the classic ftpd lines (wu-ftpd, BSD ftpd)
@@ -147,8 +159,12 @@ def pam_failure(service: str, kv: str, attempts: int | None = None, module: str 
     """A PAM ``authentication failure`` (or ``N more``) line of ``service``: the attempted user
     from ``user=``, the address from ``rhost=``."""
     f = pam_fields(kv)
-    details: dict[str, Any] = {"service": service, "tty": clip(f.get("tty"), 256), "pam_module": module,
-                               "attempts": attempts}
+    details: dict[str, Any] = {
+        "service": service,
+        "tty": clip(f.get("tty"), 256),
+        "pam_module": module,
+        "attempts": attempts,
+    }
     ip = to_ip(f.get("rhost"), details)
     base = service.split("-")[0]
     if base in ("su", "sudo"):
@@ -277,7 +293,9 @@ def ftpd_line(service: str, message: str) -> dict[str, Any] | None:
     if m := RE_VSFTPD_LOGIN.match(message):
         details = {"service": service, "reason": clip(m["why"], 512)}
         ok = m["ok"] == "OK"
-        return make_row(m["user"], "login" if ok else "login_failed", 200 if ok else 401, to_ip(m["ip"], details), details)
+        return make_row(
+            m["user"], "login" if ok else "login_failed", 200 if ok else 401, to_ip(m["ip"], details), details
+        )
     if m := RE_PROFTPD_LOGIN.match(message):
         details = {"service": service}
         ip = to_ip(m["ip"], details)

@@ -19,9 +19,11 @@ read from the logs vsftpd and ProFTPD write (the syslog parser names their progr
 A journal line of vsftpd counts only when its sender is vsftpd running as the user it names
 (``collectors.derivers.provenance``); every row carries its ``provenance``. A syslog line
 tagged ``xferlog`` (which any local user can send) is not a transfer: only a line
-of a file that starts with the transfer log's own time is. vsftpd with ``dual_log_enable=YES`` writes each transfer to both logs: the second line of the
-same transfer (same user, file, size and second) is skipped. A row's id is
-``stable_id("xfer", <line id>)``. Times are read as local time, or as UTC with ``collectors.ftp.times: utc``
+of a file that starts with the transfer log's own time is. vsftpd with ``dual_log_enable=YES``
+writes each transfer to both logs: the second line of the same transfer (same user, file, size
+and second) is skipped. A row's id is
+``stable_id("xfer", <line id>)``. Times are read as local time, or as UTC with
+``collectors.ftp.times: utc``
 (vsftpd writes UTC unless ``use_localtime=YES``; ProFTPD local time).
 """
 
@@ -49,12 +51,18 @@ RE_XFERLOG = re.compile(
     r"(?: (?P<status>[ci]))?$"
 )
 RE_VSFTPD = re.compile(
-    r'^\[(?P<user>[^\]]{1,256})\] (?P<ok>OK|FAIL) (?P<what>UPLOAD|DOWNLOAD|DELETE|MKDIR|RMDIR|RENAME): '
+    r"^\[(?P<user>[^\]]{1,256})\] (?P<ok>OK|FAIL) (?P<what>UPLOAD|DOWNLOAD|DELETE|MKDIR|RMDIR|RENAME): "
     r'Client "(?P<ip>[^"]{0,256})", "(?P<path>.*)"(?:, (?P<size>\d{1,20}) bytes)?(?:, (?P<rate>[\d.]{1,32})Kbyte/sec)?$'
 )
 XFER_TYPES = {"o": "download", "i": "upload", "d": "remove"}
-VSFTPD_TYPES = {"UPLOAD": "upload", "DOWNLOAD": "download", "DELETE": "remove", "MKDIR": "mkdir",
-                "RMDIR": "rmdir", "RENAME": "rename"}
+VSFTPD_TYPES = {
+    "UPLOAD": "upload",
+    "DOWNLOAD": "download",
+    "DELETE": "remove",
+    "MKDIR": "mkdir",
+    "RMDIR": "rmdir",
+    "RENAME": "rename",
+}
 ACCESS_MODES = {"a": "anonymous", "g": "guest", "r": "real"}
 _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -83,8 +91,11 @@ def parse_xferlog(message: str) -> dict[str, Any] | None:
     if m is None:
         return None
     mode = m["mode"]
-    extra: dict[str, Any] = {"service": m["service"], "transfer_type": "ascii" if m["type"] == "a" else "binary",
-                             "access_mode": ACCESS_MODES[mode]}
+    extra: dict[str, Any] = {
+        "service": m["service"],
+        "transfer_type": "ascii" if m["type"] == "a" else "binary",
+        "access_mode": ACCESS_MODES[mode],
+    }
     user = m["user"]
     if mode == "a":
         extra["anonymous_id"] = _clip(user, 256)  # vsftpd logs the anonymous password (an e-mail) here
@@ -146,8 +157,13 @@ class FtpTransferDeriver:
     programs: frozenset[str] = PROGRAMS
     message_prefixes: tuple[str, ...] = ()
 
-    def __init__(self, accept: Callable[[Event], bool] | None = None, max_tracked: int = 1024,
-                 witness: Witness | None = None, uid_of: Callable[[str], int | None] = _uid_of) -> None:
+    def __init__(
+        self,
+        accept: Callable[[Event], bool] | None = None,
+        max_tracked: int = 1024,
+        witness: Witness | None = None,
+        uid_of: Callable[[str], int | None] = _uid_of,
+    ) -> None:
         self.accept = accept
         self.max_tracked = max_tracked
         self.witness = witness if witness is not None else Witness()
@@ -160,8 +176,9 @@ class FtpTransferDeriver:
             data = accepted_data(event, self.accept)
             if data is None:
                 return []
-            if data.get("program") == "xferlog" and (event_origin(event)[0] == "journald"
-                                                     or data.get("hostname") is not None):
+            if data.get("program") == "xferlog" and (
+                event_origin(event)[0] == "journald" or data.get("hostname") is not None
+            ):
                 # only a line that starts with the transfer log's own time (no syslog header)
                 # is one: "xferlog" as a syslog tag is anyone's (logger -t xferlog)
                 return []
@@ -192,8 +209,14 @@ class FtpTransferDeriver:
             return []
         row["extra"] = {k: v for k, v in row["extra"].items() if v is not None}
         row["provenance"] = prov.data()
-        return [make_event("webftp_transfer", {k: v for k, v in row.items() if v is not None},
-                           ts=event.get("ts"), id=stable_id("xfer", line_id(event)))]
+        return [
+            make_event(
+                "webftp_transfer",
+                {k: v for k, v in row.items() if v is not None},
+                ts=event.get("ts"),
+                id=stable_id("xfer", line_id(event)),
+            )
+        ]
 
     def _first(self, row: dict[str, Any], ts: Any) -> bool:
         """False for the second log line of a transfer already reported (vsftpd's dual log)."""

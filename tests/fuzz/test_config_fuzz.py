@@ -46,21 +46,34 @@ def assert_bounded(err: ConfigError) -> None:
 
 
 # keys the config has, at the top and one level down, so that random documents reach the validators
-SECTIONS = {name: list(getattr(field.annotation, "model_fields", {})) for name, field in AgentConfig.model_fields.items()}
+SECTIONS = {
+    name: list(getattr(field.annotation, "model_fields", {})) for name, field in AgentConfig.model_fields.items()
+}
 KEYS = st.sampled_from([*SECTIONS, "x", "<<"])
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=50), st.text(alphabet="({[*&!|>%@`\\\"' \t\n:#-?,", max_size=30),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=50),
+    st.text(alphabet="({[*&!|>%@`\\\"' \t\n:#-?,", max_size=30),
     st.sampled_from(["debug", "info", "http", "file", "0o777", "1e309", "-1", ".inf", "~", "2001-12-14"]),
 )
 
 
 def documents() -> st.SearchStrategy[Any]:
     """Nested mappings and lists shaped like a config (known section and key names, any values)."""
-    leaf = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.text(max_size=10), inner, max_size=4), max_leaves=20)
-    section = st.fixed_dictionaries({}, optional={k: leaf for k in ["enabled", "paths", "socket", "mode", "url",
-                                                                    "token_file", "patterns", "max_events"]})
+    leaf = st.recursive(
+        SCALARS,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+        max_leaves=20,
+    )
+    section = st.fixed_dictionaries(
+        {},
+        optional={
+            k: leaf for k in ["enabled", "paths", "socket", "mode", "url", "token_file", "patterns", "max_events"]
+        },
+    )
     return st.dictionaries(KEYS, st.one_of(leaf, section), max_size=6)
 
 
@@ -124,8 +137,14 @@ class TestConfigFuzz:
             if isinstance(out, ConfigError):
                 assert_bounded(out)
 
-    @given(value=st.one_of(st.text(max_size=300), st.binary(max_size=50).map(repr), st.integers(),
-                           st.lists(st.text(max_size=5), max_size=3)))
+    @given(
+        value=st.one_of(
+            st.text(max_size=300),
+            st.binary(max_size=50).map(repr),
+            st.integers(),
+            st.lists(st.text(max_size=5), max_size=3),
+        )
+    )
     @example(value="0" * 300)  # found: token_file longer than NAME_MAX raised OSError out of validation
     @example(value="a\x00b")  # a NUL byte in a path
     @example(value="/proc/self/root/" * 300)  # longer than PATH_MAX

@@ -18,14 +18,33 @@ from collectors.syslog.parse import SyslogLineParser
 
 FUZZ = settings(max_examples=200, deadline=None)
 MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec", "Foo"]
-PROGRAMS = ["sshd", "sshd-session", "sudo", "su", "login", "ftpd", "vsftpd", "proftpd", "klogind", "gdm",
-            "gdm-password]", "sftp-server", "internal-sftp", "xferlog", "root", "cron", "kernel"]
+PROGRAMS = [
+    "sshd",
+    "sshd-session",
+    "sudo",
+    "su",
+    "login",
+    "ftpd",
+    "vsftpd",
+    "proftpd",
+    "klogind",
+    "gdm",
+    "gdm-password]",
+    "sftp-server",
+    "internal-sftp",
+    "xferlog",
+    "root",
+    "cron",
+    "kernel",
+]
 #: text with the characters that matter to these grammars
-TEXT = st.text(alphabet=st.sampled_from(list("abcAZ019 :;=[]()\"'/\\-_.,@*\r\t\x00\u00e9\ufeff")) | st.characters(),
-               max_size=120)
+TEXT = st.text(
+    alphabet=st.sampled_from(list("abcAZ019 :;=[]()\"'/\\-_.,@*\r\t\x00\u00e9\ufeff")) | st.characters(), max_size=120
+)
 IP = st.sampled_from(["198.51.100.7", "203.0.113.9", "2001:db8::1", "::ffff:192.0.2.1", "host.example", "(null)", ""])
-WORD = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=" \n"), min_size=0,
-               max_size=20)
+WORD = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters=" \n"), min_size=0, max_size=20
+)
 
 
 @st.composite
@@ -47,23 +66,46 @@ def rfc3164(draw: Any) -> str:
 @st.composite
 def rfc5424(draw: Any) -> str:
     pri = draw(st.sampled_from(["<34>", "<165>", "<0>"]))
-    stamp = draw(st.sampled_from(["-", "2026-11-26T21:22:36.003Z", "2026-02-30T00:00:00Z", "2026-11-26T21:22:36+09:00"]))
-    sd = draw(st.sampled_from(["-", '[a@1 k="v"]', '[a@1 k="v\\"]"]', "[", '[x k="1"][y]', '[a k=1]']))
-    return f"{pri}1 {stamp} {draw(WORD) or '-'} {draw(WORD) or '-'} {draw(WORD) or '-'} {draw(WORD) or '-'} {sd} {draw(TEXT)}"
+    stamp = draw(
+        st.sampled_from(["-", "2026-11-26T21:22:36.003Z", "2026-02-30T00:00:00Z", "2026-11-26T21:22:36+09:00"])
+    )
+    sd = draw(st.sampled_from(["-", '[a@1 k="v"]', '[a@1 k="v\\"]"]', "[", '[x k="1"][y]', "[a k=1]"]))
+    host, app, procid, msgid = (draw(WORD) or "-" for _ in range(4))
+    return f"{pri}1 {stamp} {host} {app} {procid} {msgid} {sd} {draw(TEXT)}"
 
 
 @st.composite
 def ctime_line(draw: Any) -> str:
     stamp = draw(st.sampled_from(["Tue Dec  1 10:00:00 2026", "Mon Feb 29 10:00:00 2027", "Sun Foo 99 99:99:99 2026"]))
-    rest = draw(st.one_of(
-        st.builds(lambda secs, ip, size, path, t, d, m, u, s: f"{secs} {ip} {size} {path} {t} _ {d} {m} {u} ftp 0 * {s}",
-                  st.integers(0, 10**11), IP, st.integers(0, 10**21), WORD, st.sampled_from("abx"),
-                  st.sampled_from("oidx"), st.sampled_from("argx"), WORD, st.sampled_from(["c", "i", "", "x"])),
-        st.builds(lambda pid, u, ok, what, ip, path, size: f'[pid {pid}] [{u}] {ok} {what}: Client "{ip}", "{path}"{size}',
-                  st.integers(0, 10**12), WORD, st.sampled_from(["OK", "FAIL"]),
-                  st.sampled_from(["UPLOAD", "DOWNLOAD", "DELETE", "LOGIN", "RENAME"]), IP, TEXT,
-                  st.sampled_from(["", ", 5 bytes", ", 5 bytes, 1.00Kbyte/sec", ", x bytes"])),
-        TEXT))
+    rest = draw(
+        st.one_of(
+            st.builds(
+                lambda secs, ip, size, path, t, d, m, u, s: f"{secs} {ip} {size} {path} {t} _ {d} {m} {u} ftp 0 * {s}",
+                st.integers(0, 10**11),
+                IP,
+                st.integers(0, 10**21),
+                WORD,
+                st.sampled_from("abx"),
+                st.sampled_from("oidx"),
+                st.sampled_from("argx"),
+                WORD,
+                st.sampled_from(["c", "i", "", "x"]),
+            ),
+            st.builds(
+                lambda pid, u, ok, what, ip, path, size: (
+                    f'[pid {pid}] [{u}] {ok} {what}: Client "{ip}", "{path}"{size}'
+                ),
+                st.integers(0, 10**12),
+                WORD,
+                st.sampled_from(["OK", "FAIL"]),
+                st.sampled_from(["UPLOAD", "DOWNLOAD", "DELETE", "LOGIN", "RENAME"]),
+                IP,
+                TEXT,
+                st.sampled_from(["", ", 5 bytes", ", 5 bytes, 1.00Kbyte/sec", ", x bytes"]),
+            ),
+            TEXT,
+        )
+    )
     return f"{stamp} {rest}"
 
 
@@ -71,12 +113,27 @@ AUTH_MESSAGES = st.one_of(
     TEXT,
     st.builds("Failed password for {} from {} port {} ssh2".format, WORD, IP, st.integers(-1, 10**6)),
     st.builds("message repeated {} times: [ {}]".format, st.integers(-1, 10**12), TEXT),
-    st.builds("PAM {} more authentication failures; logname= uid=0 euid=0 tty=ssh ruser= rhost={}  user={}".format,
-              st.integers(0, 10**12), IP, WORD),
-    st.builds("authentication failure; logname={} uid=0 euid=0 tty={} ruser={} rhost={}  user={}".format,
-              WORD, WORD, WORD, IP, WORD),
-    st.builds("session {} for user {} by {}(uid={})".format, st.sampled_from(["opened", "closed"]), WORD, WORD,
-              st.integers(0, 10**6)),
+    st.builds(
+        "PAM {} more authentication failures; logname= uid=0 euid=0 tty=ssh ruser= rhost={}  user={}".format,
+        st.integers(0, 10**12),
+        IP,
+        WORD,
+    ),
+    st.builds(
+        "authentication failure; logname={} uid=0 euid=0 tty={} ruser={} rhost={}  user={}".format,
+        WORD,
+        WORD,
+        WORD,
+        IP,
+        WORD,
+    ),
+    st.builds(
+        "session {} for user {} by {}(uid={})".format,
+        st.sampled_from(["opened", "closed"]),
+        WORD,
+        WORD,
+        st.integers(0, 10**6),
+    ),
     st.builds("Received disconnect from {}: {}: {}".format, IP, st.integers(0, 10**4), TEXT),
     st.builds("Disconnecting: Too many authentication failures for {} [preauth]".format, WORD),
     st.builds("FAILED LOGIN {} FROM {} FOR {}, {}".format, st.integers(0, 10**10), IP, WORD, TEXT),
@@ -85,8 +142,12 @@ AUTH_MESSAGES = st.one_of(
     st.builds("Authentication failed from {} ({}): {}".format, IP, IP, TEXT),
     st.builds("pam_unix({}:{}): {}".format, WORD, st.sampled_from(["session", "auth"]), TEXT),
     st.builds("{} : TTY={} ; PWD={} ; USER={} ; COMMAND={}".format, WORD, WORD, TEXT, WORD, TEXT),
-    st.builds('open "{}" flags {} mode {}'.format, TEXT, st.sampled_from(["READ", "WRITE,CREATE,TRUNCATE"]),
-              st.integers(0, 999)),
+    st.builds(
+        'open "{}" flags {} mode {}'.format,
+        TEXT,
+        st.sampled_from(["READ", "WRITE,CREATE,TRUNCATE"]),
+        st.integers(0, 999),
+    ),
     st.builds('close "{}" bytes read {} written {}'.format, TEXT, st.integers(0, 10**21), st.integers(0, 10**21)),
     st.builds("session opened for local user {} from [{}]".format, WORD, IP),
 )
@@ -99,8 +160,15 @@ def _events(lines: list[str], source: str = "/var/log/auth.log") -> list[dict[st
         ts, data = parser.parse(line)
         validate_data("system_log", data)
         data["source"] = source
-        out.append({"id": f"f-0123456789abcdef-{off}", "kind": "system_log", "server": "fuzz",
-                    "ts": ts or format_ts(), "data": data})
+        out.append(
+            {
+                "id": f"f-0123456789abcdef-{off}",
+                "kind": "system_log",
+                "server": "fuzz",
+                "ts": ts or format_ts(),
+                "data": data,
+            }
+        )
     return out
 
 
@@ -139,18 +207,41 @@ class TestSyslogParserFuzz:
 
 class TestDeriverFuzz:
     @FUZZ
-    @given(st.lists(st.tuples(st.sampled_from(PROGRAMS), st.one_of(st.none(), st.integers(-5, 2**40)), AUTH_MESSAGES,
-                              st.sampled_from([None, "pam_unix", "pam_ldap"])), min_size=1, max_size=12))
+    @given(
+        st.lists(
+            st.tuples(
+                st.sampled_from(PROGRAMS),
+                st.one_of(st.none(), st.integers(-5, 2**40)),
+                AUTH_MESSAGES,
+                st.sampled_from([None, "pam_unix", "pam_ldap"]),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    )
     def test_auth_and_sftp_lines(self, lines: list[tuple[str, int | None, str, str | None]]):
         """Auth and sftp-server messages of every known shape, with hostile fields: rows validate."""
         events = []
         for off, (program, pid, message, module) in enumerate(lines):
-            data: dict[str, Any] = {"program": program, "level": "info", "pid": pid, "message": message,
-                                    "hostname": "fuzz-01", "source": "/var/log/secure"}
+            data: dict[str, Any] = {
+                "program": program,
+                "level": "info",
+                "pid": pid,
+                "message": message,
+                "hostname": "fuzz-01",
+                "source": "/var/log/secure",
+            }
             if module:
                 data["extra"] = {"pam_module": module}
-            events.append({"id": f"f-0123456789abcdef-{off}", "kind": "system_log", "server": "fuzz",
-                           "ts": format_ts(), "data": data})
+            events.append(
+                {
+                    "id": f"f-0123456789abcdef-{off}",
+                    "kind": "system_log",
+                    "server": "fuzz",
+                    "ts": format_ts(),
+                    "data": data,
+                }
+            )
         _derive(events)
 
     @FUZZ
