@@ -172,6 +172,8 @@ class Spool:
         if self._sync is not None:
             self._sync.close()
         self._db.close()
+        if self._sync is not None:
+            self._sync.release()  # the descriptor whose close would drop SQLite's locks goes last
 
     def durable(self) -> Future[None]:
         """Done once every commit made so far survives power loss (at once with ``synchronous:

@@ -42,6 +42,11 @@ class WalSync:
         self._closed = False
         self._io = threading.Lock()
         self._fd = -1
+        # the database file is fsynced through one descriptor kept open for the spool's life:
+        # closing *any* descriptor of a file drops every POSIX lock this process holds on it,
+        # SQLite's included, and another process would then take itself for the last user and
+        # delete the WAL under this one
+        self._db_fd = os.open(self.db_path, os.O_RDONLY | os.O_CLOEXEC)
         self._wal_id: tuple[int, int] | None = None
         #: fsyncs done and requests served (their ratio is the group-commit factor)
         self.flushes = 0
@@ -66,7 +71,7 @@ class WalSync:
         """Flush now, on this thread: the database file, its WAL and their directory entries."""
         with self._io:
             self._flush_wal()
-            fsync_path(self.db_path)
+            os.fsync(self._db_fd)
             fsync_path(self.db_path.parent)
             with contextlib.suppress(OSError):
                 fsync_path(self.db_path.parent.parent)
@@ -81,6 +86,12 @@ class WalSync:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+
+    def release(self) -> None:
+        """Close the database file's descriptor: only after the spool's connection is closed."""
+        if self._db_fd >= 0:
+            os.close(self._db_fd)
+            self._db_fd = -1
 
     def _run(self) -> None:
         while True:
@@ -105,7 +116,7 @@ class WalSync:
             st = os.stat(self.wal_path)
         except FileNotFoundError:
             # no WAL (every commit was checkpointed and the file removed): the database holds all
-            fsync_path(self.db_path)
+            os.fsync(self._db_fd)
             return
         if (st.st_dev, st.st_ino) != self._wal_id:
             if self._fd >= 0:
