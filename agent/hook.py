@@ -29,9 +29,9 @@ import structlog
 from agent.config import HookConfig
 from agent.errors import SpoolFull
 from agent.events import KINDS
-from agent.hookaccess import Slot, SlotTable, grant_groups, resolve_allowed
+from agent.hookaccess import Slot, SlotTable, grant_groups
 from agent.hookmsg import event_from_emit, message_ref, parse_message
-from agent.hookpeer import Peer, Pushers, peer_of
+from agent.hookpeer import Peer, Pushers, peer_of, resolve_ids
 from agent.logs import RateLimitedLog
 from agent.metrics import AgentMetrics
 from agent.pipeline.batcher import Batcher
@@ -75,7 +75,7 @@ class HookServer:
         self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._slots = SlotTable(cfg.max_connections, cfg.max_connections_per_uid)
         self._denied_waiting = 0
-        self.allowed_uids, self.allowed_gids = resolve_allowed(cfg)
+        self.allowed_uids, self.allowed_gids = resolve_ids(cfg.allow_users, cfg.allow_groups, "hook.allow_")
         self.pushers = Pushers(cfg.push)
         self._ok_counter = metrics.hook_requests.labels("emit", "ok")
         self._refusals = RateLimitedLog(log)

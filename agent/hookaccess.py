@@ -10,9 +10,7 @@ access ACL with one entry per group (``system.posix_acl_access``, the kernel's b
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,7 +18,6 @@ from typing import Any
 
 import structlog
 
-from agent.config import HookConfig
 from agent.hookpeer import Peer
 
 log = structlog.get_logger("hook")
@@ -30,22 +27,6 @@ _ACL_XATTR = "system.posix_acl_access"
 _ACL_EA_VERSION = 2
 _ACL_USER_OBJ, _ACL_GROUP_OBJ, _ACL_GROUP, _ACL_MASK, _ACL_OTHER = 0x01, 0x04, 0x08, 0x10, 0x20
 _ACL_UNDEFINED_ID = 0xFFFFFFFF
-
-
-def resolve_allowed(cfg: HookConfig) -> tuple[frozenset[int], frozenset[int]]:
-    """The uids and gids ``hook.allow_users`` / ``hook.allow_groups`` name (unknown names are logged)."""
-    uids, gids = set(), set()
-    for u in cfg.allow_users:
-        try:
-            uids.add(int(u) if u.isdigit() else pwd.getpwnam(u).pw_uid)
-        except KeyError:
-            log.warning("hook.allow_users names an unknown user; ignored", user=u)
-    for g in cfg.allow_groups:
-        try:
-            gids.add(int(g) if g.isdigit() else grp.getgrnam(g).gr_gid)
-        except KeyError:
-            log.warning("hook.allow_groups names an unknown group; ignored", group=g)
-    return frozenset(uids), frozenset(gids)
 
 
 def acl_xattr(mode: int, gids: Iterable[int]) -> bytes:
