@@ -101,6 +101,9 @@ class Spool:
         self.path = Path(state_dir) / self.FILENAME
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.max_bytes = max_bytes
+        #: bulk batches evicted so far: a reader that saw this figure change since it read a batch
+        #: asks :meth:`exists` before sending it (the batch may be gone)
+        self.evictions = 0
         #: what the start-up check found and salvaged (None: the spool was sound)
         self.recovery: dict[str, Any] | None = None
         problem = None
@@ -263,6 +266,7 @@ class Spool:
                 db.execute("ROLLBACK")
             raise
         self._bytes[PRIORITY_BULK] = self._bytes.get(PRIORITY_BULK, 0) - freed
+        self.evictions += len(evicted)
         for b in batches:
             self._bytes[b.priority] = self._bytes.get(b.priority, 0) + len(b.body)
         return evicted

@@ -184,3 +184,44 @@ class TestDecisions:
         assert [(d["batch_id"], d["status"]) for d in dead] == [("b-00000000", 400)]
         assert "scripted answer" in dead[0]["reason"]
         assert run.shipper.permanent_failures and "b-00000000" in run.shipper.permanent_failures[0]
+
+
+class TestEviction:
+    def test_a_batch_read_ahead_then_evicted_is_not_sent(self, tmp_path):
+        """Bulk batches read ahead of the one being retried, then evicted for audit data while they
+        wait, are not delivered: they were counted as evicted, and an audit trail that says
+        "evicted" of data the backend holds is wrong. The audit batch and the bulk batches left
+        in the spool are delivered."""
+        import orjson
+
+        from agent.events import PRIORITY_AUDIT, PRIORITY_BULK
+        from agent.spool import NewBatch, Spool
+
+        def batch(name: str, priority: int, kind: str) -> NewBatch:
+            events = [{"id": f"ev-{name}", "kind": kind, "pad": "x" * 900}]
+            return NewBatch(f"b-{name}", priority, 1, {kind: 1}, orjson.dumps(events))
+
+        probe = len(batch("probe", PRIORITY_BULK, "system_log").body)
+        spool = Spool(tmp_path, probe * 5)
+        for i in range(5):
+            spool.append([batch(f"log-{i}", PRIORITY_BULK, "system_log")])
+        evicted: list[object] = []
+
+        def on_wait(_: float) -> None:  # the first send failed: audit data arrives, the spool is full
+            if not evicted:
+                big = NewBatch("b-audit", PRIORITY_AUDIT, 1, {"user_activity": 1},
+                               orjson.dumps([{"id": "ev-audit", "kind": "user_activity", "pad": "x" * (probe * 2)}]))
+                evicted.extend(spool.append([big]))
+
+        async def main():
+            async with ScriptedBackend(answers=[(503, {})]) as backend:
+                run = await ship_all(spool, backend, record_waits=True, on_wait=on_wait)
+            return backend, run
+
+        backend, run = asyncio.run(main())
+        gone = {e.batch_id for e in evicted}  # type: ignore[attr-defined]
+        assert gone >= {"b-log-0", "b-log-1", "b-log-2"}, gone
+        stored = backend.stored_ids()
+        assert not {f"ev-{b.removeprefix('b-')}" for b in gone} & set(stored), stored
+        assert "ev-audit" in stored and "ev-log-4" in stored
+        assert spool.evictions == len(gone)

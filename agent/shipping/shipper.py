@@ -94,7 +94,7 @@ class Shipper:
     # -- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Dispatch batches to ``in_flight`` workers, oldest first, until cancelled."""
-        queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]] = asyncio.Queue(
+        queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None, int]] = asyncio.Queue(
             maxsize=self.cfg.in_flight
         )
         in_progress: set[int] = set()
@@ -103,6 +103,9 @@ class Shipper:
         try:
             while True:
                 self.last_progress = time.monotonic()
+                # read before the batches: an eviction after it makes the first attempt ask the
+                # spool whether a batch read ahead is still there
+                evictions = self.spool.evictions
                 batches = await self._db(self.spool.pending, self.cfg.in_flight + PREFETCH, after)
                 if not batches:
                     if not in_progress and queue.empty():
@@ -125,7 +128,7 @@ class Shipper:
                     in_progress.add(b.seq)
                     # the request body is made (gzip, in a thread) while the batch before it is
                     # still in flight; the send itself waits its turn, so order is kept
-                    await queue.put((b, self._prepare(b)))
+                    await queue.put((b, self._prepare(b), evictions))
         finally:
             for w in workers:
                 w.cancel()
@@ -175,15 +178,16 @@ class Shipper:
         return decide(await self.sink.send(batch_id, self.payload(batch_id, events), n_events, part.spooled_at))
 
     async def _worker(
-        self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None]], in_progress: set[int]
+        self, queue: asyncio.Queue[tuple[SpoolBatch, asyncio.Future[bytes] | None, int]], in_progress: set[int]
     ) -> None:
         while True:
-            batch, encoded = await queue.get()
+            batch, encoded, evictions = await queue.get()
             delay = 1.0
             failures = 0
             while True:
                 try:
-                    await self.ship(batch, encoded, on_done=functools.partial(in_progress.discard, batch.seq))
+                    await self.ship(batch, encoded, on_done=functools.partial(in_progress.discard, batch.seq),
+                                    read_at_evictions=evictions)
                     break
                 except asyncio.CancelledError:
                     in_progress.discard(batch.seq)
@@ -224,9 +228,13 @@ class Shipper:
         return base
 
     async def _deliver(self, part: Part, dead: list[Refused], seq: int | None = None,
-                       encoded: asyncio.Future[bytes] | None = None) -> bool:
+                       encoded: asyncio.Future[bytes] | None = None, read_at_evictions: int | None = None) -> bool:
         """Send a batch (or a part of one) until the decision is final, acting on each decision;
-        False when the batch was evicted from the spool while being retried.
+        False when the batch was evicted from the spool while it waited or was being retried.
+
+        Before a retry, and before the first attempt when the spool has evicted anything since the
+        batch was read (``read_at_evictions``), the spool is asked whether the batch is still
+        there: an evicted batch counts as evicted and must not be delivered as well.
 
         ``encoded`` is the request body made ahead of time for the first attempt; a retry makes
         a fresh one (its ``sent_at`` is the time of that attempt)."""
@@ -236,7 +244,8 @@ class Shipper:
         ):
             n = attempt.retry_state.attempt_number
             self.last_progress = time.monotonic()
-            if seq is not None and n > 1 and not await self._db(self.spool.exists, seq):
+            evicted_since = read_at_evictions is not None and self.spool.evictions != read_at_evictions
+            if seq is not None and (n > 1 or evicted_since) and not await self._db(self.spool.exists, seq):
                 return False
             if self.paused_reason is not None:
                 self.sink.reload_token()  # the token may have been put right during the pause
@@ -319,6 +328,7 @@ class Shipper:
         batch: SpoolBatch,
         encoded: asyncio.Future[bytes] | None = None,
         on_done: Callable[[], None] = lambda: None,
+        read_at_evictions: int | None = None,
     ) -> None:
         """Send one batch until it is stored, split or dead-lettered.
 
@@ -328,7 +338,7 @@ class Shipper:
         started = time.monotonic()
         dead: list[Refused] = []
         part = Part(batch.batch_id, batch, batch.n_events, batch.priority, batch.created)
-        ok = await self._deliver(part, dead, batch.seq, encoded)
+        ok = await self._deliver(part, dead, batch.seq, encoded, read_at_evictions)
         task = asyncio.ensure_future(self._settle(batch, dead, ok, started))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
