@@ -23,7 +23,7 @@ JOURNALD = "/lib/systemd/systemd-journald"
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 BOOT_ID = "0123456789abcdef0123456789abcdef"
 
-FieldValue = str | bytes | int
+FieldValue = str | bytes | int | list[str | bytes]
 
 
 def _wait_path(path: Path, proc: subprocess.Popen[Any], timeout: float, what: str) -> None:
@@ -53,7 +53,9 @@ def _stop_proc(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM, ti
 def export_entry(fields: Mapping[str, FieldValue]) -> bytes:
     """One entry in the journal export format (binary-safe for values with newlines or NULs)."""
     out = bytearray()
-    for key, value in fields.items():
+    # a list value: the field given once per item (journald keeps duplicated fields)
+    pairs = [(k, x) for k, v in fields.items() for x in (v if isinstance(v, list) else [v])]
+    for key, value in pairs:
         if isinstance(value, int):
             value = str(value)
         raw = value.encode("utf-8") if isinstance(value, str) else value

@@ -21,7 +21,7 @@ from agent.events import stable_id
 from agent.pipeline.encode import TRUNCATION_MARKER, Prepared
 from agent.pipeline.processors import Enrich, Filter, Validate
 from agent.pipeline.redact import Redactor
-from collectors.journald import FACILITIES, JournaldCollector
+from collectors.journald import FACILITIES, JournaldCollector, rows
 from tests.parts import JOURNAL_REMOTE, EmitRecorder, run_once, write_journal_file
 from tests.support import need
 
@@ -128,17 +128,31 @@ CASES = {
 }
 
 
+def _use_reader(monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """Make the collector read rows with ``reader`` (the compiled one must be built in CI)."""
+    if reader == "python":
+        monkeypatch.setenv(rows.ENV, "python")
+    else:
+        need(rows.compiled() is not None, "the compiled journal reader (pip install -e . with gcc, libsystemd-dev)")
+        monkeypatch.delenv(rows.ENV, raising=False)
+
+
 class TestJournaldFastPathEqualsSlowPath:
+    @pytest.mark.parametrize("reader", ["compiled", "python"])
     @pytest.mark.parametrize("case", list(CASES))
-    async def test_same_events(self, journal: Path, case: str) -> None:
-        """Each entry gives, on the fast path, the event the plain mapping plus the chain gives."""
+    async def test_same_events(self, journal: Path, case: str, reader: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Each entry gives, on the fast path, the event the plain mapping plus the chain gives,
+        with the compiled row reader and with the pure-Python one."""
+        _use_reader(monkeypatch, reader)
         cfg_extra, redact = CASES[case]
         cfg = JournaldConfig(directory=str(journal), start_at="beginning", **cfg_extra)
         r = Redactor(**redact)
         filt = Filter(min_level=cfg.min_level)
         rec = EmitRecorder()
         rec.prepared_settings = Prepared("test", r.redact_text, filt, r.changed_lines, 5, 300_000)
-        await run_once(JournaldCollector(cfg, rec.context(once=True)))
+        collector = JournaldCollector(cfg, rec.context(once=True))
+        await run_once(collector)
+        assert collector.row_reader == reader
         expected = _slow(journal, cfg, [Enrich("test"), filt, r, Validate()])
         assert rec.prepared_calls and len(rec.events) == len(expected) > 0
         for got, want in zip(rec.events, expected, strict=True):
@@ -151,3 +165,73 @@ class TestJournaldFastPathEqualsSlowPath:
         if redact.get("builtin", True):
             assert not any("hunter2" in e["data"]["message"] or "abcdefghijklmnop" in e["data"]["message"]
                            for e in rec.events)
+
+
+DUPLICATES: list[dict[str, Any]] = [
+    {"MESSAGE": ["first", "second"], "SYSLOG_IDENTIFIER": ["one", "two"], "_PID": ["5", "6"], "PRIORITY": "4"},
+    {"MESSAGE": "x" * 5000, "SYSLOG_IDENTIFIER": "long", "_EXE": "/usr/bin/long", "_CMDLINE": "long --pass=s"},
+]
+
+
+def _all_rows(directory: Path, read: rows.RowReader, limit: int, max_bytes: int, threshold: int
+              ) -> list[tuple[int, list[rows.Row], bool]]:
+    """Every chunk ``read`` gives of the journal (its size, rows, and whether it hit the end),
+    with the reader left on an unread entry between some chunks (``pending``)."""
+    from systemd import journal
+
+    r = journal._Reader(0, str(directory))
+    r.data_threshold = threshold
+    chunks = []
+    pending = False
+    try:
+        while True:
+            got, at_end = read(r, limit, max_bytes, 1000, pending)
+            chunks.append((len(got), got, at_end))
+            if at_end:
+                return chunks
+            # every other chunk, step onto the next entry first, as resuming past a gap does
+            pending = len(chunks) % 2 == 1 and r._next()
+    finally:
+        r.close()
+
+
+class TestCompiledRowReader:
+    """The compiled reader gives exactly the Python reader's rows, and refuses what it cannot read."""
+
+    @pytest.mark.parametrize(("limit", "max_bytes", "threshold"), [(2000, 1 << 22, 0), (3, 1 << 22, 65537),
+                                                                  (50, 6000, 0), (1, 1, 128)])
+    def test_same_rows(self, tmp_path: Path, limit: int, max_bytes: int, threshold: int) -> None:
+        """Same rows, same chunk boundaries, same end, on binary, non-UTF-8, 100 KB, duplicated
+        and missing fields, with the size threshold cutting values or not."""
+        need(os.access(JOURNAL_REMOTE, os.X_OK), "systemd-journal-remote (apt systemd-journal-remote)")
+        fast = rows.compiled()
+        need(fast is not None, "the compiled journal reader (pip install -e . with gcc, libsystemd-dev)")
+        assert fast is not None
+        write_journal_file(tmp_path / "j" / "a.journal", [*ENTRIES, *DUPLICATES])
+        want = _all_rows(tmp_path / "j", rows.python_rows, limit, max_bytes, threshold)
+        got = _all_rows(tmp_path / "j", fast, limit, max_bytes, threshold)
+        assert got == want
+        flat = [row for _, chunk, _ in got for row in chunk]
+        dup = flat[-2]
+        assert dup[2 + rows.MESSAGE] == b"first" and dup[2 + rows.FIELDS.index("_PID")] == b"5"
+        assert flat[-1][2 + rows.FIELDS.index("_EXE")] == b"/usr/bin/long"
+        assert sum(n for n, _, _ in got) == len(ENTRIES) + len(DUPLICATES)
+
+    def test_refuses_other_objects_and_a_closed_reader(self, tmp_path: Path) -> None:
+        """Anything but a systemd-python _Reader is a TypeError (not a crash), a closed one a
+        ValueError; the collector then reads with the Python reader and says why."""
+        from systemd import journal
+
+        fast = rows.compiled()
+        need(fast is not None, "the compiled journal reader (pip install -e . with gcc, libsystemd-dev)")
+        assert fast is not None
+        for thing in (object(), "journal", journal.Reader, 42):
+            with pytest.raises(TypeError):
+                fast(thing, 10, 100, 10, False)
+        (tmp_path / "j").mkdir()
+        r = journal._Reader(0, str(tmp_path / "j"))
+        r.close()
+        with pytest.raises(ValueError):
+            fast(r, 10, 100, 10, False)
+        name, read, why = rows.choose(object())
+        assert (name, read) == ("python", rows.python_rows) and why and "_Reader" in why

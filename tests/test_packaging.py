@@ -184,6 +184,8 @@ class TestDebBuild:
             "./usr/share/doc/alpacon-agent/copyright",
         ):
             assert path in listing, path
+        # the journald collector's compiled row reader is built into the package
+        assert re.search(r"site-packages/collectors/journald/_rows\.cpython-3\d+-[\w-]+\.so", listing), listing
         assert "__pycache__" not in listing and ".pyc" not in listing
         fields = subprocess.run(
             ["dpkg-deb", "-f", deb, "Version", "Depends"], capture_output=True, text=True, check=True
@@ -260,6 +262,10 @@ class TestDebianInstall:
         chroot.path("/tmp/bad.yaml").write_text("collectors:\n  journald:\n    min_level: loud\n")
         bad = chroot.run("alpacon-agent", "check-config", "/tmp/bad.yaml", check=False)
         assert bad.returncode == 2 and "collectors.journald.min_level" in bad.stdout + bad.stderr
+        # the compiled journal reader loads against the installed libsystemd
+        ok = chroot.run("/opt/alpacon-agent/bin/python", "-c",
+                        "from collectors.journald import rows; assert rows.compiled() is not None; print('compiled')")
+        assert ok.stdout.strip() == "compiled"
 
     def test_installed_unit_verifies_and_scores_ok(self, chroot: Chroot) -> None:
         """systemd-analyze verify accepts the installed unit; security rates it OK or better."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.pipeline.redact import Redactor
 
@@ -136,6 +138,10 @@ class TestManyTextsAtOnce:
             "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----",
             "\x00\x1f",
             "☃ token: ☃",
+            "to\u212aen: kelvin",  # the Kelvin sign lower-cases to k
+            "PaSsWoRd=MiXeD",
+            "sk_live_" + "a" * 24,
+            "tok",
         ]
         texts = ["".join(rng.choice(pieces) for _ in range(rng.randrange(0, 5))) for _ in range(2000)]
         texts += ["pa", "ss=split across texts", "tok", "en: x"]
@@ -247,3 +253,24 @@ class TestSecretsInCommands:
         changed = R.changed_lines("\n".join(lines))
         assert changed == {i: R.redact_text(t) for i, t in enumerate(lines) if R.redact_text(t) != t}
         assert set(changed) == {1, 3, 4}
+
+
+class TestCompiledTriggerScan:
+    """The C trigger scan (``_scan.c``) decides exactly as the Python scan does."""
+
+    def test_built_in_ci(self) -> None:
+        from tests.support import need
+
+        need(Redactor().compiled_scan, "the compiled trigger scan (pip install -e . with gcc)")
+        assert not Redactor(patterns=["x"]).compiled_scan and not Redactor(builtin=False).compiled_scan
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.lists(st.text(alphabet=st.sampled_from(list("pasword=: -tokenPWDAKIAgh/@\u212a\u0130xé\n'\"")) ),
+                    max_size=20))
+    def test_same_as_python(self, texts: list[str]) -> None:
+        fast, slow = Redactor(), Redactor()
+        slow.compiled_scan = False
+        want = {i: r for i, t in enumerate(texts) if (r := slow.redact_text(t)) != t}
+        assert fast.changed_texts(texts) == slow.changed_texts(texts) == want
+        joined = "\n".join(t.replace("\n", " ") for t in texts)
+        assert fast.changed_lines(joined) == slow.changed_lines(joined)

@@ -14,6 +14,11 @@ from typing import Any
 
 from agent.typing import Event
 
+try:  # the trigger scan in C (_scan.c), built with the package where a C compiler is at hand
+    from agent.pipeline import _scan  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover - the Python scan below gives the same results
+    _scan = None
+
 #: Built-in patterns: credentials that show up in command lines and log lines.
 #: Each is paired in BUILTIN_TRIGGERS with lower-case words one of which any match contains,
 #: so that the common line (no secret) costs a few substring checks, not a dozen regex scans.
@@ -144,6 +149,15 @@ class Redactor:
                       for t, p in zip(BUILTIN_TRIGGERS, BUILTIN_PATTERNS, strict=True)]
         rules += [(None, re.compile(p)) for p in patterns]
         self._rules = rules
+        # the C scan's words, each with the bits of the built-in rules it triggers
+        masks: dict[str, int] = {}
+        for k, words in enumerate(BUILTIN_TRIGGERS if builtin else ()):
+            for w in words:
+                masks[w] = masks.get(w, 0) | 1 << k
+        self._scan_words = tuple(w.encode() for w in masks)
+        self._scan_masks = tuple(masks.values())
+        #: whether changed_texts/changed_lines use the compiled scan (``scan=False``: never)
+        self.compiled_scan = _scan is not None and builtin and not self._custom
 
     def _sub(self, m: re.Match[str]) -> str:
         if "secret" in m.re.groupindex and m.group("secret") is not None:
@@ -159,6 +173,38 @@ class Redactor:
         if not self._custom and self._any_trigger.search(lowered) is None:
             return text
         return self._apply(text, lowered)
+
+    def _apply_masked(self, text: str, mask: int) -> str:
+        """:meth:`_apply` with the built-in rules' trigger checks given by ``mask`` (bit k: rule
+        k's trigger words are in ``text``, from the C scan), until a rule changes the text; the
+        rules after that check their words on the changed text, as :meth:`_apply` does."""
+        lower: str | None = None
+        masked = True
+        for k, (triggers, rx) in enumerate(self._rules):
+            if triggers is not None:
+                if masked:
+                    if not mask >> k & 1:
+                        continue
+                else:
+                    if lower is None:
+                        lower = text.lower()
+                    if triggers.search(lower) is None:
+                        continue
+            if rx.search(text) is not None:
+                text = rx.sub(self._sub, text)
+                masked, lower = False, None
+        return text
+
+    def _scanned(self, texts: list[str]) -> dict[int, str]:
+        """``{index: redact_text(text)}`` for the texts that redaction changes, by the C scan."""
+        out: dict[int, str] = {}
+        apply, masked = self._apply, self._apply_masked
+        for i, mask in _scan.scan(texts, self._scan_words, self._scan_masks):
+            text = texts[i]
+            r = apply(text, text.lower()) if mask == -1 else masked(text, mask)
+            if r != text:
+                out[i] = r
+        return out
 
     def _apply(self, text: str, lowered: str) -> str:
         """Every rule whose trigger words ``lowered`` (``text`` lower-cased) holds, on ``text``."""
@@ -181,6 +227,8 @@ class Redactor:
         if self._custom or not joined.isascii():
             # every rule on every line (custom rules), or lower() may change lengths
             return changed_each(self.redact_text, joined)
+        if self.compiled_scan:
+            return self._scanned(joined.split("\n"))
         lines: list[str] | None = None
         out: dict[int, str] = {}
         ends: list[int] = []
@@ -200,6 +248,8 @@ class Redactor:
         built-in rules' trigger words."""
         if self._custom:
             return {i: r for i, t in enumerate(texts) if (r := self.redact_text(t)) != t}
+        if self.compiled_scan:
+            return self._scanned(texts)
         lowered = list(map(str.lower, texts))
         apply = self._apply
         out: dict[int, str] = {}

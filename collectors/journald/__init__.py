@@ -1,9 +1,11 @@
 """The journald collector: reads the systemd journal into ``system_log`` events, cursor-checkpointed.
 
-Reading uses systemd-python's low-level ``_Reader`` with one ``_get_all`` per entry, about four
-times faster than iterating ``journal.Reader`` (``bench/journald.py`` measures both). All reader
-calls run in one dedicated thread, so the event loop stays responsive and the (not thread-safe)
-``sd_journal`` handle is only ever used by one thread at a time. Entries become finished event
+Reading uses systemd-python's low-level ``_Reader``; entries come as rows of the fields used
+(``rows.py``): from the compiled reader, one call per chunk with the GIL released for the
+libsystemd work, or from the pure-Python one (``_get_all`` per entry) where it is not built.
+``bench/journald.py`` measures both. All reader calls run in one dedicated thread, so the event
+loop stays responsive and the (not thread-safe) ``sd_journal`` handle is only ever used by one
+thread at a time. Entries become finished event
 JSON on the pipeline's fast path (``agent.pipeline.encode``: the chain's server, level filter
 and redaction), derived events through the chain (``CollectorContext.with_derived``).
 
@@ -27,6 +29,7 @@ from agent.config import LEVELS, JournaldConfig
 from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented
 from agent.typing import Checkpoint, Event, Item, LineGate
 from collectors.derivers.provenance import with_journal_sender
+from collectors.journald.rows import FIELDS, RowReader, choose
 
 #: syslog facility numbers (``SYSLOG_FACILITY``) to names
 FACILITIES: tuple[str, ...] = (
@@ -114,6 +117,10 @@ class JournaldCollector(Collector):
         self._pids: dict[bytes | None, tuple[bytes, int | None]] = {}
         self._src_name = config.directory or "journald"
         self.entries_read = 0
+        #: how entries are read (rows.py): the compiled reader where it is built, else Python's
+        self._rows: RowReader
+        self.row_reader = ""
+        self._row_reader_refusal: str | None = None
 
     # ------------------------------------------------------------------ reader thread side
 
@@ -139,6 +146,7 @@ class JournaldCollector(Collector):
             if cfg.units or cfg.identifiers:
                 r.add_conjunction()
             r.add_match(f"_BOOT_ID={id128.get_boot().hex}")
+        self.row_reader, self._rows, self._row_reader_refusal = choose(r)
         return r
 
     def _position(self, saved: str | None) -> tuple[str, dict[str, Any]]:
@@ -179,11 +187,9 @@ class JournaldCollector(Collector):
         the trigger words of the built-in rules) and serialized; the id is ``stable_id("jd", cursor)`` from a
         pre-seeded hash. Event dicts are only built for lines a deriver may use (``gate``).
         """
-        r = self._reader
         chunk = _Chunk()
         items = chunk.items
         derive = chunk.derive
-        nxt, get_all, get_cursor, get_rt = r._next, r._get_all, r._get_cursor, r._get_realtime
         max_bytes = self.config.max_message_bytes
         max_pri = self._max_priority
         ex_units, ex_idents = self._exclude_units, self._exclude_idents
@@ -207,67 +213,41 @@ class JournaldCollector(Collector):
         ]
         id_seed = _ID_SEED
         ts_sec, ts_prefix = -1, b""
-        nbytes = 0
+        entries, chunk.at_end = self._rows(self._reader, CHUNK_ENTRIES, CHUNK_BYTES, max_bytes, self._pending)
+        self._pending = False
         cursor = None
-        n = 0
-        while n < CHUNK_ENTRIES and nbytes < CHUNK_BYTES:
-            if self._pending:
-                self._pending = False
-            elif not nxt():
-                chunk.at_end = True
-                break
-            n += 1
-            d = get_all()
-            cursor = get_cursor()
-            while True:
-                # a field given twice comes as a list: hashing or decoding it raises, and the
-                # entry is read again keeping each field's first value (checking every entry
-                # for lists up front would cost more)
-                g = d.get
-                try:
-                    pri = pri_of.get(g("PRIORITY"), 6)
-                    ident = g("SYSLOG_IDENTIFIER")
-                    unit = g("_SYSTEMD_UNIT")
-                    skip = pri > max_pri or (ex_units and unit in ex_units) or (ex_idents and ident in ex_idents)
-                    if skip:
-                        break
-                    raw = g("MESSAGE") or b""
-                    truncated = len(raw) > max_bytes
-                    message = (raw[:max_bytes] if truncated else raw).decode("utf-8", "replace")
-                    key = (ident or g("_COMM"), g("SYSLOG_FACILITY"), unit, g("_HOSTNAME"), g("_TRANSPORT"),
-                           g("_BOOT_ID"), g("_UID"))
-                    frag = frags.get(key)
-                    pid_b = g("_PID") or g("SYSLOG_PID")
-                    pid = pids.get(pid_b)
-                except (TypeError, AttributeError):
-                    if list not in map(type, d.values()):
-                        raise
-                    d = {k: (v[0] if type(v) is list else v) for k, v in d.items()}
-                    continue
-                break
-            if skip:
+        for row in entries:
+            (cursor, rt, pri_b, ident, comm, fac, unit, host, transport, boot, uid, pid_b, spid, raw,
+             *_sender) = row
+            pri = pri_of.get(pri_b, 6)
+            if pri > max_pri or (ex_units and unit in ex_units) or (ex_idents and ident in ex_idents):
                 continue
+            raw = raw or b""
+            truncated = len(raw) > max_bytes
+            message = (raw[:max_bytes] if truncated else raw).decode("utf-8", "replace")
+            key = (ident or comm, fac, unit, host, transport, boot, uid)
+            frag = frags.get(key)
             if frag is None:
                 frag = frags[key] = fragment(key)
+            pid_b = pid_b or spid
+            pid = pids.get(pid_b)
             if pid is None:
                 pid = pids[pid_b] = pid_of(pid_b)
             if truncated:
                 message += TRUNCATION_MARKER
                 chunk.truncated += 1
-                nbytes += max_bytes
-            else:
-                nbytes += len(raw)
             h = id_seed.copy()
             h.update(cursor.encode())
             eid = hexlify(h.digest())
-            sec, usec = divmod(get_rt(), 1_000_000)
+            sec, usec = divmod(rt, 1_000_000)
             if sec != ts_sec:
                 ts_sec, ts_prefix = sec, fmt_ts(sec)
             ts = ts_prefix + ms_of[usec // 1000]
             tpl = templates[pri]
             tail = frag[1]
             if gate is not None and gate(frag[2], message):  # with journald's record of its sender
-                tail, fields = with_journal_sender(frag[1], frag[3], d, prepared.redact)
+                tail, fields = with_journal_sender(frag[1], frag[3],
+                                                   dict(zip(FIELDS, row[2:], strict=True)), prepared.redact)
                 data = dict(fields, pid=pid[1], level=LEVELS[pri], message=message,
                             **({"truncated": True} if truncated else {}))
                 derive.append((len(rows) + (tpl is not None), {"id": "jd-" + eid.decode(), "kind": "system_log",
@@ -275,6 +255,7 @@ class JournaldCollector(Collector):
             if tpl is not None:
                 rows.append((tpl, eid, ts, frag[0], pid[0], tail, _TRUNCATED if truncated else b""))
                 messages.append(message)
+        n = len(entries)
         changed = prepared.changed_texts(messages)
         dumps = orjson.dumps
         if changed:
@@ -358,7 +339,9 @@ class JournaldCollector(Collector):
             self.log.error("journal_bad_cursor", source=self.source, **info)
             self.ctx.count("journal_gap", source=self.source)
         else:
-            self.log.info("journal_start", source=self.source, at=how, **info)
+            self.log.info("journal_start", source=self.source, at=how, reader=self.row_reader, **info)
+        if self._row_reader_refusal:
+            self.log.warning("journal_reader_fallback", source=self.source, reason=self._row_reader_refusal)
 
     async def run(self) -> None:
         if not await self._open_reader():
