@@ -274,3 +274,47 @@ class TestCompiledTriggerScan:
         assert fast.changed_texts(texts) == slow.changed_texts(texts) == want
         joined = "\n".join(t.replace("\n", " ") for t in texts)
         assert fast.changed_lines(joined) == slow.changed_lines(joined)
+
+
+class TestTriggerWordsCoverEveryMatch:
+    """Redaction's prefilter is only sound if every match of a built-in rule holds one of that
+    rule's trigger words (lower-cased): then a text without them cannot be changed by it."""
+
+    KEYS = ["password", "PASSWD", "passphrase", "private_key", "PrivateKey", "secret", "client_secret",
+            "ClientSecret", "token", "GITHUB_TOKEN", "api_key", "apiKey", "API-KEY", "apikey", "access_key",
+            "AccessKey", "ACCESS-KEY", "aws_access_key_id", "token2", "DB_PASSWORD", "pass",
+            "my.pass", "MYSQL_PWD", "pwd", "x-pwd"]
+    SHAPES = ["--password hunter2", "--api-key=k", "--access-key k", "--client-secret=s", "--x-token t",
+              "mysql -pS3cret", "mariadb-dump -px", "curl -u a:b https://h", "curl --proxy-user=a:b x",
+              "sshpass -p pw ssh", "Authorization: Bearer abcdefghijklmnopqrstu", "bearer abcdefghijklmnopqr",
+              "AUTHORIZATION: basic Zm9v", "aws_secret_access_key=" + "A" * 40, "redis://:pw@h", "x://u:p@h",
+              "AKIA" + "A" * 16, "ASIA" + "B" * 16, "ghp_" + "a" * 36, "github_pat_" + "b" * 22,
+              "glpat-" + "c" * 20, "xoxb-1234567890", "hooks.slack.com/services/T1/B2/x", "sk_live_" + "d" * 24,
+              "npm_" + "e" * 36, "pypi-AgEIcHlwaS5vcmc" + "f" * 50, "AIza" + "g" * 35,
+              "sk-proj-" + "h" * 20 + "T3BlbkFJ" + "i" * 20, "eyJabcde.eyJfghij.sig",
+              "-----BEGIN PRIVATE KEY-----\nx\n-----END PRIVATE KEY-----", "-----BEGIN RSA PRIVATE KEY----- y"]
+
+    def corpus(self) -> list[str]:
+        texts = [f"{k}{sep}{v}" for k in self.KEYS for sep in ("=", ": ", "\"=", "' : ")
+                 for v in ("hunter2", "'two words'", '"q"')]
+        return texts + self.SHAPES + [f"pre {s} post" for s in self.SHAPES]
+
+    def test_every_match_holds_a_trigger_word(self) -> None:
+        import re
+
+        from agent.pipeline.redact import BUILTIN_PATTERNS, BUILTIN_TRIGGERS
+
+        matched = 0
+        for pattern, words in zip(BUILTIN_PATTERNS, BUILTIN_TRIGGERS, strict=True):
+            rx = re.compile(pattern)
+            # upper-cased too: most rules ignore case, and their words must still be found
+            for text in self.corpus() + [t.upper() for t in self.corpus()]:
+                for m in rx.finditer(text):
+                    matched += 1
+                    assert any(w in m.group(0).lower() for w in words), (pattern[:40], text, m.group(0))
+        assert matched > 150
+
+    def test_the_corpus_is_redacted(self) -> None:
+        """Each text of the corpus holds a secret the redaction finds (so the check above bites)."""
+        missed = [t for t in self.corpus() if R.redact_text(t) == t]
+        assert not missed, missed

@@ -71,15 +71,19 @@ BUILTIN_PATTERNS: tuple[str, ...] = (
     r"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----(?P<secret>[\s\S]+?)"
     r"(?:-----END (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----|\Z)",
 )
+#: (Each word as narrow as the rule allows: "api_key", not "api", which every "GET /api/…" line
+#: of a web server holds; "ghp_", not "gh", which "Nightly" holds. tests/test_redact.py holds
+#: every match of a rule to containing one of its words.)
 BUILTIN_TRIGGERS: tuple[tuple[str, ...], ...] = (
-    ("pass", "pwd", "secret", "token", "api", "access", "private"),
+    ("pass", "pwd", "secret", "token", "apikey", "api_key", "api-key", "accesskey", "access_key", "access-key",
+     "private"),
     ("--",),
     ("mysql", "mariadb", "curl", "sshpass"),
     ("authorization", "bearer"),
     ("secret",),
     ("://",),
-    ("akia", "asia", "abia", "acca", "a3t", "gh", "glpat-", "xox", "slack", "k_live_", "npm_", "pypi-", "aiza",
-     "t3blbkfj", "eyj"),
+    ("akia", "asia", "abia", "acca", "a3t", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "xox",
+     "slack", "k_live_", "npm_", "pypi-", "aiza", "t3blbkfj", "eyj"),
     ("private key",),
 )
 
