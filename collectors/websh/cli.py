@@ -12,11 +12,7 @@ from typing import TYPE_CHECKING
 from agent.cli.args import add_config_arg
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError, RecorderError
-from agent.pipeline.redact import Redactor
-from collectors.websh.queue import Deliverer, flush_queue
-from collectors.websh.recorder import Recorder, RecorderOptions, SessionInfo
 from collectors.websh.recording import DEFAULT_MAX_BYTES as DEFAULT_RECORDING_BYTES
-from collectors.websh.recording import recording_messages
 
 if TYPE_CHECKING:
     from agent.cli.checks import CheckResult
@@ -103,6 +99,12 @@ def _groupname(user: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the recorder is imported when a session starts, not by every alpacon-agent command
+    from agent.pipeline.redact import Redactor
+    from collectors.websh.queue import Deliverer, flush_queue
+    from collectors.websh.recorder import Recorder, RecorderOptions, SessionInfo
+    from collectors.websh.recording import recording_messages
+
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
