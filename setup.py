@@ -12,7 +12,9 @@ setup(
     ext_modules=[
         Extension(
             "collectors.journald._rows",
-            ["collectors/journald/_rows.c"],
+            ["collectors/journald/_rows.c", "collectors/journald/format.c"],
+            depends=["collectors/journald/entry.h", "collectors/journald/blake2b.h", "agent/pipeline/triggers.h"],
+            include_dirs=["agent/pipeline"],  # triggers.h: redaction's trigger words
             libraries=["systemd"],
             extra_compile_args=["-O2", "-Wall"],
             optional=True,
@@ -20,6 +22,7 @@ setup(
         Extension(
             "agent.pipeline._scan",
             ["agent/pipeline/_scan.c"],
+            depends=["agent/pipeline/triggers.h"],
             extra_compile_args=["-O2", "-Wall"],
             optional=True,
         ),

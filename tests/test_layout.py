@@ -31,8 +31,8 @@ def project_modules() -> dict[str, Path]:
     for pkg in PACKAGES:
         for path in sorted((ROOT / pkg).rglob("*.py")):
             found[module_name(path)] = path
-        # the C extensions (setup.py) are modules too; they import no project module
-        for path in sorted((ROOT / pkg).rglob("_*.c")):
+        # the C extensions' sources (setup.py) are modules too; they import no project module
+        for path in sorted((ROOT / pkg).rglob("*.c")):
             found[module_name(path)] = path
     return found
 

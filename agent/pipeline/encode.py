@@ -54,6 +54,9 @@ class Prepared:
     #: redaction of many texts at once: ``texts -> {index: redacted}`` for the texts it changes
     #: (None: ``redact`` on each)
     redact_texts: Callable[[list[str]], dict[int, str]] | None = None
+    #: redaction's trigger words and their rules' bits (``Redactor.trigger_words``): an ASCII text
+    #: holding none of them is never changed; None: every text must go through ``redact``
+    triggers: tuple[tuple[bytes, ...], tuple[int, ...]] | None = None
     _enrich: Enrich = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -68,12 +71,13 @@ class Prepared:
                    named.filter or Filter(),
                    r.changed_lines if r else _nothing_changed,
                    segment_events, segment_bytes,
-                   r.changed_texts if r else _no_text_changed)
+                   r.changed_texts if r else _no_text_changed,
+                   r.trigger_words() if r else ((), ()))
 
     @classmethod
     def plain(cls, server: str) -> Prepared:
         """Settings without a pipeline: nothing filtered or redacted."""
-        return cls(server, _unchanged, Filter(), _nothing_changed, redact_texts=_no_text_changed)
+        return cls(server, _unchanged, Filter(), _nothing_changed, redact_texts=_no_text_changed, triggers=((), ()))
 
     def accepts(self, kind: str, level: str | None = None) -> bool:
         """Whether the configured filter keeps an event of this kind (and system_log level)."""
@@ -179,6 +183,24 @@ def _segment(parts: list[bytes], start: int, end: int, cap: int, items: list[Ite
         _segment(parts, mid, end, cap, items)
         return
     items.append(("system_log", blob[:-1], end - start))
+
+
+def segments_of(kind: str, blobs: list[bytes], prepared: Prepared) -> list[Item]:
+    """Single events of one kind joined into segments of ``prepared.segment_events`` (fewer
+    where they would pass about ``segment_bytes``), in their order: :func:`segmented` for a
+    list of event JSON, without an item per event."""
+    max_events, max_bytes = max(1, prepared.segment_events), prepared.segment_bytes
+    out: list[Item] = []
+    join = b",".join
+    for i in range(0, len(blobs), max_events):
+        part = blobs[i:i + max_events]
+        if len(part) == 1:
+            out.append((kind, part[0], 1))
+        elif sum(map(len, part)) + len(part) <= max_bytes:
+            out.append((kind, join(part), len(part)))
+        else:
+            out.extend(segmented([(kind, b, 1) for b in part], prepared))
+    return out
 
 
 def segmented(items: list[Item], prepared: Prepared) -> list[Item]:

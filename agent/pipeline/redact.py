@@ -178,6 +178,14 @@ class Redactor:
             return text
         return self._apply(text, lowered)
 
+    def trigger_words(self) -> tuple[tuple[bytes, ...], tuple[int, ...]] | None:
+        """``(words, masks)``: the built-in rules' trigger words (lower-case ASCII) and the bits of
+        the rules each belongs to, for a compiled prefilter: an ASCII text holding none of them
+        is never changed. None when every text must be looked at (custom patterns)."""
+        if self._custom:
+            return None
+        return self._scan_words, self._scan_masks
+
     def _apply_masked(self, text: str, mask: int) -> str:
         """:meth:`_apply` with the built-in rules' trigger checks given by ``mask`` (bit k: rule
         k's trigger words are in ``text``, from the C scan), until a rule changes the text; the

@@ -20,23 +20,20 @@ import binascii
 import hashlib
 import time
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import orjson
 
 from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
-from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segmented
+from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segments_of
 from agent.typing import Checkpoint, Event, Item, LineGate
 from collectors.derivers.provenance import with_journal_sender
-from collectors.journald.rows import FIELDS, RowReader, choose
+from collectors.journald.fields import FACILITIES as FACILITIES  # re-exported for the tests
+from collectors.journald.fields import fragment, pid_json
+from collectors.journald.rows import FIELDS, FIELDS_B, EventReader, RowReader, choose, events
 
-#: syslog facility numbers (``SYSLOG_FACILITY``) to names
-FACILITIES: tuple[str, ...] = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
-    "authpriv", "ftp", "ntp", "security", "console", "solaris-cron",
-    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)
 #: entries (and message bytes) read per emitted chunk
 CHUNK_ENTRIES = 2000
 CHUNK_BYTES = 4 * 1024 * 1024
@@ -44,31 +41,12 @@ CHUNK_BYTES = 4 * 1024 * 1024
 WAIT_USEC = 500_000
 
 _PRIORITY_BY_BYTES = {str(i).encode(): i for i in range(8)}
-_FACILITY_BY_BYTES = {str(i).encode(): name for i, name in enumerate(FACILITIES)}
-#: journal fields kept in ``data.extra`` (and under which name)
-_EXTRA_FIELDS = (
-    ("_SYSTEMD_UNIT", "unit"),
-    ("_HOSTNAME", "hostname"),
-    ("_TRANSPORT", "transport"),
-    ("_BOOT_ID", "boot_id"),
-    ("_UID", "uid"),
-)
 #: ``stable_id("jd", cursor)`` is blake2b over ``b"jd\x1f" + cursor``; the seed holds the prefix
 _ID_SEED = hashlib.blake2b(b"jd\x1f", digest_size=16)
-_NAME_CACHE_MAX = 4096
 #: serialized (program, pid, facility, extra …) fragments kept before the cache starts over
 _FRAG_CACHE_MAX = 8192
 _TRUNCATED = b',"truncated":true'
 _MS = [b".%03dZ" % i for i in range(1000)]
-
-
-def _decode_name(cache: dict[bytes, str], value: bytes) -> str:
-    """Decode a short, repetitive field value (unit, host, program …), cut to 256 characters."""
-    text = value.decode("utf-8", "replace")[:256]
-    if len(cache) >= _NAME_CACHE_MAX:
-        cache.clear()
-    cache[value] = text
-    return text
 
 
 def cursor_seqnum(cursor: str) -> tuple[str, int] | None:
@@ -117,10 +95,16 @@ class JournaldCollector(Collector):
         self._pids: dict[bytes | None, tuple[bytes, int | None]] = {}
         self._src_name = config.directory or "journald"
         self.entries_read = 0
+        #: entries the compiled formatter finished (the rest went through the Python loop)
+        self.entries_formatted = 0
         #: how entries are read (rows.py): the compiled reader where it is built, else Python's
         self._rows: RowReader
         self.row_reader = ""
         self._row_reader_refusal: str | None = None
+        #: the compiled formatter (rows.events) where the row reader is the compiled one, and its
+        #: cache of serialized fragments by its own key of the raw values: (head, tail, gated)
+        self._events: EventReader | None = None
+        self._fast_frags: dict[bytes, tuple[bytes, bytes, bool]] = {}
 
     # ------------------------------------------------------------------ reader thread side
 
@@ -147,6 +131,7 @@ class JournaldCollector(Collector):
                 r.add_conjunction()
             r.add_match(f"_BOOT_ID={id128.get_boot().hex}")
         self.row_reader, self._rows, self._row_reader_refusal = choose(r)
+        self._events = events() if self.row_reader == "compiled" else None
         return r
 
     def _position(self, saved: str | None) -> tuple[str, dict[str, Any]]:
@@ -199,7 +184,8 @@ class JournaldCollector(Collector):
             frags.clear()
         if len(pids) > _FRAG_CACHE_MAX:
             pids.clear()
-        fragment, pid_of = self._fragment, self._pid
+        names, src = self._names, self._src_name
+        pid_of = pid_json
         hexlify = binascii.b2a_hex
         #: per accepted entry: its template and the values for it; the message apart, for redaction
         rows: list[tuple[bytes, bytes, bytes, bytes, bytes, bytes, bytes]] = []
@@ -213,14 +199,36 @@ class JournaldCollector(Collector):
         ]
         id_seed = _ID_SEED
         ts_sec, ts_prefix = -1, b""
-        entries, chunk.at_end = self._rows(self._reader, CHUNK_ENTRIES, CHUNK_BYTES, max_bytes, self._pending)
+        fast = self._fast_frags
+        spec = self._event_spec(prepared, gate, heads)
+        read_events = self._events
+        hits: list[tuple[int, int, int, str]] = []
+        #: the chunk's event JSON in order; None where a row's waits for the Python loop below
+        out: list[bytes | None]
+        #: (slot in out, row, the compiled formatter's key for the row's fragment)
+        slow: list[tuple[int, tuple[Any, ...], bytes | None]]
+        if spec is not None and read_events is not None:  # the compiled formatter finishes common entries
+            if len(fast) > _FRAG_CACHE_MAX:
+                fast.clear()
+            out, hits, slow, chunk.at_end, cursor, n = read_events(self._reader, FIELDS_B, spec, CHUNK_ENTRIES,
+                                                                   CHUNK_BYTES, self._pending, fast)
+            self.entries_formatted += len(out) - len(slow)
+        else:
+            got, chunk.at_end = self._rows(self._reader, CHUNK_ENTRIES, CHUNK_BYTES, max_bytes, self._pending)
+            cursor, n = (got[-1][0] if got else None), len(got)
+            out = [None] * len(got)
+            slow = [(i, row, None) for i, row in enumerate(got)]
         self._pending = False
-        cursor = None
-        for row in entries:
-            (cursor, rt, pri_b, ident, comm, fac, unit, host, transport, boot, uid, pid_b, spid, raw,
+        slots: list[int] = []  # of the rows formatted below, once their messages are redacted
+        dropped = 0
+        raw_derive: list[tuple[int, bool, Event]] = []
+        for slot, row, ckey in slow:
+            (_, rt, pri_b, ident, comm, fac, unit, host, transport, boot, uid, pid_b, spid, raw,
              *_sender) = row
             pri = pri_of.get(pri_b, 6)
+            tpl = templates[pri]
             if pri > max_pri or (ex_units and unit in ex_units) or (ex_idents and ident in ex_idents):
+                dropped += 1
                 continue
             raw = raw or b""
             truncated = len(raw) > max_bytes
@@ -228,7 +236,9 @@ class JournaldCollector(Collector):
             key = (ident or comm, fac, unit, host, transport, boot, uid)
             frag = frags.get(key)
             if frag is None:
-                frag = frags[key] = fragment(key)
+                frag = frags[key] = fragment(names, src, key)
+            if ckey is not None and ckey not in fast:  # the compiled formatter's copy
+                fast[ckey] = (frag[0], frag[1], gate is not None and gate(frag[2], ""))
             pid_b = pid_b or spid
             pid = pids.get(pid_b)
             if pid is None:
@@ -237,72 +247,71 @@ class JournaldCollector(Collector):
                 message += TRUNCATION_MARKER
                 chunk.truncated += 1
             h = id_seed.copy()
-            h.update(cursor.encode())
+            h.update(row[0].encode())
             eid = hexlify(h.digest())
             sec, usec = divmod(rt, 1_000_000)
             if sec != ts_sec:
                 ts_sec, ts_prefix = sec, fmt_ts(sec)
             ts = ts_prefix + ms_of[usec // 1000]
-            tpl = templates[pri]
             tail = frag[1]
             if gate is not None and gate(frag[2], message):  # with journald's record of its sender
                 tail, fields = with_journal_sender(frag[1], frag[3],
                                                    dict(zip(FIELDS, row[2:], strict=True)), prepared.redact)
                 data = dict(fields, pid=pid[1], level=LEVELS[pri], message=message,
                             **({"truncated": True} if truncated else {}))
-                derive.append((len(rows) + (tpl is not None), {"id": "jd-" + eid.decode(), "kind": "system_log",
-                                                               "ts": ts.decode(), "data": data}))
-            if tpl is not None:
+                raw_derive.append((slot, tpl is not None, {"id": "jd-" + eid.decode(), "kind": "system_log",
+                                                           "ts": ts.decode(), "data": data}))
+            if tpl is None:
+                dropped += 1
+            else:
+                slots.append(slot)
                 rows.append((tpl, eid, ts, frag[0], pid[0], tail, _TRUNCATED if truncated else b""))
                 messages.append(message)
-        n = len(entries)
-        changed = prepared.changed_texts(messages)
         dumps = orjson.dumps
+        if hits:  # the message's JSON replaced where redaction changes it
+            for i, text in prepared.changed_texts([h[3] for h in hits]).items():
+                slot, at, length, _ = hits[i]
+                ev = out[slot]
+                assert ev is not None
+                out[slot] = ev[:at] + dumps(text) + ev[at + length:]
+        changed = prepared.changed_texts(messages)
         if changed:
             messages = [changed.get(i, m) for i, m in enumerate(messages)]
-        items.extend([("system_log", tpl % (eid, ts, dumps(m), head, pid, tail, trunc), 1)
-                      for (tpl, eid, ts, head, pid, tail, trunc), m in zip(rows, messages, strict=True)])
+        for slot, (tpl, eid, ts, head_j, pid_j, tail, trunc), m in zip(slots, rows, messages, strict=True):
+            out[slot] = tpl % (eid, ts, dumps(m), head_j, pid_j, tail, trunc)
+        if dropped:  # the slots of rows the loop dropped go; a deriver's line counts the items before it
+            before = list(accumulate((x is not None for x in out), initial=0))
+            derive.extend((before[slot] + emits, ev) for slot, emits, ev in raw_derive)
+            out = [x for x in out if x is not None]
+        else:
+            derive.extend((slot + emits, ev) for slot, emits, ev in raw_derive)
+        blobs: list[bytes] = out  # type: ignore[assignment]  # every slot is filled now
         chunk.cursor = cursor
         self.entries_read += n
-        if not derive:  # joined here, in the reader thread, rather than on the event loop
-            chunk.items = segmented(items, prepared)
+        if derive:
+            items.extend([("system_log", j, 1) for j in blobs])
+        else:  # joined here, in the reader thread, rather than on the event loop
+            chunk.items = segments_of("system_log", blobs, prepared)
         return chunk
 
-    @staticmethod
-    def _pid(pid_b: bytes | None) -> tuple[bytes, int | None]:
-        """A pid field's value as JSON and as a number (None: absent, not a number or out of range)."""
-        pid: int | None = None
-        if pid_b is not None:
-            try:
-                pid = int(pid_b)
-            except ValueError:
-                pid = None
-            else:
-                if not 0 <= pid < 1 << 31:
-                    pid = None
-        return (b"null" if pid is None else b"%d" % pid), pid
-
-    def _fragment(self, key: tuple[bytes | None, ...]) -> tuple[bytes, bytes, str, dict[str, Any]]:
-        """``(JSON up to the pid's value, JSON after it, program, data fields but the pid)`` for one
-        tuple of raw field values: program, facility, unit, hostname, transport, boot id and uid
-        (see ``_read_chunk``)."""
-        program, fac, *extra_values = key
-        names = self._names
-        facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]  # a field value may be None (absent); .get gives None then
-        extra: dict[str, Any] = {}
-        for (_, name), value in zip(_EXTRA_FIELDS, extra_values, strict=True):
-            if value is not None:
-                text = names.get(value)
-                extra[name] = text if text is not None else _decode_name(names, value)
-        if facility:
-            extra["facility"] = facility
-        prog = "unknown" if program is None else (names.get(program) or _decode_name(names, program))
-        fields = {"program": prog, "pid": None, "facility": facility, "hostname": extra.get("hostname"),
-                  "source": self._src_name, "extra": extra}
-        # the program's JSON string escapes its quotes: the first "pid":null is the field's
-        head, _, tail = orjson.dumps(fields)[1:-1].partition(b'"pid":null')
-        del fields["pid"]
-        return b"," + head + b'"pid":', tail, prog, fields
+    def _event_spec(self, prepared: Prepared, gate: LineGate | None,
+                    heads: list[bytes | None]) -> tuple[Any, ...] | None:
+        """What the compiled formatter needs to finish entries as this chunk's Python loop would;
+        None where it cannot: not built, exclusions configured, redaction that must see every
+        message (custom patterns), or a deriver that reads every line."""
+        triggers = prepared.triggers
+        if self._events is None or triggers is None or self._exclude_units or self._exclude_idents:
+            return None
+        prefixes: tuple[bytes, ...] = ()
+        if gate is not None:
+            programs = getattr(gate, "programs", None)
+            if programs is None or len(getattr(gate, "prefixes", ())) > 16:
+                return None
+            prefixes = tuple(p.encode() for p in gate.prefixes)  # type: ignore[attr-defined]
+        return (self._max_priority, self.config.max_message_bytes,
+                tuple(None if h is None else h + b"jd-" for h in heads),
+                tuple(b'","data":{"level":"' + lvl.encode() + b'","message":' for lvl in LEVELS),
+                *triggers, prefixes)
 
     def _wait(self) -> int:
         """Block (in the reader thread) until the journal changes or WAIT_USEC pass."""

@@ -14,109 +14,10 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <stdlib.h>
-#include <string.h>
-#include <systemd/sd-journal.h>
 
-typedef struct {
-    PyObject_HEAD
-    sd_journal *j;
-} ReaderObject;
+#include "entry.h"
 
-#define MAX_FIELDS 32
-
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} Arena;
-
-static int arena_put(Arena *a, const void *p, size_t n) {
-    if (a->len + n > a->cap) {
-        size_t cap = a->cap ? a->cap : 4096;
-        while (cap < a->len + n)
-            cap *= 2;
-        char *nb = realloc(a->buf, cap);
-        if (nb == NULL)
-            return -1;
-        a->buf = nb;
-        a->cap = cap;
-    }
-    memcpy(a->buf + a->len, p, n);
-    a->len += n;
-    return 0;
-}
-
-static sd_journal *journal_of(PyObject *reader) {
-    PyTypeObject *t = Py_TYPE(reader);
-    const char *name = t->tp_name;
-    size_t n = strlen(name);
-    if (n < 7 || strcmp(name + n - 7, "_Reader") != 0 || t->tp_basicsize != (Py_ssize_t)sizeof(ReaderObject)) {
-        PyErr_Format(PyExc_TypeError, "not a systemd-python _Reader of the known layout: %s", name);
-        return NULL;
-    }
-    sd_journal *j = ((ReaderObject *)reader)->j;
-    if (j == NULL)
-        PyErr_SetString(PyExc_ValueError, "the journal reader is closed");
-    return j;
-}
-
-/* One entry read without the GIL: where each wanted field's value sits in the arena (-1: none). */
-typedef struct {
-    Py_ssize_t off[MAX_FIELDS];
-    Py_ssize_t len[MAX_FIELDS];
-    char *cursor;
-    uint64_t realtime;
-    size_t message_len;
-    int error;
-} Entry;
-
-static void read_entry(sd_journal *j, Py_ssize_t nf, const char *const *names, const size_t *name_len,
-                       Py_ssize_t message_field, Arena *arena, Entry *e) {
-    const void *data;
-    size_t length;
-    int r;
-    for (Py_ssize_t i = 0; i < nf; i++)
-        e->off[i] = -1;
-    e->message_len = 0;
-    e->cursor = NULL;
-    e->error = 0;
-    sd_journal_restart_data(j);
-    while ((r = sd_journal_enumerate_data(j, &data, &length)) > 0) {
-        const char *d = data;
-        const char *eq = memchr(d, '=', length);
-        if (eq == NULL)
-            continue;
-        size_t klen = (size_t)(eq - d);
-        for (Py_ssize_t i = 0; i < nf; i++) {
-            if (e->off[i] < 0 && name_len[i] == klen && memcmp(names[i], d, klen) == 0) {
-                size_t vlen = length - klen - 1;
-                e->off[i] = (Py_ssize_t)arena->len;
-                e->len[i] = (Py_ssize_t)vlen;
-                if (arena_put(arena, eq + 1, vlen) < 0) {
-                    e->error = -ENOMEM;
-                    return;
-                }
-                if (i == message_field)
-                    e->message_len = vlen;
-                break;
-            }
-        }
-    }
-    if (r < 0) {
-        e->error = r;
-        return;
-    }
-    r = sd_journal_get_cursor(j, &e->cursor);
-    if (r < 0) {
-        e->error = r;
-        return;
-    }
-    r = sd_journal_get_realtime_usec(j, &e->realtime);
-    if (r < 0)
-        e->error = r;
-}
-
-static PyObject *row_of(const Entry *e, Py_ssize_t nf, const Arena *arena) {
+PyObject *row_of(const Entry *e, Py_ssize_t nf, const Arena *arena) {
     PyObject *row = PyTuple_New(nf + 2);
     if (row == NULL)
         return NULL;
@@ -147,6 +48,27 @@ static PyObject *row_of(const Entry *e, Py_ssize_t nf, const Arena *arena) {
     return row;
 }
 
+/* The field names of a tuple of bytes (borrowed from it), indexed. */
+int field_names(PyObject *fields, FieldSet *fs) {
+    Py_ssize_t nf = PyTuple_GET_SIZE(fields);
+    if (nf > MAX_FIELDS) {
+        PyErr_Format(PyExc_ValueError, "at most %d fields", MAX_FIELDS);
+        return -1;
+    }
+    fs->n = nf;
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *f = PyTuple_GET_ITEM(fields, i);
+        if (!PyBytes_Check(f)) {
+            PyErr_SetString(PyExc_TypeError, "field names must be bytes");
+            return -1;
+        }
+        fs->name[i] = PyBytes_AS_STRING(f);
+        fs->len[i] = (size_t)PyBytes_GET_SIZE(f);
+    }
+    fieldset_index(fs);
+    return 0;
+}
+
 static PyObject *read_rows(PyObject *self, PyObject *args) {
     PyObject *reader, *fields;
     Py_ssize_t max_entries, max_bytes, message_cap, message_field;
@@ -158,21 +80,9 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
     if (j == NULL)
         return NULL;
     Py_ssize_t nf = PyTuple_GET_SIZE(fields);
-    if (nf > MAX_FIELDS) {
-        PyErr_Format(PyExc_ValueError, "at most %d fields", MAX_FIELDS);
+    FieldSet fs;
+    if (field_names(fields, &fs) < 0)
         return NULL;
-    }
-    const char *names[MAX_FIELDS];
-    size_t name_len[MAX_FIELDS];
-    for (Py_ssize_t i = 0; i < nf; i++) {
-        PyObject *f = PyTuple_GET_ITEM(fields, i);
-        if (!PyBytes_Check(f)) {
-            PyErr_SetString(PyExc_TypeError, "field names must be bytes");
-            return NULL;
-        }
-        names[i] = PyBytes_AS_STRING(f);
-        name_len[i] = (size_t)PyBytes_GET_SIZE(f);
-    }
     PyObject *rows = PyList_New(0);
     if (rows == NULL)
         return NULL;
@@ -187,7 +97,7 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
         if (!pending)
             r = sd_journal_next(j);
         if (r > 0)
-            read_entry(j, nf, names, name_len, message_field, &arena, &e);
+            read_entry(j, &fs, message_field, &arena, &e);
         Py_END_ALLOW_THREADS
         pending = 0;
         if (r < 0) {
@@ -227,12 +137,22 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
     return Py_BuildValue("(Ni)", rows, at_end);
 }
 
+
 static PyMethodDef methods[] = {
     {"read_rows", read_rows, METH_VARARGS,
      "read_rows(reader, fields, message_field, max_entries, max_bytes, message_cap, pending) -> (rows, at_end)\n\n"
      "Up to max_entries entries (or until the messages, each counted up to message_cap, reach\n"
      "max_bytes) as tuples (cursor, realtime_usec, *values of fields); pending: the reader already\n"
      "sits on an unread entry."},
+    {"read_events", read_events, METH_VARARGS,
+     "read_events(reader, fields, spec, max_entries, max_bytes, pending, frags)\n"
+     "    -> (events, hits, slow, at_end, cursor, n)\n\n"
+     "events: finished event JSON (bytes), None where an entry is left to Python; hits: (slot, offset,\n"
+     "length, message) for the messages redaction must look at (the message's JSON is\n"
+     "events[slot][offset:offset + length]); slow: (slot, row, key) for the entries left to Python;\n"
+     "cursor: the last entry's (None: none read); n: entries read. spec: (max_priority,\n"
+     "message_cap, heads, mids, trigger words, their masks, deriver message prefixes)."},
+    {"blake2b16", blake2b16, METH_O, "blake2b16(data) -> hashlib.blake2b(data, digest_size=16).digest()"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -23,12 +23,15 @@ FIELDS: tuple[str, ...] = (
     "_TRANSPORT", "_BOOT_ID", "_UID", "_PID", "SYSLOG_PID", "MESSAGE",
     *(f for f, _ in SENDER_FIELDS if f not in {"_UID", "_PID", "_COMM", "_SYSTEMD_UNIT", "_TRANSPORT"}),
 )
-_FIELDS_B = tuple(f.encode() for f in FIELDS)
+FIELDS_B = tuple(f.encode() for f in FIELDS)
 MESSAGE = FIELDS.index("MESSAGE")
 #: ``ALPACON_JOURNAL_READER=python`` makes the collector use the pure-Python reader
 ENV = "ALPACON_JOURNAL_READER"
 
 Row = tuple[Any, ...]
+#: ``(reader, fields, spec, max_entries, max_bytes, pending, frags)
+#: -> (events, hits, slow, at_end, cursor, n)`` (format.c says what each is)
+EventReader = Callable[..., tuple[list[Any], list[Any], list[Any], bool, str | None, int]]
 #: ``(reader, max_entries, max_bytes, message_cap, pending) -> (rows, at_end)``
 RowReader = Callable[[Any, int, int, int, bool], tuple[list[Row], bool]]
 
@@ -67,10 +70,23 @@ def compiled() -> RowReader | None:
 
     def compiled_rows(r: Any, max_entries: int, max_bytes: int, message_cap: int,
                       pending: bool) -> tuple[list[Row], bool]:
-        rows, at_end = read(r, _FIELDS_B, MESSAGE, max_entries, max_bytes, message_cap, pending)
+        rows, at_end = read(r, FIELDS_B, MESSAGE, max_entries, max_bytes, message_cap, pending)
         return rows, bool(at_end)
 
     return compiled_rows
+
+
+def events() -> EventReader | None:
+    """The compiled formatter (``format.c``'s ``read_events``), or None when it was not built.
+
+    It reads like :func:`compiled` and finishes the common entries as event JSON; the others
+    come back as ``(row, key)`` for the collector's Python loop, which gives the same events
+    (its fields must start as :data:`FIELDS` does)."""
+    try:
+        from collectors.journald import _rows  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    return _rows.read_events
 
 
 def choose(reader: Any) -> tuple[str, RowReader, str | None]:
