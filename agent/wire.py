@@ -13,8 +13,15 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 from agent.events import format_ts
+
+_fast_zlib: Any
+try:  # ISA-L's deflate: the same format, four times zlib's speed at level 1 (bench/pipeline.py)
+    from isal import isal_zlib as _fast_zlib
+except ImportError:  # pragma: no cover - zlib makes the same streams, slower
+    _fast_zlib = None
 
 EVENTS_PREFIX = b'{"events":'
 PREFIX_CRC = zlib.crc32(EVENTS_PREFIX)
@@ -25,10 +32,18 @@ CODEC_DEFLATE = "deflate"
 _GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
 
 
+def _compressor(level: int) -> Any:
+    """A raw deflate compressor for a batch body: ISA-L's where it is installed (its levels are
+    0-3: 1 stays 1, 2-3 give 2, higher 3), else zlib's at ``level``."""
+    if _fast_zlib is not None:
+        return _fast_zlib.compressobj(1 if level <= 1 else 2 if level <= 3 else 3, zlib.DEFLATED, -15)
+    return zlib.compressobj(level, zlib.DEFLATED, -15)
+
+
 def _deflate(data: bytes, level: int, final: bool, small: bool = False) -> bytes:
     # ``small``: a 512-byte window and the least memory, for a few hundred bytes (a full-size
     # compressor costs ten times more to set up than to use on them); any inflater reads it
-    c = zlib.compressobj(level, zlib.DEFLATED, -9, 1) if small else zlib.compressobj(level, zlib.DEFLATED, -15)
+    c = zlib.compressobj(level, zlib.DEFLATED, -9, 1) if small else _compressor(level)
     return c.compress(data) + c.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
 
 
