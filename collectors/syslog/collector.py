@@ -19,6 +19,7 @@ one is handed to the pipeline, as segments of many events.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import time
@@ -84,8 +85,16 @@ class SyslogFileCollector(Collector):
         if p is None:
             p = self._parsers[t] = SyslogLineParser(ftp_times=self.config.ftp_times)
             if st is not None and st.st_size > t.state.off:
-                p.set_anchor(st.st_mtime, first_year(stamps_in(iter_blocks(t.fd, t.state.off, st.st_size)),
-                                                     st.st_mtime))
+                # the lines ahead, as they are now, scanned when a year-less stamp is first dated
+                # (through the file's own descriptor, while it is open: never a reused number)
+                fd, off, size, mtime = t.fd, t.state.off, st.st_size, st.st_mtime
+
+                def scan() -> int | None:
+                    if t.fd != fd:
+                        return None
+                    return first_year(stamps_in(iter_blocks(fd, off, size)), mtime)
+
+                p.set_anchor(mtime, functools.cache(scan))
                 return p
         if st is not None:
             p.set_anchor(st.st_mtime)

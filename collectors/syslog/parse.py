@@ -129,7 +129,7 @@ class SyslogLineParser:
         self.years = YearResolver(anchor, now)
         self._clock = _Clock(self.years)
 
-    def set_anchor(self, mtime: float | None, first_year: int | None = None) -> None:
+    def set_anchor(self, mtime: float | None, first_year: int | None | Callable[[], int | None] = None) -> None:
         """The file's mtime, and the year of the next line when the lines ahead were scanned
         (see :class:`~collectors.syslog.year.YearResolver`)."""
         self.years.set_anchor(mtime, first_year)

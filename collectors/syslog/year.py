@@ -128,12 +128,19 @@ class YearResolver:
         #: impossible dates met (each dated from its context)
         self.impossible = 0
         self._first_year: int | None = None
+        #: the scan that gives ``_first_year``, run when a year-less stamp is first dated (a file
+        #: of RFC 3339 lines never needs it); memoized, so a trial that is undone costs it once
+        self._first_year_of: Callable[[], int | None] | None = None
 
-    def set_anchor(self, mtime: float | None, first_year: int | None = None) -> None:
+    def set_anchor(self, mtime: float | None, first_year: int | None | Callable[[], int | None] = None) -> None:
         """The file's mtime: when its last line was written (used until a first line is dated),
-        and, when the lines ahead were scanned, the year of the next line (:func:`first_year`)."""
+        and, when the lines ahead were scanned, the year of the next line (:func:`first_year`), or
+        the scan that gives it, run when first needed."""
         self.anchor = mtime
-        if first_year is not None and self._last is None:
+        if callable(first_year):
+            if self._last is None:
+                self._first_year_of = first_year
+        elif first_year is not None and self._last is None:
             self._first_year = first_year
 
     def save(self) -> tuple[Any, ...]:
@@ -167,6 +174,8 @@ class YearResolver:
         now = self._now()
         # no line after the file's last write (its mtime) nor after now, by more than the skew
         limit = (min(self.anchor, now) if self.anchor is not None else now) + SKEW_S
+        if self._last is None and self._first_year is None and self._first_year_of is not None:
+            self._first_year = self._first_year_of()
         if self._last is None and self._first_year is not None:
             year = self._first_year
         elif self._last is None:
