@@ -6,7 +6,8 @@ same run:
 1. ``journalctl -D DIR -o export > /dev/null`` (the read-only baseline: libsystemd's read ceiling),
 2. systemd-python's default ``Reader`` iteration and the low-level ``_Reader`` with ``_get_all``,
 3. a real agent at its defaults reading the directory from the beginning and shipping to the
-   reference receiver in ``--mode count`` (decompress, count, check ``seq=N``),
+   reference receiver in ``--mode count`` (decompress, count, check ``seq=N``), then the same
+   agent with its pure-Python row reader (``ALPACON_JOURNAL_READER=python``),
 4. where Fluent Bit is installed (``FLUENT_BIT``, default ``/tmp/feas/fbbuild/bin/fluent-bit``),
    Fluent Bit's ``systemd`` input on the same directory posting JSON lines to a counting sink.
 Each prints entries/s, CPU seconds, entries per CPU-second and peak anonymous RSS (journal
@@ -154,14 +155,9 @@ def run_journalctl(directory: Path, n: int) -> dict[str, float]:
     return {"wall": time.monotonic() - t0, "cpu": ru.ru_utime + ru.ru_stime, "anon": 0.0, "stored": n}
 
 
-def run_fluent_bit(state: Path, conf: str, n: int, **fields: str) -> dict[str, float] | None:
-    """Fluent Bit with the config ``conf`` (``{state}``, ``{port}`` and ``fields`` filled in) until
-    the sink has every seq; None when Fluent Bit is not installed."""
-    if not os.access(FLUENT_BIT, os.X_OK):
-        return None
-    state.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    (state / "fb.conf").write_text(conf.format(state=state, port=port, **fields))
+def run_peer(cmd: list[str], n: int, port: int, env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a peer (``cmd``, posting JSON lines to ``port``) until a counting sink there has every
+    seq: its wall time, CPU seconds and peak anonymous RSS."""
     sink = subprocess.Popen([sys.executable, str(Path(__file__).with_name("line_sink.py")), str(port),
                              "--expect", str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -177,26 +173,36 @@ def run_fluent_bit(state: Path, conf: str, n: int, **fields: str) -> dict[str, f
             except OSError:
                 time.sleep(0.05)
         t0 = time.time()
-        fb = subprocess.Popen([FLUENT_BIT, "-c", str(state / "fb.conf")], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+        peer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         peak_anon, cpu = 0, 0.0
         while True:
-            st = proc_status(fb.pid)
+            st = proc_status(peer.pid)
             peak_anon = max(peak_anon, st.get("RssAnon", 0))
-            cpu = cpu_seconds(fb.pid)
+            cpu = cpu_seconds(peer.pid)
             got = stats()
             if got["done_at"] is not None:
                 break
-            if fb.poll() is not None or time.time() - t0 > 600:
-                raise RuntimeError(f"fluent-bit stopped or timed out at {got}")
+            if peer.poll() is not None or time.time() - t0 > 600:
+                raise RuntimeError(f"{cmd[0]} stopped or timed out at {got}")
             time.sleep(0.01)
-        fb.terminate()
-        fb.wait(30)
+        peer.terminate()
+        peer.wait(30)
         return {"wall": got["done_at"] - t0, "cpu": cpu, "anon": peak_anon / 1024, "stored": got["distinct"],
                 "dups": got["duplicates"]}
     finally:
         sink.terminate()
         sink.wait(30)
+
+
+def run_fluent_bit(state: Path, conf: str, n: int, **fields: str) -> dict[str, float] | None:
+    """Fluent Bit with the config ``conf`` (``{state}``, ``{port}`` and ``fields`` filled in) until
+    the sink has every seq; None when Fluent Bit is not installed."""
+    if not os.access(FLUENT_BIT, os.X_OK):
+        return None
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (state / "fb.conf").write_text(conf.format(state=state, port=port, **fields))
+    return run_peer([FLUENT_BIT, "-c", str(state / "fb.conf")], n, port)
 
 
 def line(name: str, r: dict[str, float], n: int) -> str:
@@ -222,15 +228,26 @@ def main() -> None:
     nl, tl = time_reader(directory, default=False)
     print(f"reader: journal.Reader iteration {nd / td:,.0f}/s; _Reader+_get_all {nl / tl:,.0f}/s "
           f"({(nl / tl) / (nd / td):.1f}x)")
-    r = run_agent(tmp, {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}, n)
-    if r["missing"] or r["dups"] or r["stored"] < n:
-        print(f"AGENT LOST OR DOUBLED EVENTS: {r}")
+    collectors = {"journald": {"enabled": True, "directory": str(directory), "start_at": "beginning"}}
+    r = run_agent(tmp / "compiled", collectors, n)
+    # the same agent with the pure-Python row reader (what the compiled reader and formatter buy)
+    os.environ["ALPACON_JOURNAL_READER"] = "python"
+    try:
+        rp = run_agent(tmp / "python", collectors, n)
+    finally:
+        del os.environ["ALPACON_JOURNAL_READER"]
+    for got in (r, rp):
+        if got["missing"] or got["dups"] or got["stored"] < n:
+            print(f"AGENT LOST OR DOUBLED EVENTS: {got}")
     fb = run_fluent_bit(tmp / "fluent-bit", FLUENT_BIT_CONF, n, directory=str(directory))
     print(f"{'system':<34} {'entries/s':>10} {'CPU s':>7} {'entries/CPU-s':>12} {'anon MiB':>8}")
     print(line("journalctl -o export > /dev/null", base, n))
     if fb is not None:
         print(line("Fluent Bit (systemd -> http)", fb, n))
     print(line("alpacon-agent (journald -> http)", r, n))
+    print(line("  the same, pure-Python reader", rp, n))
+    print(f"compiled / pure-Python reader: entries/s {rp['wall'] / r['wall']:.2f}, "
+          f"entries per CPU-s {rp['cpu'] / r['cpu']:.2f}")
     print(f"agent / journalctl: entries/s {base['wall'] / r['wall']:.2f}, "
           f"entries per CPU-s {base['cpu'] / r['cpu']:.2f}")
     if fb is not None:

@@ -2,8 +2,10 @@
 
 Writes a file of realistic Debian 12 syslog lines (default 1 GiB, ``seq=N`` in each), times
 ``wc -l`` on it, then runs a real agent reading it from the beginning and shipping to the
-reference receiver in ``--mode count``; prints lines/s, the agent's CPU seconds, peak RSS and
-peak anonymous RSS.
+reference receiver in ``--mode count``, and, where they are installed, Fluent Bit's ``tail``
+(without a parser and with a regex parser extracting the agent's fields) and syslog-ng's
+``file()`` on the same file; prints lines/s, CPU seconds, lines per CPU-s and peak anonymous
+RSS of each, and the agent's ratios to them.
 
 Usage: ``.venv/bin/python bench/syslog_file.py [--bytes 1073741824] [--keep FILE]``
 """
@@ -11,6 +13,7 @@ Usage: ``.venv/bin/python bench/syslog_file.py [--bytes 1073741824] [--keep FILE
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -19,7 +22,40 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.journald import FILE_BENCH_BATCH, FLUENT_BIT, line, run_agent, run_fluent_bit  # noqa: E402
+from bench.journald import FILE_BENCH_BATCH, FLUENT_BIT, line, run_agent, run_fluent_bit, run_peer  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+#: syslog-ng (an unpacked Debian package, as ../shared/peerbench/install-peers.sh leaves it)
+SYSLOG_NG_ROOT = os.environ.get("SYSLOG_NG_ROOT", "/tmp/feas/sng/root")
+#: syslog-ng's file() source from the start, no parsing, posting JSON lines in batches of 1000
+SYSLOG_NG_CONF = """\
+@version: 3.38
+options {{ stats_freq(0); threaded(yes); keep_hostname(yes); chain_hostnames(no); use_dns(no); dns_cache(no); }};
+source s_file {{ file("{path}" follow-freq(1) flags(no-parse) log-iw-size(8000) log-fetch-limit(100)); }};
+destination d_http {{
+    http(url("http://127.0.0.1:{port}/ingest/syslog-ng") method("POST")
+         headers("Content-Type: application/x-ndjson")
+         body("$(format-json ISODATE=${{ISODATE}} MESSAGE=${{MESSAGE}})") delimiter("\\n")
+         batch-lines(1000) batch-bytes(2MiB) batch-timeout(1000) workers(2) log-fifo-size(16000)
+         persist-name("d_http"));
+}};
+log {{ source(s_file); destination(d_http); flags(flow-control); }};
+"""
+
+
+def run_syslog_ng(state: Path, path: Path, n: int) -> dict[str, float] | None:
+    """syslog-ng reading ``path`` from its start (a fresh persist file) until the sink has every
+    seq; None when it is not installed."""
+    binary = f"{SYSLOG_NG_ROOT}/usr/sbin/syslog-ng"
+    if not os.access(binary, os.X_OK):
+        return None
+    state.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (state / "syslog-ng.conf").write_text(SYSLOG_NG_CONF.format(path=path, port=port))
+    cmd = [binary, "-F", "-e", "--no-caps", f"--module-path={SYSLOG_NG_ROOT}/usr/lib/syslog-ng/3.38",
+           "-f", str(state / "syslog-ng.conf"), f"--persist-file={state}/persist",
+           f"--pidfile={state}/pid", f"--control={state}/ctl"]
+    return run_peer(cmd, n, port, env=dict(os.environ, LD_LIBRARY_PATH=f"{SYSLOG_NG_ROOT}/usr/lib/syslog-ng"))
 
 #: Fluent Bit's tail input on the file, posting JSON lines; ``{parser}``: none, or the regex
 #: parser below that extracts what the agent does (time, host, program, pid, message)
@@ -112,6 +148,9 @@ def main() -> None:
         fb = run_fluent_bit(state, FLUENT_BIT_CONF, n, path=str(path), parser=parser)
         if fb is not None:
             peers[name] = fb
+    sng = run_syslog_ng(tmp / "syslog-ng", path, n)
+    if sng is not None:
+        peers["syslog-ng 3.38 (file(), no-parse)"] = sng
     print(f"{'system':<34} {'lines/s':>10} {'CPU s':>7} {'lines/CPU-s':>12} {'anon MiB':>8}")
     for name, fb in peers.items():
         print(line(name, fb, n))
@@ -122,7 +161,8 @@ def main() -> None:
     for name, fb in peers.items():
         print(f"agent / {name}: lines/s {fb['wall'] / r['wall']:.2f}, lines per CPU-s {fb['cpu'] / r['cpu']:.2f}")
     if not peers:
-        print(f"(Fluent Bit not found at {FLUENT_BIT}: set FLUENT_BIT to compare)")
+        print(f"(Fluent Bit not found at {FLUENT_BIT}, syslog-ng not at {SYSLOG_NG_ROOT}: set FLUENT_BIT, "
+              "SYSLOG_NG_ROOT or run ../shared/peerbench/install-peers.sh to compare)")
 
 if __name__ == "__main__":
     main()

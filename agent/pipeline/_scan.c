@@ -1,6 +1,6 @@
 /* Redaction's trigger scan in C: which texts hold which built-in rules' trigger words.
  *
- * scan(texts, words, masks) -> [(index, mask), ...] for each text that needs a look: ``mask`` has
+ * scan(texts, words, masks, exceptions) -> [(index, mask), ...] for each text that needs a look: ``mask`` has
  * bit k set when the text holds one of rule k's trigger words (``words[i]``, lower-case ASCII,
  * belongs to the rules in ``masks[i]``), compared ASCII-case-insensitively. A text that is not
  * all ASCII is given with mask -1: Unicode lower-casing can make a trigger word of other
@@ -14,9 +14,10 @@
 #include "triggers.h"
 
 static PyObject *scan(PyObject *self, PyObject *args) {
-    PyObject *texts, *words, *masks;
+    PyObject *texts, *words, *masks, *exceptions;
     Triggers trig;
-    if (!PyArg_ParseTuple(args, "O!OO:scan", &PyList_Type, &texts, &words, &masks) || triggers_init(&trig, words, masks) < 0)
+    if (!PyArg_ParseTuple(args, "O!OOO:scan", &PyList_Type, &texts, &words, &masks, &exceptions)
+        || triggers_init(&trig, words, masks, exceptions) < 0)
         return NULL;
     PyObject *out = PyList_New(0);
     if (out == NULL)
@@ -47,8 +48,8 @@ static PyObject *scan(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(texts, words, masks) -> [(index, mask)]: the texts holding trigger words, with the rules'\n"
-     "bits; a text that is not all ASCII comes with mask -1 (Python decides)."},
+     "scan(texts, words, masks, exceptions) -> [(index, mask)]: the texts holding trigger words, with\n"
+     "the rules' bits; a text that is not all ASCII comes with mask -1 (Python decides)."},
     {NULL, NULL, 0, NULL},
 };
 

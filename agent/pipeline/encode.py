@@ -56,7 +56,7 @@ class Prepared:
     redact_texts: Callable[[list[str]], dict[int, str]] | None = None
     #: redaction's trigger words and their rules' bits (``Redactor.trigger_words``): an ASCII text
     #: holding none of them is never changed; None: every text must go through ``redact``
-    triggers: tuple[tuple[bytes, ...], tuple[int, ...]] | None = None
+    triggers: tuple[tuple[bytes, ...], tuple[int, ...], tuple[tuple[int, bytes, bytes], ...]] | None = None
     _enrich: Enrich = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -72,12 +72,13 @@ class Prepared:
                    r.changed_lines if r else _nothing_changed,
                    segment_events, segment_bytes,
                    r.changed_texts if r else _no_text_changed,
-                   r.trigger_words() if r else ((), ()))
+                   r.trigger_words() if r else ((), (), ()))
 
     @classmethod
     def plain(cls, server: str) -> Prepared:
         """Settings without a pipeline: nothing filtered or redacted."""
-        return cls(server, _unchanged, Filter(), _nothing_changed, redact_texts=_no_text_changed, triggers=((), ()))
+        return cls(server, _unchanged, Filter(), _nothing_changed, redact_texts=_no_text_changed,
+                   triggers=((), (), ()))
 
     def accepts(self, kind: str, level: str | None = None) -> bool:
         """Whether the configured filter keeps an event of this kind (and system_log level)."""

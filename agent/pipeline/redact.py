@@ -160,6 +160,9 @@ class Redactor:
                 masks[w] = masks.get(w, 0) | 1 << k
         self._scan_words = tuple(w.encode() for w in masks)
         self._scan_masks = tuple(masks.values())
+        # an upper-case PWD not after [_.-] is the working directory (sudo's PWD=/root), which the
+        # key=value rule leaves alone: that occurrence of "pwd" triggers nothing
+        self._scan_exceptions = tuple((i, b"PWD", b"_.-") for i, w in enumerate(self._scan_words) if w == b"pwd")
         #: whether changed_texts/changed_lines use the compiled scan (``scan=False``: never)
         self.compiled_scan = _scan is not None and builtin and not self._custom
 
@@ -178,13 +181,15 @@ class Redactor:
             return text
         return self._apply(text, lowered)
 
-    def trigger_words(self) -> tuple[tuple[bytes, ...], tuple[int, ...]] | None:
-        """``(words, masks)``: the built-in rules' trigger words (lower-case ASCII) and the bits of
-        the rules each belongs to, for a compiled prefilter: an ASCII text holding none of them
-        is never changed. None when every text must be looked at (custom patterns)."""
+    def trigger_words(self) -> tuple[tuple[bytes, ...], tuple[int, ...], tuple[tuple[int, bytes, bytes], ...]] | None:
+        """``(words, masks, exceptions)``: the built-in rules' trigger words (lower-case ASCII), the
+        bits of the rules each belongs to, and ``(word, spelling, bytes)``: an occurrence spelled
+        exactly so and not after one of the bytes triggers nothing; for a compiled prefilter: an
+        ASCII text holding none of them is never changed. None when every text must be looked at
+        (custom patterns)."""
         if self._custom:
             return None
-        return self._scan_words, self._scan_masks
+        return self._scan_words, self._scan_masks, self._scan_exceptions
 
     def _apply_masked(self, text: str, mask: int) -> str:
         """:meth:`_apply` with the built-in rules' trigger checks given by ``mask`` (bit k: rule
@@ -211,7 +216,7 @@ class Redactor:
         """``{index: redact_text(text)}`` for the texts that redaction changes, by the C scan."""
         out: dict[int, str] = {}
         apply, masked = self._apply, self._apply_masked
-        for i, mask in _scan.scan(texts, self._scan_words, self._scan_masks):
+        for i, mask in _scan.scan(texts, self._scan_words, self._scan_masks, self._scan_exceptions):
             text = texts[i]
             r = apply(text, text.lower()) if mask == -1 else masked(text, mask)
             if r != text:

@@ -18,13 +18,18 @@ typedef struct {
     uint64_t starts[256]; /* the words starting with each (lower-case) byte */
     uint8_t pairs[8192];  /* bit (a << 8 | b): some word starts with the lower-case bytes a, b */
     int short_word;       /* a one-byte word: the pair filter cannot be used */
+    /* per word, an occurrence that does not count: spelled exactly ``except`` and not preceded
+     * by one of ``unless`` (sudo's "PWD=/root" is no password; "MYSQL_PWD=" is) */
+    const unsigned char *except[TRIGGERS_MAX_WORDS];
+    const char *unless[TRIGGERS_MAX_WORDS];
 } Triggers;
 
 static inline unsigned char ascii_lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 32) : c; }
 
-/* From a tuple of non-empty lower-case ASCII bytes and a tuple of their rule masks; -1 with an
- * exception set when they are not that. The words stay owned by the tuple. */
-static int triggers_init(Triggers *t, PyObject *words, PyObject *masks) {
+/* From a tuple of non-empty lower-case ASCII bytes, a tuple of their rule masks and a tuple of
+ * exceptions ``(word index, exact spelling, bytes that may precede it)``; -1 with an exception
+ * set when they are not that. Everything stays owned by the tuples. */
+static int triggers_init(Triggers *t, PyObject *words, PyObject *masks, PyObject *exceptions) {
     if (!PyTuple_Check(words) || !PyTuple_Check(masks) || PyTuple_GET_SIZE(words) != PyTuple_GET_SIZE(masks)
         || PyTuple_GET_SIZE(words) > TRIGGERS_MAX_WORDS) {
         PyErr_Format(PyExc_ValueError, "trigger words: two tuples of the same size, at most %d", TRIGGERS_MAX_WORDS);
@@ -32,6 +37,8 @@ static int triggers_init(Triggers *t, PyObject *words, PyObject *masks) {
     }
     memset(t->starts, 0, sizeof t->starts);
     memset(t->pairs, 0, sizeof t->pairs);
+    memset(t->except, 0, sizeof t->except);
+    memset(t->unless, 0, sizeof t->unless);
     t->short_word = 0;
     t->n = PyTuple_GET_SIZE(words);
     for (Py_ssize_t i = 0; i < t->n; i++) {
@@ -58,6 +65,23 @@ static int triggers_init(Triggers *t, PyObject *words, PyObject *masks) {
             unsigned pair = (unsigned)t->word[i][0] << 8 | t->word[i][1];
             t->pairs[pair >> 3] |= (uint8_t)(1 << (pair & 7));
         }
+    }
+    if (!PyTuple_Check(exceptions)) {
+        PyErr_SetString(PyExc_TypeError, "trigger exceptions: a tuple");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(exceptions); i++) {
+        Py_ssize_t w;
+        PyObject *spelling, *unless;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(exceptions, i), "nO!O!:exception", &w, &PyBytes_Type, &spelling,
+                              &PyBytes_Type, &unless))
+            return -1;
+        if (w < 0 || w >= t->n || PyBytes_GET_SIZE(spelling) != t->len[w]) {
+            PyErr_SetString(PyExc_ValueError, "trigger exception: a word's index and a spelling of its length");
+            return -1;
+        }
+        t->except[w] = (const unsigned char *)PyBytes_AS_STRING(spelling);
+        t->unless[w] = PyBytes_AS_STRING(unless);
     }
     return 0;
 }
@@ -86,8 +110,12 @@ static long long triggers_mask(const Triggers *t, const unsigned char *p, Py_ssi
             Py_ssize_t k = 1;
             while (k < wl && ascii_lower(p[i + k]) == t->word[w][k])
                 k++;
-            if (k == wl)
-                mask |= t->mask[w];
+            if (k < wl)
+                continue;
+            if (t->except[w] != NULL && memcmp(p + i, t->except[w], (size_t)wl) == 0
+                && (i == 0 || strchr(t->unless[w], p[i - 1]) == NULL || p[i - 1] == 0))
+                continue; /* the spelling that does not count, without a byte that makes it count */
+            mask |= t->mask[w];
         }
     }
     return mask;

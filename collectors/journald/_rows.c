@@ -151,7 +151,7 @@ static PyMethodDef methods[] = {
      "length, message) for the messages redaction must look at (the message's JSON is\n"
      "events[slot][offset:offset + length]); slow: (slot, row, key) for the entries left to Python;\n"
      "cursor: the last entry's (None: none read); n: entries read. spec: (max_priority,\n"
-     "message_cap, heads, mids, trigger words, their masks, deriver message prefixes)."},
+     "message_cap, heads, mids, trigger words, their masks, their exceptions, deriver message prefixes)."},
     {"blake2b16", blake2b16, METH_O, "blake2b16(data) -> hashlib.blake2b(data, digest_size=16).digest()"},
     {NULL, NULL, 0, NULL},
 };

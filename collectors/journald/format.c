@@ -219,9 +219,9 @@ static PyObject *event_of(PyObject *head, const Fast *f, PyObject *mid, const Ar
 }
 
 static int spec_init(Spec *sp, PyObject *spec, PyObject **heads, PyObject **mids) {
-    PyObject *words, *masks, *hs, *ms, *prefixes;
-    if (!PyArg_ParseTuple(spec, "nnO!O!OOO!:spec", &sp->max_pri, &sp->message_cap, &PyTuple_Type, &hs, &PyTuple_Type,
-                          &ms, &words, &masks, &PyTuple_Type, &prefixes))
+    PyObject *words, *masks, *exceptions, *hs, *ms, *prefixes;
+    if (!PyArg_ParseTuple(spec, "nnO!O!OOOO!:spec", &sp->max_pri, &sp->message_cap, &PyTuple_Type, &hs,
+                          &PyTuple_Type, &ms, &words, &masks, &exceptions, &PyTuple_Type, &prefixes))
         return -1;
     if (PyTuple_GET_SIZE(hs) != 8 || PyTuple_GET_SIZE(ms) != 8 || PyTuple_GET_SIZE(prefixes) > 16) {
         PyErr_SetString(PyExc_ValueError, "spec: 8 heads, 8 mids, at most 16 prefixes");
@@ -246,7 +246,7 @@ static int spec_init(Spec *sp, PyObject *spec, PyObject **heads, PyObject **mids
         sp->prefix_len[i] = PyBytes_GET_SIZE(p);
     }
     sp->ts_sec = -1;
-    return triggers_init(&sp->trig, words, masks);
+    return triggers_init(&sp->trig, words, masks, exceptions);
 }
 
 PyObject *read_events(PyObject *self, PyObject *args) {
