@@ -34,6 +34,8 @@ log = structlog.get_logger("pipeline")
 #: full batches a pull lane may hold while a spool write is in progress (then its collector
 #: waits), all written in the next transaction
 WRITE_AHEAD = 4
+#: ... and at most this many bytes of them (big batches: fewer ahead, the memory stays bounded)
+AHEAD_BYTES = 8 * 1024 * 1024
 
 
 class Batcher:
@@ -62,6 +64,8 @@ class Batcher:
         self.max_events = max_events
         # a batch must fit in the spool with room to spare, or a full spool could never take it
         self.max_bytes = min(max_bytes, spool.max_bytes // 4)
+        #: what a lane may hold while a write is in progress (at least two batches' worth)
+        self._ahead_bytes = max(min(self.max_bytes * WRITE_AHEAD, AHEAD_BYTES), 2 * self.max_bytes)
         self.max_wait = max_wait_ms / 1000
         self.push_max_wait = min(push_max_wait_ms, max_wait_ms) / 1000
         self.on_event = on_event or (lambda kind, what, detail, n: None)
@@ -210,7 +214,7 @@ class Batcher:
         """
         prev = self._behind
         if prev is not None and not prev.done():
-            if lane.nevents < self.max_events * WRITE_AHEAD and lane.nbytes < self.max_bytes * WRITE_AHEAD:
+            if lane.nevents < self.max_events * WRITE_AHEAD and lane.nbytes < self._ahead_bytes:
                 return  # go on buffering while the last write finishes
             await asyncio.shield(prev)
         elif prev is not None:
@@ -245,7 +249,7 @@ class Batcher:
     def push_full(self) -> bool:
         """Whether the push lane holds WRITE_AHEAD batches' worth: producers wait (push_room)."""
         lane = self.push
-        return lane.nevents >= self.max_events * WRITE_AHEAD or lane.nbytes >= self.max_bytes * WRITE_AHEAD
+        return lane.nevents >= self.max_events * WRITE_AHEAD or lane.nbytes >= self._ahead_bytes
 
     async def push_room(self) -> None:
         """Wait until the push lane has room (the hook stops reading producers meanwhile: memory stays bounded)."""
