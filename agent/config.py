@@ -39,7 +39,7 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class BatchConfig(Section):
-    max_events: int = Field(default=1000, ge=1, le=100_000)
+    max_events: int = Field(default=5000, ge=1, le=100_000)
     max_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1024 * 1024)
     max_wait_ms: int = Field(default=1000, ge=1, le=600_000)
 
