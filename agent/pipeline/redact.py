@@ -191,16 +191,29 @@ class Redactor:
             return None
         return self._scan_words, self._scan_masks, self._scan_exceptions
 
-    def _apply_masked(self, text: str, mask: int) -> str:
-        """:meth:`_apply` with the built-in rules' trigger checks given by ``mask`` (bit k: rule
-        k's trigger words are in ``text``, from the C scan), until a rule changes the text; the
-        rules after that check their words on the changed text, as :meth:`_apply` does."""
-        lower: str | None = None
-        masked = True
+    def _scanned(self, texts: list[str]) -> dict[int, str]:
+        """``{index: redact_text(text)}`` for the texts that redaction changes, by the C scan."""
+        out: dict[int, str] = {}
+        apply = self._apply
+        for i, mask in _scan.scan(texts, self._scan_words, self._scan_masks, self._scan_exceptions):
+            text = texts[i]
+            r = apply(text, text.lower()) if mask == -1 else apply(text, None, mask)
+            if r != text:
+                out[i] = r
+        return out
+
+    def _apply(self, text: str, lowered: str | None, mask: int | None = None) -> str:
+        """Every rule whose trigger words ``lowered`` (``text`` lower-cased) holds, on ``text``.
+
+        With ``mask`` (bit k: rule k's trigger words are in ``text``, from the C scan) those
+        checks are taken from it until a rule changes the text; the rules after that check their
+        words on the changed text, as they do without a mask."""
+        lower = lowered
+        masked = mask is not None
         for k, (triggers, rx) in enumerate(self._rules):
             if triggers is not None:
                 if masked:
-                    if not mask >> k & 1:
+                    if not mask >> k & 1:  # type: ignore[operator]  # masked: mask is an int
                         continue
                 else:
                     if lower is None:
@@ -210,31 +223,6 @@ class Redactor:
             if rx.search(text) is not None:
                 text = rx.sub(self._sub, text)
                 masked, lower = False, None
-        return text
-
-    def _scanned(self, texts: list[str]) -> dict[int, str]:
-        """``{index: redact_text(text)}`` for the texts that redaction changes, by the C scan."""
-        out: dict[int, str] = {}
-        apply, masked = self._apply, self._apply_masked
-        for i, mask in _scan.scan(texts, self._scan_words, self._scan_masks, self._scan_exceptions):
-            text = texts[i]
-            r = apply(text, text.lower()) if mask == -1 else masked(text, mask)
-            if r != text:
-                out[i] = r
-        return out
-
-    def _apply(self, text: str, lowered: str) -> str:
-        """Every rule whose trigger words ``lowered`` (``text`` lower-cased) holds, on ``text``."""
-        lower: str | None = lowered
-        for triggers, rx in self._rules:
-            if triggers is not None:
-                if lower is None:
-                    lower = text.lower()
-                if triggers.search(lower) is None:
-                    continue
-            if rx.search(text) is not None:
-                text = rx.sub(self._sub, text)
-                lower = None
         return text
 
     def changed_lines(self, joined: str) -> dict[int, str]:

@@ -91,14 +91,7 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
     int at_end = 0, err = 0;
     Py_ssize_t n = 0, nbytes = 0;
     while (n < max_entries && nbytes < max_bytes) {
-        int r = 1;
-        arena.len = 0;
-        Py_BEGIN_ALLOW_THREADS
-        if (!pending)
-            r = sd_journal_next(j);
-        if (r > 0)
-            read_entry(j, &fs, message_field, &arena, &e);
-        Py_END_ALLOW_THREADS
+        int r = next_entry(j, pending, &fs, message_field, &arena, &e, NULL, NULL);
         pending = 0;
         if (r < 0) {
             err = r;

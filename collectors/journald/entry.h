@@ -125,6 +125,25 @@ static inline void read_entry(sd_journal *j, const FieldSet *fs, Py_ssize_t mess
         e->error = r;
 }
 
+/* The next entry (or the one the reader sits on, ``pending``) read into ``e``, then ``then`` on
+ * it (may be NULL), all without the GIL: sd_journal_next's answer (1 an entry, 0 the end, < 0
+ * an error; a read error is in e->error). */
+static inline int next_entry(sd_journal *j, int pending, const FieldSet *fs, Py_ssize_t message_field, Arena *arena,
+                             Entry *e, void (*then)(const Entry *, const Arena *, void *), void *ctx) {
+    int r = 1;
+    arena->len = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (!pending)
+        r = sd_journal_next(j);
+    if (r > 0) {
+        read_entry(j, fs, message_field, arena, e);
+        if (e->error >= 0 && then != NULL)
+            then(e, arena, ctx);
+    }
+    Py_END_ALLOW_THREADS
+    return r;
+}
+
 /* defined in _rows.c */
 PyObject *row_of(const Entry *e, Py_ssize_t nf, const Arena *arena);
 int field_names(PyObject *fields, FieldSet *fs);

@@ -249,6 +249,17 @@ static int spec_init(Spec *sp, PyObject *spec, PyObject **heads, PyObject **mids
     return triggers_init(&sp->trig, words, masks, exceptions);
 }
 
+typedef struct {
+    Spec *sp;
+    Arena *esc;
+    Fast *f;
+} FastCtx;
+
+static void fast_then(const Entry *e, const Arena *arena, void *ctx) {
+    FastCtx *c = ctx;
+    fast_of(e, arena, c->sp, c->esc, c->f);
+}
+
 PyObject *read_events(PyObject *self, PyObject *args) {
     PyObject *reader, *fields, *spec, *frags, *heads[8], *mids[8];
     Py_ssize_t max_entries, max_bytes;
@@ -276,17 +287,8 @@ PyObject *read_events(PyObject *self, PyObject *args) {
     if (out == NULL || hits == NULL || slow == NULL)
         goto fail;
     while (n < max_entries && nbytes < max_bytes) {
-        int r = 1;
-        arena.len = 0;
-        Py_BEGIN_ALLOW_THREADS
-        if (!pending)
-            r = sd_journal_next(j);
-        if (r > 0) {
-            read_entry(j, &fs, F_MESSAGE, &arena, &e);
-            if (e.error >= 0)
-                fast_of(&e, &arena, &sp, &esc, &f);
-        }
-        Py_END_ALLOW_THREADS
+        FastCtx ctx = {&sp, &esc, &f};
+        int r = next_entry(j, pending, &fs, F_MESSAGE, &arena, &e, fast_then, &ctx);
         pending = 0;
         if (r <= 0 || e.error < 0) {
             if (r > 0) {
