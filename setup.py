@@ -13,9 +13,18 @@ setup(
         Extension(
             "collectors.journald._rows",
             ["collectors/journald/_rows.c", "collectors/journald/format.c"],
-            depends=["collectors/journald/entry.h", "collectors/journald/blake2b.h", "agent/pipeline/triggers.h"],
+            depends=["collectors/journald/entry.h", "collectors/journald/blake2b.h", "agent/pipeline/triggers.h",
+                     "agent/pipeline/cbuf.h"],
             include_dirs=["agent/pipeline"],  # triggers.h: redaction's trigger words
             libraries=["systemd"],
+            extra_compile_args=["-O2", "-Wall"],
+            optional=True,
+        ),
+        Extension(
+            "collectors.syslog._lines",
+            ["collectors/syslog/_lines.c"],
+            depends=["agent/pipeline/cbuf.h", "agent/pipeline/triggers.h"],
+            include_dirs=["agent/pipeline"],
             extra_compile_args=["-O2", "-Wall"],
             optional=True,
         ),

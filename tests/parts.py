@@ -426,13 +426,15 @@ class EmitRecorder:
         await self.emit(events, checkpoint)
 
     def prepared(self) -> Any:
-        """The settings a pipeline with the default config would give (builtin redaction)."""
+        """The settings a pipeline with the default config would give (builtin redaction, with the
+        trigger words that let the compiled readers finish lines themselves)."""
         from agent.pipeline.encode import Prepared
         from agent.pipeline.processors import Filter
         from agent.pipeline.redact import Redactor
 
         r = Redactor()
-        return self.prepared_settings or Prepared("test", r.redact_text, Filter(), r.changed_lines, 7, 4096)
+        return self.prepared_settings or Prepared("test", r.redact_text, Filter(), r.changed_lines, 7, 4096,
+                                                  r.changed_texts, r.trigger_words())
 
     def count(self, name: str, n: int = 1, **labels: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + n

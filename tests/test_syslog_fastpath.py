@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from agent.config import JournaldConfig, SyslogConfig
 from agent.events import stable_id
@@ -81,7 +82,7 @@ def _through_chain(event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _slow_syslog(path: Path, content: bytes) -> list[dict[str, Any] | None]:
+def _slow_syslog(path: Path, content: bytes, max_line: int = MAX_LINE) -> list[dict[str, Any] | None]:
     """The events the line parser and the chain make of each line (None: ts from the clock)."""
     st = os.stat(path)
     with open(path, "rb") as f:
@@ -91,10 +92,10 @@ def _slow_syslog(path: Path, content: bytes) -> list[dict[str, Any] | None]:
     out: list[dict[str, Any] | None] = []
     off = 0
     for raw in content[:-1].split(b"\n"):
-        cut = raw[:MAX_LINE]
+        cut = raw[:max_line]
         ts, data = parser.parse(cut.decode("utf-8", "replace"))
         data["source"] = str(path)
-        if len(raw) > MAX_LINE:
+        if len(raw) > max_line:
             data["truncated"] = True
             data["message"] += TRUNCATION_MARKER
         ev = {"id": line_id(st.st_dev, st.st_ino, fp, off), "kind": "system_log", "ts": ts, "data": data}
@@ -208,6 +209,55 @@ class TestSyslogFastPath:
         assert len(seen) == 5 and all(m.startswith("Accepted publickey") for m in seen)
         messages = [e["data"]["message"] for e in rec.events]
         assert not any("hunter2" in m or "S3cret" in m for m in messages)
+
+    @pytest.mark.parametrize("reader", ["compiled", "python"])
+    async def test_rfc3339_lines_of_every_shape(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                reader: str) -> None:
+        """rsyslog's RFC 3339 lines with every tag form, length limit and message the compiled
+        block reader (``_lines.c``) must read as the regexes do, in pieces so that it reads most
+        blocks (the first teaches it the headers): the line parser's events, with it and without."""
+        import collectors.syslog.collector as syslog_mod
+        from collectors.syslog import compiled
+
+        if reader == "python":
+            monkeypatch.setenv(compiled.READER_ENV, "python")
+        else:
+            need(compiled.compiled_block_reader() is not None, "the compiled syslog reader (pip install -e .)")
+        monkeypatch.setattr(syslog_mod, "_PIECE_BYTES", 4000)
+        stamp = "2026-11-26T21:22:3{}{}+00:00".format
+        heads = ["web-01 sshd[1]:", "web-01 prog:", "web-01 prog", "web-01 prog]:", "web-01  -- root[2]:",
+                 "web-01 -- MARK --", "web-01 app 1.2.3[4] (sub.sys): ", "web-01 app 1.2[4]:", "web-01 app (x):",
+                 "web-01 app[]:", "web-01 app[" + "9" * 32 + "]:", "web-01 app[" + "9" * 33 + "]:",
+                 "h" * 256 + " p:", "web-01 " + "p" * 256 + ":", "web-01 " + "p" * 257 + ":",
+                 "web-01 app 1" + "v" * 63 + ":", "web-01 app 1" + "v" * 64 + ":", "web-01 app (" + "s" * 256 + "):",
+                 "web-01 a:b:", "web-01 :x", "web-01 app[1] (s)x:", "web-01 app[1]:no space", "web-01 pam(x)[3]:"]
+        messages = ["plain", 'quotes " and \\ back', "tab\tand\x01\x1f\x7f", "password=hunter2 ok",
+                    "PWD=/root ; USER=root", "MYSQL_PWD=S3cret", "café ☃ 로그인", "api_key: abc", "", " lead"]
+        fracs = ["", ".5", ".12", ".123", ".123456789", ".1234567890"]
+        lines = []
+        for i in range(4000):  # every (zone, header, stamp) is met in the first blocks, then known
+            # a line no block parser reads (ten digits of fraction) sends its piece to the line
+            # parser: only early on, so that most pieces are the compiled reader's
+            frac = fracs[i % (len(fracs) if i < 300 else len(fracs) - 1)]
+            zone = ["+00:00", "Z", "-05:30"][i % 3]
+            lines.append(f"{stamp(i % 10, frac)[:-6]}{zone} {heads[i % len(heads)]} "
+                         f"{messages[i % len(messages)]} #{i}".encode())
+        path = tmp_path / "syslog"
+        content = b"\n".join(lines) + b"\n"
+        path.write_bytes(content)
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=1000)
+        c = SyslogFileCollector(cfg, rec.context(once=True))
+        await run_once(c)
+        expected = _slow_syslog(path, content, max_line=1000)
+        assert len(rec.events) == len(expected) == len(lines)
+        for got, want in zip(rec.events, expected, strict=True):
+            if want is None:
+                assert got["ts"].endswith("Z")
+                continue
+            assert got == want, (got, want)
+        assert (c.lines_compiled > len(lines) / 2) if reader == "compiled" else c.lines_compiled == 0, c.lines_compiled
+        assert not any("hunter2" in e["data"]["message"] or "S3cret" in e["data"]["message"] for e in rec.events)
 
     async def test_blocks_parsed_in_pieces_give_the_same_events(self, tmp_path: Path, monkeypatch) -> None:
         """A read block is parsed in pieces cut at line ends (a line longer than a piece makes a

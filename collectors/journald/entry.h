@@ -10,33 +10,14 @@
 #include <string.h>
 #include <systemd/sd-journal.h>
 
+#include "cbuf.h"
+
 typedef struct {
     PyObject_HEAD
     sd_journal *j;
 } ReaderObject;
 
 #define MAX_FIELDS 32
-
-typedef struct {
-    char *buf;
-    size_t len, cap;
-} Arena;
-
-static inline int arena_put(Arena *a, const void *p, size_t n) {
-    if (a->len + n > a->cap) {
-        size_t cap = a->cap ? a->cap : 4096;
-        while (cap < a->len + n)
-            cap *= 2;
-        char *nb = realloc(a->buf, cap);
-        if (nb == NULL)
-            return -1;
-        a->buf = nb;
-        a->cap = cap;
-    }
-    memcpy(a->buf + a->len, p, n);
-    a->len += n;
-    return 0;
-}
 
 static inline sd_journal *journal_of(PyObject *reader) {
     PyTypeObject *t = Py_TYPE(reader);

@@ -28,45 +28,6 @@ typedef struct {
     size_t esc_len;
 } Fast;
 
-static const char HEX[] = "0123456789abcdef";
-
-static int put_escaped(Arena *out, const unsigned char *p, size_t n) {
-    char u[6] = {'\\', 'u', '0', '0', 0, 0};
-    if (arena_put(out, "\"", 1) < 0)
-        return -1;
-    size_t run = 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = p[i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        if (arena_put(out, p + run, i - run) < 0)
-            return -1;
-        run = i + 1;
-        const char *esc = NULL;
-        switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
-        case '\b': esc = "\\b"; break;
-        case '\f': esc = "\\f"; break;
-        }
-        if (esc != NULL) {
-            if (arena_put(out, esc, 2) < 0)
-                return -1;
-        } else {
-            u[4] = HEX[c >> 4];
-            u[5] = HEX[c & 15];
-            if (arena_put(out, u, 6) < 0)
-                return -1;
-        }
-    }
-    if (arena_put(out, p + run, n - run) < 0 || arena_put(out, "\"", 1) < 0)
-        return -1;
-    return 0;
-}
-
 typedef struct {
     Py_ssize_t max_pri, message_cap;
     Triggers trig;

@@ -11,6 +11,7 @@ come from the block as it is.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -76,9 +77,44 @@ class StampCache:
         #: by block-parser header: its JSON fragment, and its (zone, program)
         self._frags: dict[bytes, bytes] = {}
         self._head_info: dict[bytes, tuple[bytes, bytes]] = {}
+        #: for the compiled block reader (_lines.c): header -> (fragment, a deriver wants its program)
+        self.c_heads: dict[bytes, tuple[bytes, bool]] = {}
 
     def clear_seconds(self) -> None:
         self._seconds.clear()
+
+    @property
+    def seconds_by_zone(self) -> dict[bytes, dict[bytes, bytes | None]]:
+        """The seconds of RFC 3339 stamps by zone and stamp, as :meth:`second` caches them."""
+        return self._seconds
+
+    def teach(self, heads: set[bytes], gated: Callable[[str], bool]) -> None:
+        """Give the compiled block reader the fragments of these headers (seen by
+        :meth:`headers_of`), and whether a deriver wants each one's program."""
+        c = self.c_heads
+        if len(c) + len(heads) > _CACHE_MAX:
+            c.clear()
+        for h in heads:
+            c[h] = (self._frags[h], gated(self._head_info[h][1].decode()))
+
+    def learn_head(self, head: bytes, gated: Callable[[str], bool]) -> None:
+        """One header the compiled block reader has not met: read as :meth:`headers_of` reads
+        it, and kept for it (nothing when it is not a block parser's header)."""
+        m = _HEADER.fullmatch(head)
+        if m is None:
+            return
+        zone, host, program, version, pid, subsystem = m.groups()
+        frag, prog, _ = self.header(host, program, version, pid, subsystem)
+        if len(self._frags) >= _CACHE_MAX:
+            self._frags.clear()
+            self._head_info.clear()
+        self._frags[head] = frag
+        self._head_info[head] = (zone or b"", prog.encode())
+        self.teach({head}, gated)
+
+    def learn_second(self, stamp: bytes, zone: bytes) -> None:
+        """One RFC 3339 second the compiled block reader has not met, dated and kept."""
+        self.second(stamp, zone, self._clock.years)
 
     def zone_of(self, head: bytes) -> bytes:
         """The zone of a header seen by :meth:`headers_of`."""
