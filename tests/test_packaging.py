@@ -184,8 +184,9 @@ class TestDebBuild:
             "./usr/share/doc/alpacon-agent/copyright",
         ):
             assert path in listing, path
-        # the journald collector's compiled row reader is built into the package
-        assert re.search(r"site-packages/collectors/journald/_rows\.cpython-3\d+-[\w-]+\.so", listing), listing
+        # the compiled parts are built into the package
+        for part in ("collectors/journald/_rows", "collectors/syslog/_lines", "agent/pipeline/_scan"):
+            assert re.search(r"site-packages/" + part + r"\.cpython-3\d+-[\w-]+\.so", listing), part
         assert "__pycache__" not in listing and ".pyc" not in listing
         fields = subprocess.run(
             ["dpkg-deb", "-f", deb, "Version", "Depends"], capture_output=True, text=True, check=True
@@ -262,9 +263,12 @@ class TestDebianInstall:
         chroot.path("/tmp/bad.yaml").write_text("collectors:\n  journald:\n    min_level: loud\n")
         bad = chroot.run("alpacon-agent", "check-config", "/tmp/bad.yaml", check=False)
         assert bad.returncode == 2 and "collectors.journald.min_level" in bad.stdout + bad.stderr
-        # the compiled journal reader loads against the installed libsystemd
+        # the compiled parts load (the journal reader against the installed libsystemd)
         ok = chroot.run("/opt/alpacon-agent/bin/python", "-c",
-                        "from collectors.journald import rows; assert rows.compiled() is not None; print('compiled')")
+                        "from collectors.journald import rows; from collectors.syslog import compiled;"
+                        " from agent.pipeline import redact; assert rows.events() is not None;"
+                        " assert compiled.compiled_block_reader() is not None; assert redact._scan is not None;"
+                        " print('compiled')")
         assert ok.stdout.strip() == "compiled"
 
     def test_installed_unit_verifies_and_scores_ok(self, chroot: Chroot) -> None:
