@@ -63,13 +63,14 @@ class Peer:
     groups: frozenset[int]
     #: the peer's executable when the connection was accepted (None when /proc does not say)
     exe: str | None = None
+    #: the uid's user name when the connection was accepted (None: looked up when asked)
+    name: str | None = None
 
     @property
     def user(self) -> str:
-        try:
-            return pwd.getpwuid(self.uid).pw_name
-        except KeyError:
-            return str(self.uid)
+        if self.name is not None:
+            return self.name
+        return user_name(self.uid)
 
     def provenance(self) -> dict[str, Any]:
         """The ``provenance`` of the events this peer pushes: its sender, as the kernel says."""
@@ -78,6 +79,14 @@ class Peer:
         if self.exe:
             out["exe"] = self.exe[:4096]
         return out
+
+
+def user_name(uid: int) -> str:
+    """The user name of a uid (the number when it has none)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
 
 
 def peer_of(sock: socket.socket) -> Peer:
@@ -93,7 +102,8 @@ def peer_of(sock: socket.socket) -> Peer:
     exe: str | None = None
     with contextlib.suppress(OSError):
         exe = os.readlink(f"/proc/{pid}/exe")
-    return Peer(pid, uid, gid, frozenset(groups), exe)
+    # the name once per connection, not per event (an NSS lookup reads /etc/passwd each time)
+    return Peer(pid, uid, gid, frozenset(groups), exe, user_name(uid))
 
 
 def resolve_ids(users: list[str], groups: list[str], where: str) -> tuple[frozenset[int], frozenset[int]]:
