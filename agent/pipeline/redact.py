@@ -153,6 +153,7 @@ class Redactor:
                       for t, p in zip(BUILTIN_TRIGGERS, BUILTIN_PATTERNS, strict=True)]
         rules += [(None, re.compile(p)) for p in patterns]
         self._rules = rules
+        self._numbered = [(k, triggers, rx) for k, (triggers, rx) in enumerate(rules)]
         # the C scan's words, each with the bits of the built-in rules it triggers
         masks: dict[str, int] = {}
         for k, words in enumerate(BUILTIN_TRIGGERS if builtin else ()):
@@ -210,7 +211,7 @@ class Redactor:
         words on the changed text, as they do without a mask."""
         lower = lowered
         masked = mask is not None
-        for k, (triggers, rx) in enumerate(self._rules):
+        for k, triggers, rx in self._numbered:
             if triggers is not None:
                 if masked:
                     if not mask >> k & 1:  # type: ignore[operator]  # masked: mask is an int
