@@ -104,6 +104,16 @@ def _slow_syslog(path: Path, content: bytes, max_line: int = MAX_LINE) -> list[d
     return out
 
 
+def _assert_like_line_parser(events: list[dict[str, Any]], expected: list[dict[str, Any] | None], n: int) -> None:
+    """``events`` are the line parser's ``expected`` (None: no usable timestamp, the read time)."""
+    assert len(events) == len(expected) == n
+    for got, want in zip(events, expected, strict=True):
+        if want is None:
+            assert got["ts"].endswith("Z")
+            continue
+        assert got == want, (got, want)
+
+
 class TestSyslogFastPath:
     async def test_same_events_as_line_parser_and_chain(self, tmp_path: Path) -> None:
         """Every line (bulk-parsed or not) gives the event the line parser plus the chain gives."""
@@ -250,12 +260,7 @@ class TestSyslogFastPath:
         c = SyslogFileCollector(cfg, rec.context(once=True))
         await run_once(c)
         expected = _slow_syslog(path, content, max_line=1000)
-        assert len(rec.events) == len(expected) == len(lines)
-        for got, want in zip(rec.events, expected, strict=True):
-            if want is None:
-                assert got["ts"].endswith("Z")
-                continue
-            assert got == want, (got, want)
+        _assert_like_line_parser(rec.events, expected, len(lines))
         assert (c.lines_compiled > len(lines) / 2) if reader == "compiled" else c.lines_compiled == 0, c.lines_compiled
         assert not any("hunter2" in e["data"]["message"] or "S3cret" in e["data"]["message"] for e in rec.events)
 
@@ -274,12 +279,7 @@ class TestSyslogFastPath:
         cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning", max_line_bytes=MAX_LINE)
         await run_once(SyslogFileCollector(cfg, rec.context(once=True)))
         expected = _slow_syslog(path, content)
-        assert len(rec.events) == len(expected) == len(lines)
-        for got, want in zip(rec.events, expected, strict=True):
-            if want is None:
-                assert got["ts"].endswith("Z")
-                continue
-            assert got == want, (got, want)
+        _assert_like_line_parser(rec.events, expected, len(lines))
 
     async def test_filter_drops_lines_but_derivers_still_see_them(self, tmp_path: Path) -> None:
         """A level filter that drops every line still lets derivers run; derived events follow."""
