@@ -186,6 +186,21 @@ def _segment(parts: list[bytes], start: int, end: int, cap: int, items: list[Ite
     items.append(("system_log", blob[:-1], end - start))
 
 
+def redact_hits(prepared: Prepared, events: list[bytes] | list[bytes | None],
+                hits: list[tuple[int, int, int, str]]) -> None:
+    """Redact the messages of events a compiled reader finished: each hit ``(slot, offset, length,
+    message)`` says that ``events[slot][offset:offset + length]`` is the JSON of ``message``,
+    which is replaced where redaction changes it."""
+    if not hits:
+        return
+    dumps = orjson.dumps
+    for i, text in prepared.changed_texts([h[3] for h in hits]).items():
+        slot, at, length, _ = hits[i]
+        ev = events[slot]
+        assert ev is not None
+        events[slot] = ev[:at] + dumps(text) + ev[at + length:]
+
+
 def segments_of(kind: str, blobs: list[bytes], prepared: Prepared) -> list[Item]:
     """Single events of one kind joined into segments of ``prepared.segment_events`` (fewer
     where they would pass about ``segment_bytes``), in their order: :func:`segmented` for a

@@ -27,7 +27,7 @@ import orjson
 
 from agent.collector import Collector, CollectorContext, ReaderThread
 from agent.config import LEVELS, JournaldConfig
-from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, segments_of
+from agent.pipeline.encode import TRUNCATION_MARKER, Prepared, redact_hits, segments_of
 from agent.typing import Checkpoint, Event, Item, LineGate
 from collectors.derivers.provenance import with_journal_sender
 from collectors.journald.fields import FACILITIES as FACILITIES  # re-exported for the tests
@@ -268,12 +268,7 @@ class JournaldCollector(Collector):
                 rows.append((tpl, eid, ts, frag[0], pid[0], tail, _TRUNCATED if truncated else b""))
                 messages.append(message)
         dumps = orjson.dumps
-        if hits:  # the message's JSON replaced where redaction changes it
-            for i, text in prepared.changed_texts([h[3] for h in hits]).items():
-                slot, at, length, _ = hits[i]
-                ev = out[slot]
-                assert ev is not None
-                out[slot] = ev[:at] + dumps(text) + ev[at + length:]
+        redact_hits(prepared, out, hits)
         changed = prepared.changed_texts(messages)
         if changed:
             messages = [changed.get(i, m) for i, m in enumerate(messages)]

@@ -88,15 +88,6 @@ class StampCache:
         """The seconds of RFC 3339 stamps by zone and stamp, as :meth:`second` caches them."""
         return self._seconds
 
-    def teach(self, heads: set[bytes], gated: Callable[[str], bool]) -> None:
-        """Give the compiled block reader the fragments of these headers (seen by
-        :meth:`headers_of`), and whether a deriver wants each one's program."""
-        c = self.c_heads
-        if len(c) + len(heads) > _CACHE_MAX:
-            c.clear()
-        for h in heads:
-            c[h] = (self._frags[h], gated(self._head_info[h][1].decode()))
-
     def learn_head(self, head: bytes, gated: Callable[[str], bool]) -> None:
         """One header the compiled block reader has not met: read as :meth:`headers_of` reads
         it, and kept for it (nothing when it is not a block parser's header)."""
@@ -110,7 +101,9 @@ class StampCache:
             self._head_info.clear()
         self._frags[head] = frag
         self._head_info[head] = (zone or b"", prog.encode())
-        self.teach({head}, gated)
+        if len(self.c_heads) >= _CACHE_MAX:
+            self.c_heads.clear()
+        self.c_heads[head] = (frag, gated(prog))
 
     def learn_second(self, stamp: bytes, zone: bytes) -> None:
         """One RFC 3339 second the compiled block reader has not met, dated and kept."""

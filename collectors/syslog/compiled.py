@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from agent.pipeline.encode import Prepared, segments_of
+from agent.pipeline.encode import Prepared, redact_hits, segments_of
 from agent.typing import Item, LineGate
 from collectors.syslog.bulk import StampCache
 from collectors.syslog.tail import TailedFile
@@ -64,11 +64,7 @@ def block_items(read: Callable[..., Any], stamps: StampCache, years: YearResolve
     events, hits, last_sec, last_ms = got
     if not events:
         return 0
-    dumps = orjson.dumps
-    for i, text in prepared.changed_texts([h[3] for h in hits]).items():
-        slot, off, length, _ = hits[i]
-        ev = events[slot]
-        events[slot] = ev[:off] + dumps(text) + ev[off + length:]
+    redact_hits(prepared, events, hits)
     # the context of a later line without a usable date, as the block path keeps it
     years.note(f"{last_sec.decode()}{last_ms.decode()}Z")
     items.extend(segments_of("system_log", events, prepared))
