@@ -423,3 +423,23 @@ class TestYearsInTheCollector:
         assert by_msg["impossible"]["data"]["extra"] == {"raw_timestamp": "Feb 31 10:00:00"}
         assert by_msg["fresh"]["ts"].startswith(str(year)) or _time.localtime().tm_yday == 1
         assert rec.counts.get("syslog_bad_timestamp") == 1
+
+
+def test_a_closed_file_leaves_no_parser_behind(tmp_path: Path) -> None:
+    """A file's parser (with its deferred year scan) goes with the file: the scan holds the file
+    weakly, or the weak-keyed table of parsers would keep every file ever followed."""
+    import gc
+
+    from collectors.syslog.tail import TailedFile
+
+    path = tmp_path / "syslog"
+    path.write_bytes(b"Nov 26 10:00:00 h app: x\n" * 10)
+    c = SyslogFileCollector(SyslogConfig(enabled=True, paths=[str(path)]), EmitRecorder().context(once=True))
+    t = TailedFile.open(str(path), 0)
+    assert t is not None
+    c._parser_of(t, os.fstat(t.fd))
+    assert len(c._parsers) == 1
+    t.close()
+    del t
+    gc.collect()
+    assert len(c._parsers) == 0

@@ -164,7 +164,8 @@ class Redactor:
         # an upper-case PWD not after [_.-] is the working directory (sudo's PWD=/root), which the
         # key=value rule leaves alone: that occurrence of "pwd" triggers nothing
         self._scan_exceptions = tuple((i, b"PWD", b"_.-") for i, w in enumerate(self._scan_words) if w == b"pwd")
-        #: whether changed_texts/changed_lines use the compiled scan (``scan=False``: never)
+        #: whether changed_texts/changed_lines use the compiled scan (the tests turn it off to
+        #: compare it with the Python scan)
         self.compiled_scan = _scan is not None and builtin and not self._custom
 
     def _sub(self, m: re.Match[str]) -> str:
@@ -230,11 +231,11 @@ class Redactor:
         """``{index: redact_text(line)}`` for the lines of ``joined`` (split on newlines, none
         inside a line) that redaction changes — the same as ``redact_text`` on each line, with
         one scan of the whole text for the common case of no secret at all."""
+        if self.compiled_scan:  # (it leaves lines that are not ASCII to the Python checks)
+            return self._scanned(joined.split("\n"))
         if self._custom or not joined.isascii():
             # every rule on every line (custom rules), or lower() may change lengths
             return changed_each(self.redact_text, joined)
-        if self.compiled_scan:
-            return self._scanned(joined.split("\n"))
         lines: list[str] | None = None
         out: dict[int, str] = {}
         ends: list[int] = []

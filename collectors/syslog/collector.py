@@ -91,11 +91,14 @@ class SyslogFileCollector(Collector):
             p = self._parsers[t] = SyslogLineParser(ftp_times=self.config.ftp_times)
             if st is not None and st.st_size > t.state.off:
                 # the lines ahead, as they are now, scanned when a year-less stamp is first dated
-                # (through the file's own descriptor, while it is open: never a reused number)
+                # (through the file's own descriptor, while it is open: never a reused number). The
+                # file is held weakly: the parser is the value of a weak-keyed dict keyed by it
                 fd, off, size, mtime = t.fd, t.state.off, st.st_size, st.st_mtime
+                tailed = weakref.ref(t)
 
                 def scan() -> int | None:
-                    if t.fd != fd:
+                    now_t = tailed()
+                    if now_t is None or now_t.fd != fd:
                         return None
                     return first_year(stamps_in(iter_blocks(fd, off, size)), mtime)
 
