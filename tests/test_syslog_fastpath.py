@@ -220,14 +220,19 @@ class TestSyslogFastPath:
         messages = [e["data"]["message"] for e in rec.events]
         assert not any("hunter2" in m or "S3cret" in m for m in messages)
 
+    @pytest.mark.parametrize("cache_max", [4096, 3], ids=["caches", "tiny-caches"])
     @pytest.mark.parametrize("reader", ["compiled", "python"])
     async def test_rfc3339_lines_of_every_shape(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                reader: str) -> None:
+                                                reader: str, cache_max: int) -> None:
         """rsyslog's RFC 3339 lines with every tag form, length limit and message the compiled
         block reader (``_lines.c``) must read as the regexes do, in pieces so that it reads most
-        blocks (the first teaches it the headers): the line parser's events, with it and without."""
+        blocks (the first teaches it the headers): the line parser's events, with it and without;
+        also with caches so small that asking Python for a second clears them mid-block."""
+        import collectors.syslog.bulk as bulk_mod
         import collectors.syslog.collector as syslog_mod
         from collectors.syslog import compiled
+
+        monkeypatch.setattr(bulk_mod, "_CACHE_MAX", cache_max)
 
         if reader == "python":
             monkeypatch.setenv(compiled.READER_ENV, "python")

@@ -180,7 +180,9 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
                           &PyDict_Type, &seconds, &learn_head, &learn_second))
         return NULL;
     Triggers trig;
-    PyObject *events = NULL, *hits = NULL, *out = NULL, *last_sec = Py_None, *zone_key = NULL;
+    /* last_sec and frag are held, not borrowed: the Python called for a second not met yet may
+     * clear the caches they come from */
+    PyObject *events = NULL, *hits = NULL, *out = NULL, *last_sec = NULL, *frag = NULL, *zone_key = NULL;
     Arena esc = {NULL, 0, 0};
     char ms[3] = {'0', '0', '0'};
     if (!PyArg_ParseTuple(spec, "O!O!nOOOO!:spec", &PyBytes_Type, &head, &PyBytes_Type, &mid, &max_line, &words, &masks,
@@ -214,7 +216,7 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
         if (!PyTuple_Check(hv) || PyTuple_GET_SIZE(hv) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(hv, 0))
             || PyObject_IsTrue(PyTuple_GET_ITEM(hv, 1)))
             goto refuse;
-        PyObject *frag = PyTuple_GET_ITEM(hv, 0);
+        Py_XSETREF(frag, Py_NewRef(PyTuple_GET_ITEM(hv, 0)));
         Py_ssize_t mlen = o.end - o.msg;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
             PyObject *px = PyTuple_GET_ITEM(prefixes, i);
@@ -244,6 +246,7 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
                 goto done;
             goto refuse;
         }
+        Py_XSETREF(last_sec, Py_NewRef(sec)); /* held from here: sec stays valid */
         ms[0] = ms[1] = ms[2] = '0';
         memcpy(ms, o.frac, (size_t)o.frac_len);
         /* the message: redaction looks at it in Python when it holds a trigger word or is not ASCII */
@@ -290,16 +293,17 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
             }
             Py_DECREF(h);
         }
-        last_sec = sec;
         p = nl + 1;
     }
-    out = Py_BuildValue("(OOOy#)", events, hits, last_sec, ms, (Py_ssize_t)3);
+    out = Py_BuildValue("(OOOy#)", events, hits, last_sec ? last_sec : Py_None, ms, (Py_ssize_t)3);
     goto done;
 refuse:
     out = Py_None;
     Py_INCREF(out);
 done:
     Py_XDECREF(zone_key);
+    Py_XDECREF(frag);
+    Py_XDECREF(last_sec);
     Py_XDECREF(events);
     Py_XDECREF(hits);
     free(esc.buf);
