@@ -54,6 +54,8 @@ class CollectorContext:
     emit_prepared_fn: EmitItems | None = None
     #: the pipeline's current settings for the fast path (``Batcher.prepared``)
     prepared_fn: Callable[[], Prepared] | None = None
+    #: the source read to its end after a backlog (``Batcher.caught_up``)
+    caught_up_fn: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
         if self.derivers and self.line_gate is None:
@@ -73,6 +75,12 @@ class CollectorContext:
             await self.emit([ev for _, blob, n in items
                              for ev in (orjson.loads(b"[" + blob + b"]") if n > 1 else (orjson.loads(blob),))],
                             checkpoint)
+
+    def caught_up(self) -> None:
+        """Say that the source has just read to its end after a backlog: the events buffered for
+        a batch go now instead of at the batch's deadline (``Batcher.caught_up``)."""
+        if self.caught_up_fn is not None:
+            self.caught_up_fn()
 
     def prepared(self) -> Prepared:
         """Server name, redaction and filter for building finished events (follows reloads)."""

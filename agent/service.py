@@ -143,6 +143,7 @@ class Agent:
                 emit_fn=self._emit_for(c.name),
                 emit_prepared_fn=self._emit_prepared_for(c.name),
                 prepared_fn=self.batcher.prepared,
+                caught_up_fn=self.batcher.caught_up,
             )
             self._collector_tasks.append(asyncio.create_task(self._run_collector(c), name=f"collector:{c.name}"))
         self._register_hook_ops()

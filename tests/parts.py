@@ -398,6 +398,8 @@ class EmitRecorder:
         self.strict = True
         #: an ``agent.pipeline.encode.Prepared`` to hand out instead of the default one
         self.prepared_settings: Any = None
+        #: the number of events recorded at each ``caught_up`` (the end of a backlog)
+        self.caught_up_at: list[int] = []
 
     async def emit(self, events: list[Any], checkpoint: Any) -> None:
         self.calls.append((list(events), checkpoint))
@@ -453,6 +455,7 @@ class EmitRecorder:
             line_gate=line_gate(derivers or []),
             emit_prepared_fn=self.emit_prepared,
             prepared_fn=self.prepared,
+            caught_up_fn=lambda: self.caught_up_at.append(len(self.events)),
         )
 
     def messages(self, program: str | None = None) -> list[str]:

@@ -255,6 +255,21 @@ class TestJournaldResume:
         assert len(rec.messages()) == 3 and rec.counts["journal_gap"] == 1
 
 
+class TestJournaldCatchUp:
+    @pytest.mark.parametrize(("entries", "calls"), [(120, [120]), (30, [])])
+    async def test_the_end_of_a_backlog_is_said_once(self, tmp_path, journal_tools, monkeypatch, entries, calls):
+        """Reading to the end after more than a chunk tells the pipeline once (its last events
+        then go without waiting for max_wait_ms); entries that fit in one chunk are a trickle,
+        and the batch deadline stands."""
+        import collectors.journald as jd_mod
+
+        monkeypatch.setattr(jd_mod, "CHUNK_ENTRIES", 50)
+        write_journal_file(tmp_path / "j" / "a.journal", _entries(entries))
+        rec = EmitRecorder()
+        await run_once(_collector(rec, tmp_path / "j"))
+        assert len(rec.events) == entries and rec.caught_up_at == calls
+
+
 class TestJournaldLive:
     async def test_follows_rotation_and_restart(self, tmp_path, journal_tools, jd):
         """Entries written across journalctl --rotate and a journald restart all arrive, once."""

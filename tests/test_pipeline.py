@@ -69,6 +69,26 @@ class TestBatcher:
             ex.shutdown()
         run(main())
 
+    def test_caught_up_writes_the_lane_without_waiting_for_max_wait(self, tmp_path):
+        """A source at the end of its backlog: the events it buffered are spooled with their
+        checkpoint at once, though max_wait_ms is ten minutes; a lane with nothing buffered is
+        left alone, and a flush already scheduled is not scheduled twice."""
+        async def main():
+            b, spool, ex, _ = self._batcher(tmp_path, batch={"max_events": 100, "max_wait_ms": 600_000})
+            b.caught_up()  # nothing buffered: nothing to write
+            assert not b.pull.flush_scheduled
+            await b.emit([log_event(i) for i in range(250)], Checkpoint("jd", "cursor-250"))
+            assert 0 < b.pull.nevents < 250 and spool.checkpoints() == {}  # full batches went behind
+            b.caught_up()
+            b.caught_up()
+            async with asyncio.timeout(30):  # the timer would take ten minutes
+                while b.pull.nevents or spool.checkpoints() != {"jd": "cursor-250"}:
+                    await asyncio.sleep(0.01)
+            assert sum(r.n_events for r in spool.pending(10)) == 250
+            await b.close()
+            ex.shutdown()
+        run(main())
+
     def test_max_events_splits_batches(self, tmp_path):
         """batch.max_events bounds the events per batch."""
         async def main():

@@ -55,6 +55,28 @@ class Running:
         await self.c.aclose()
 
 
+class TestSyslogCatchUp:
+    async def test_the_end_of_a_backlog_is_said_once_and_a_trickle_never(self, tmp_path, monkeypatch):
+        """Reading a file's backlog (more than a chunk) to its end tells the pipeline once, so
+        its last lines go without waiting for max_wait_ms; lines appended later, a few at a
+        time, are a trickle and keep the batch deadline."""
+        import collectors.syslog.collector as syslog_mod
+        import collectors.syslog.tail as tail_mod
+
+        monkeypatch.setattr(syslog_mod, "CHUNK_LINES", 50)
+        monkeypatch.setattr(tail_mod, "READ_BYTES", 2048)  # a chunk is counted in reads of the file
+        p = tmp_path / "syslog"
+        p.write_text(_lines(0, 120))
+        rec = EmitRecorder()
+        async with Running(_collector(rec, [str(p)], once=False, max_line_bytes=1024)):
+            await until(lambda: len(rec.events) == 120 and rec.caught_up_at, what="the backlog")
+            _append(p, _lines(120, 3))
+            await until(lambda: len(rec.events) == 123, what="a trickle")
+            _append(p, _lines(123, 1))  # read after the trickle's turn of the loop has ended
+            await until(lambda: len(rec.events) == 124, what="another")
+        assert rec.caught_up_at == [120] and _seqs(rec) == list(range(124))
+
+
 class TestSyslogFileReading:
     async def test_lines_parsed_with_ids_and_checkpoint(self, tmp_path):
         """Each line is one event with parsed fields, a file-identity id and a JSON checkpoint."""

@@ -22,7 +22,7 @@ import structlog
 from agent.errors import SpoolFull
 from agent.events import KINDS, PRIORITY_BULK, new_id, priority_of
 from agent.pipeline.encode import Prepared
-from agent.pipeline.lanes import Lane, packed, resolve_when_durable, to_batches
+from agent.pipeline.lanes import Lane, checked, packed, resolve_when_durable
 from agent.pipeline.processors import Chain, DropEvent, InvalidEvent
 from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch, Spool
@@ -35,7 +35,7 @@ log = structlog.get_logger("pipeline")
 #: waits), all written in the next transaction
 WRITE_AHEAD = 4
 #: ... and at most this many bytes of them (big batches: fewer ahead, the memory stays bounded)
-AHEAD_BYTES = 8 * 1024 * 1024
+AHEAD_BYTES = 4 * 1024 * 1024
 
 
 class Batcher:
@@ -181,28 +181,8 @@ class Batcher:
                 kind, blob, n = items[0]
                 validate_event(orjson.loads(b"[" + blob + b"]")[0] if n > 1 else orjson.loads(blob))
             except (SchemaError, orjson.JSONDecodeError, IndexError):
-                items = self._checked(items, collector)
+                items = checked(items, lambda ev, why: self._dead_letter_event(ev, why, collector))
         await self._buffer(items, checkpoint, collector)
-
-    def _checked(self, items: list[Item], collector: str) -> list[Item]:
-        good: list[Item] = []
-        for kind, blob, n in items:
-            try:
-                events = orjson.loads(b"[" + blob + b"]") if n > 1 else [orjson.loads(blob)]
-                if len(events) != n:
-                    raise orjson.JSONDecodeError(f"{len(events)} events in a segment of {n}", "", 0)
-            except orjson.JSONDecodeError as exc:
-                raw = {"kind": kind, "raw": blob.decode("utf-8", "replace")}
-                self._dead_letter_event(raw, str(exc), collector)  # type: ignore[arg-type]  # undecodable: kept raw
-                continue
-            for ev in events:
-                try:
-                    validate_event(ev)
-                except SchemaError as exc:
-                    self._dead_letter_event(ev, str(exc), collector)
-                    continue
-                good.append((kind, orjson.dumps(ev), 1) if n > 1 else (kind, blob, 1))
-        return good
 
     async def _flush_behind(self, lane: Lane) -> None:
         """Write a full pull lane while the collector goes on reading into a fresh buffer.
@@ -261,6 +241,24 @@ class Batcher:
             await self._push_room.wait()
 
     # -- flushing ------------------------------------------------------------------------------
+    def caught_up(self) -> None:
+        """A pull source read to its end after a backlog (a full chunk or more since it last
+        waited): the pull lane is written now, not ``max_wait_ms`` later. That wait gathers a
+        trickle into one batch; at a backlog's end no trickle has begun, and waiting would only
+        hold its last events back. Sources call this once per burst: a trickle still waits."""
+        lane = self.pull
+        if not self._closed and lane.nevents and not lane.flush_scheduled:
+            lane.flush_scheduled = True
+            asyncio.ensure_future(self._flush_caught_up(lane))
+
+    async def _flush_caught_up(self, lane: Lane) -> None:
+        try:  # a full spool or a failed write leaves the events (kept) to the timer
+            await self.flush_lane(lane, wait_for_space=False, drain=True)
+        except Exception as exc:  # noqa: BLE001
+            lane.flush_scheduled = False
+            if not isinstance(exc, SpoolFull):
+                log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
+
     def _arm_timer(self) -> None:
         if self._timer is None or self._timer.done():
             self._timer = asyncio.ensure_future(self._timer_loop())
@@ -310,22 +308,23 @@ class Batcher:
             loop = asyncio.get_running_loop()
             one_batch = False  # after a full spool: one batch per write, the most that may fit
             while lane.nevents or lane.checkpoints:
+                level = None if self.pack_level is None else self.pack_level or 1
                 if lane.fail_fast:
                     # everything pushed so far, in batches within the limits, in one transaction
                     taken, cps, fut = lane.take()
                     self._push_room.set()
-                    batches = to_batches(taken, self.max_events, self.max_bytes)
+                    batches = await packed([taken], level, self.max_events, self.max_bytes)
                 else:
                     # a pull lane may have grown past one batch while a write was waiting: up
                     # to WRITE_AHEAD full batches go in one transaction
                     taken, cps, fut = lane.take(self.max_events, self.max_bytes)
-                    batches = to_batches(taken)
-                    while not one_batch and not cps and len(batches) < WRITE_AHEAD and self._full(lane):
+                    groups = [taken]
+                    while not one_batch and not cps and len(groups) < WRITE_AHEAD and self._full(lane):
                         more, cps, _ = lane.take(self.max_events, self.max_bytes)
-                        taken += more
-                        batches += to_batches(more)
-                if self.pack_level is not None:
-                    batches = await packed(batches, self.pack_level or 1)
+                        groups.append(more)
+                    if len(groups) > 1:
+                        taken = [it for g in groups for it in g]
+                    batches = await packed(groups, level)
                 try:
                     evictions = await loop.run_in_executor(self.executor, self.spool.append, batches, cps)
                 except SpoolFull as exc:

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
 import structlog
 
 from agent.events import PRIORITY_AUDIT, PRIORITY_BULK, new_id
+from agent.schema import SchemaError, validate_event
 from agent.spool import NewBatch
-from agent.typing import Checkpoint
+from agent.typing import Checkpoint, Event, Item
 
 log = structlog.get_logger("pipeline")
 
@@ -79,12 +82,12 @@ class Lane:
             self.first_at = time.monotonic()
 
 
-def to_batches(taken: list[tuple[int, str, bytes, int]], max_events: int | None = None,
-               max_bytes: int | None = None) -> list[NewBatch]:
-    """Spool batches of each eviction class, events in their order; with limits, as many batches
-    as it takes to keep each within ``max_events`` and ``max_bytes`` (an item over a limit alone
-    still makes a batch of its own)."""
-    out = []
+Taken = list[tuple[int, str, bytes, int]]
+
+
+def _groups(taken: Taken, max_events: int | None,
+            max_bytes: int | None) -> Iterator[tuple[int, dict[str, int], list[bytes]]]:
+    """The ``(priority, kinds, blobs)`` of each batch :func:`to_batches` makes."""
     for prio in (PRIORITY_AUDIT, PRIORITY_BULK):
         blobs: list[bytes] = []
         kinds: dict[str, int] = {}
@@ -94,14 +97,24 @@ def to_batches(taken: list[tuple[int, str, bytes, int]], max_events: int | None 
                 continue
             if blobs and ((max_events is not None and sum(kinds.values()) + n > max_events)
                           or (max_bytes is not None and size + len(blob) + 2 > max_bytes)):
-                out.append(_batch(prio, kinds, blobs))
+                yield prio, kinds, blobs
                 blobs, kinds, size = [], {}, 0
             blobs.append(blob)
             kinds[k] = kinds.get(k, 0) + n
             size += len(blob) + 1
         if blobs:
-            out.append(_batch(prio, kinds, blobs))
-    return out
+            yield prio, kinds, blobs
+
+
+def to_batches(taken: Taken, max_events: int | None = None, max_bytes: int | None = None,
+               pack_level: int | None = None) -> list[NewBatch]:
+    """Spool batches of each eviction class, events in their order; with limits, as many batches
+    as it takes to keep each within ``max_events`` and ``max_bytes`` (an item over a limit alone
+    still makes a batch of its own). With ``pack_level``, each body is deflated as soon as it is
+    joined, so that one batch's uncompressed body exists at a time, not every batch's."""
+    if pack_level is None:
+        return [_batch(*g) for g in _groups(taken, max_events, max_bytes)]
+    return [_batch(*g).packed(pack_level) for g in _groups(taken, max_events, max_bytes)]
 
 
 def _batch(prio: int, kinds: dict[str, int], blobs: list[bytes]) -> NewBatch:
@@ -137,13 +150,40 @@ def resolve_when_durable(fut: asyncio.Future[None], durable: concurrent.futures.
     asyncio.wrap_future(durable).add_done_callback(done)
 
 
-#: bodies smaller than this are deflated on the event loop, larger ones in a thread
+#: bodies smaller than this are joined and deflated on the event loop, larger ones in a thread
 PACK_INLINE_BYTES = 16 * 1024
 
 
-async def packed(batches: list[NewBatch], level: int) -> list[NewBatch]:
-    """The batches with deflated bodies; large ones are compressed in a worker thread (zlib lets
-    go of the GIL), beside the spool's own thread."""
-    if sum(len(b.body) for b in batches) < PACK_INLINE_BYTES:
-        return [b.packed(level) for b in batches]
-    return await asyncio.get_running_loop().run_in_executor(None, lambda: [b.packed(level) for b in batches])
+async def packed(groups: list[Taken], level: int | None, max_events: int | None = None,
+                 max_bytes: int | None = None) -> list[NewBatch]:
+    """The batches of each group of taken items (:func:`to_batches`), deflated at ``level``
+    (None: left as JSON); large ones are joined and compressed in a worker thread (zlib lets go
+    of the GIL), beside the spool's own thread."""
+    def make() -> list[NewBatch]:
+        return [b for g in groups for b in to_batches(g, max_events, max_bytes, level)]
+
+    if level is None or sum(len(it[2]) for g in groups for it in g) < PACK_INLINE_BYTES:
+        return make()
+    return await asyncio.get_running_loop().run_in_executor(None, make)
+
+
+def checked(items: list[Item], dead_letter: Callable[[Event, str], None]) -> list[Item]:
+    """The items whose events each pass the schema check; ``dead_letter(event, reason)`` takes
+    every other (an undecodable segment as ``{"kind", "raw"}``)."""
+    good: list[Item] = []
+    for kind, blob, n in items:
+        try:
+            events = orjson.loads(b"[" + blob + b"]") if n > 1 else [orjson.loads(blob)]
+            if len(events) != n:
+                raise orjson.JSONDecodeError(f"{len(events)} events in a segment of {n}", "", 0)
+        except orjson.JSONDecodeError as exc:
+            dead_letter({"kind": kind, "raw": blob.decode("utf-8", "replace")}, str(exc))  # type: ignore[typeddict-item]
+            continue
+        for ev in events:
+            try:
+                validate_event(ev)
+            except SchemaError as exc:
+                dead_letter(ev, str(exc))
+                continue
+            good.append((kind, orjson.dumps(ev), 1) if n > 1 else (kind, blob, 1))
+    return good

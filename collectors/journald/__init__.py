@@ -358,9 +358,11 @@ class JournaldCollector(Collector):
         gate = self.ctx.line_gate
         prepared = self.ctx.prepared()
         pending = asyncio.ensure_future(self._thread.call(self._read_chunk, prepared, gate))
+        backlog = False  # a chunk since the last wait stopped short of the end
         try:
             while not self.ctx.stopping.is_set():
                 chunk: _Chunk = await pending
+                backlog = backlog or not chunk.at_end
                 if chunk.cursor is not None:
                     used = prepared
                     prepared = self.ctx.prepared()  # follows reloads, one chunk later
@@ -372,6 +374,9 @@ class JournaldCollector(Collector):
                     await self.ctx.emit_items(items, Checkpoint(self.source, chunk.cursor))
                     if not chunk.at_end:
                         continue
+                if backlog:  # the end of a backlog: its last events need not wait for more
+                    self.ctx.caught_up()
+                    backlog = False
                 if self.ctx.once:
                     return
                 change = await self._thread.call(self._wait)

@@ -348,6 +348,7 @@ class SyslogFileCollector(Collector):
         last_glob = time.monotonic()
         #: the next chunk, read while the last one is handed over: (its step, its settings)
         ahead: tuple[asyncio.Future[Any], Prepared] | None = None
+        backlog = False  # a chunk since the last poll stopped at the chunk's limit
         try:
             while not self.ctx.stopping.is_set():
                 if ahead is None:
@@ -369,7 +370,11 @@ class SyslogFileCollector(Collector):
                     await self.ctx.emit_items(items, Checkpoint(self.source, state))
                     last_state = state
                 if more:
+                    backlog = True
                     continue
+                if backlog:  # the end of a backlog: its last lines need not wait for more
+                    self.ctx.caught_up()
+                    backlog = False
                 if self.ctx.once:
                     return
                 await asyncio.sleep(self.config.poll_interval_s)
