@@ -245,7 +245,11 @@ class TestSyslogFastPath:
                  "web-01 app[]:", "web-01 app[" + "9" * 32 + "]:", "web-01 app[" + "9" * 33 + "]:",
                  "h" * 256 + " p:", "web-01 " + "p" * 256 + ":", "web-01 " + "p" * 257 + ":",
                  "web-01 app 1" + "v" * 63 + ":", "web-01 app 1" + "v" * 64 + ":", "web-01 app (" + "s" * 256 + "):",
-                 "web-01 a:b:", "web-01 :x", "web-01 app[1] (s)x:", "web-01 app[1]:no space", "web-01 pam(x)[3]:"]
+                 "web-01 a:b:", "web-01 :x", "web-01 app[1] (s)x:", "web-01 app[1]:no space", "web-01 pam(x)[3]:",
+                 # pids the reader writes as they stand (one entry per program), and those it must not
+                 "web-01 app[0]:", "web-01 app[07]:", "web-01 app[123456789]:", "web-01 app[1234567890]:",
+                 "web-01 app[1a]:", "web-01 app[-1]:", "web-01 app 1.2[40] (s[1]):", "web-01 -- cron[77]:",
+                 "web-01 app[5]]:", "web-01 app[]: [6]", "web-02 app[8]:"]
         messages = ["plain", 'quotes " and \\ back', "tab\tand\x01\x1f\x7f", "password=hunter2 ok",
                     "PWD=/root ; USER=root", "MYSQL_PWD=S3cret", "café ☃ 로그인", "api_key: abc", "", " lead"]
         fracs = ["", ".5", ".12", ".123", ".123456789", ".1234567890"]
@@ -268,6 +272,29 @@ class TestSyslogFastPath:
         _assert_like_line_parser(rec.events, expected, len(lines))
         assert (c.lines_compiled > len(lines) / 2) if reader == "compiled" else c.lines_compiled == 0, c.lines_compiled
         assert not any("hunter2" in e["data"]["message"] or "S3cret" in e["data"]["message"] for e in rec.events)
+
+    async def test_many_processes_share_one_header_entry(self, tmp_path: Path) -> None:
+        """A header whose pid is a plain number is kept once per program and host, not once per
+        process: 3,000 processes of two programs leave a handful of entries in the compiled
+        reader's cache (it used to hold one per process, cleared and read again every 4,096), and
+        each line still gets its own pid; "[]" is no pid, kept apart from them."""
+        from collectors.syslog import compiled
+
+        need(compiled.compiled_block_reader() is not None, "the compiled syslog reader (pip install -e .)")
+        lines = [f"2026-11-26T21:22:3{i % 10}.5+00:00 web-01 {'CRON' if i % 2 else 'sshd'}[{1000 + i}]: "
+                 f"session {i}".encode() for i in range(3000)]
+        lines += [b"2026-11-26T21:22:39+00:00 web-01 CRON[]: no pid", b"2026-11-26T21:22:39+00:00 web-01 CRON[0]: zero"]
+        path = tmp_path / "syslog"
+        content = b"\n".join(lines) + b"\n"
+        path.write_bytes(content)
+        rec = EmitRecorder()
+        cfg = SyslogConfig(enabled=True, paths=[str(path)], start_at="beginning")
+        c = SyslogFileCollector(cfg, rec.context(once=True))
+        await run_once(c)
+        _assert_like_line_parser(rec.events, _slow_syslog(path, content, max_line=cfg.max_line_bytes), len(lines))
+        assert [e["data"]["pid"] for e in rec.events] == [1000 + i for i in range(3000)] + [None, 0]
+        assert c.lines_compiled > 2900
+        assert len(c._stamps.c_heads) <= 6, list(c._stamps.c_heads)
 
     async def test_blocks_parsed_in_pieces_give_the_same_events(self, tmp_path: Path, monkeypatch) -> None:
         """A read block is parsed in pieces cut at line ends (a line longer than a piece makes a

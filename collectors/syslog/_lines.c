@@ -9,8 +9,10 @@
  * digits (its first three are the milliseconds), a zone (``Z`` or ``+HH:MM``), a space, the
  * host (1-256 bytes, no white space), a space, an optional tag ``[ *-- ]prog[\]][ ver][[pid]][
  * (sub)]:[ ]`` with the regex's lengths and classes, tried in the regex's order, and the message
- * to the end of the line. The header (zone to the tag's end) is looked up in ``heads`` (header ->
- * (JSON fragment, gated)) and the stamp in ``seconds[zone]`` (stamp -> ``YYYY-MM-DDTHH:MM:SS.``
+ * to the end of the line. The header (zone to the tag's end) is looked up in ``heads``: where
+ * its pid is a plain number (1-9 digits, no leading zero), first without the pid's digits after
+ * a NUL byte (bulk.py's pidless) -> (JSON fragment before the pid, after it, gated), then whole
+ * -> (JSON fragment, gated); and the stamp in ``seconds[zone]`` (stamp -> ``YYYY-MM-DDTHH:MM:SS.``
  * UTC, or None for an impossible date); one not there yet is made by Python,
  * ``learn_head(header)`` and ``learn_second(stamp, zone)``, which add it. None (nothing made)
  * when any line is of another shape, longer than the cap, has an impossible date, or is wanted
@@ -48,8 +50,10 @@ static Py_ssize_t run(const unsigned char *p, const unsigned char *end, int (*cl
 }
 
 /* The end of the tag from p after its optional "[ *-- ]" part (NULL: this way fails), trying
- * each optional piece present first, as the regex does. */
-static const unsigned char *tag_rest(const unsigned char *p, const unsigned char *end) {
+ * each optional piece present first, as the regex does; ``*pid`` the pid's first byte (NULL:
+ * none) and ``*pid_len`` its length. */
+static const unsigned char *tag_rest(const unsigned char *p, const unsigned char *end, const unsigned char **pid_at,
+                                     Py_ssize_t *pid_len) {
     Py_ssize_t n = run(p, end, prog_byte, 256);
     if (n < 1)
         return NULL;
@@ -76,9 +80,9 @@ static const unsigned char *tag_rest(const unsigned char *p, const unsigned char
             }
             for (int pid = 1; pid >= 0; pid--) {
                 const unsigned char *q3 = q2;
+                Py_ssize_t k = 0;
                 if (pid) {
                     if (q3 < end && *q3 == '[') {
-                        Py_ssize_t k = 0;
                         while (q3 + 1 + k < end && !ws(q3[1 + k]) && q3[1 + k] != ']' && k <= 32)
                             k++;
                         if (k > 32 || q3 + 1 + k >= end || q3[1 + k] != ']')
@@ -100,8 +104,11 @@ static const unsigned char *tag_rest(const unsigned char *p, const unsigned char
                             continue;
                         }
                     }
-                    if (q4 < end && *q4 == ':')
+                    if (q4 < end && *q4 == ':') {
+                        *pid_at = pid ? q2 + 1 : NULL;
+                        *pid_len = pid ? k : 0;
                         return q4 + 1 + (q4 + 1 < end && q4[1] == ' ');
+                    }
                 }
             }
         }
@@ -110,8 +117,8 @@ static const unsigned char *tag_rest(const unsigned char *p, const unsigned char
 }
 
 typedef struct {
-    const unsigned char *stamp, *frac, *head, *head_end, *msg, *end;
-    Py_ssize_t frac_len, zone_len;
+    const unsigned char *stamp, *frac, *head, *head_end, *msg, *end, *pid;
+    Py_ssize_t frac_len, zone_len, pid_len;
 } Parsed;
 
 /* One line (p to end, no newline) as BLOCK_ISO reads it; 0 when it is of another shape. */
@@ -158,12 +165,14 @@ static int parse_line(const unsigned char *p, const unsigned char *end, Parsed *
     q += host + 1;
     /* the optional tag: with its " *-- " part, then without it, then none at all */
     const unsigned char *t = NULL, *s = q;
+    o->pid = NULL;
+    o->pid_len = 0;
     while (s < end && *s == ' ')
         s++;
     if (end - s >= 3 && s[0] == '-' && s[1] == '-' && s[2] == ' ')
-        t = tag_rest(s + 3, end);
+        t = tag_rest(s + 3, end, &o->pid, &o->pid_len);
     if (t == NULL)
-        t = tag_rest(q, end);
+        t = tag_rest(q, end, &o->pid, &o->pid_len);
     if (t == NULL)
         t = q;
     o->head_end = t;
@@ -199,24 +208,52 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
         Parsed o;
         if (nl == NULL || nl - p > max_line || !parse_line(p, nl, &o))
             goto refuse;
-        /* the header's fragment, and whether a deriver wants its program */
-        PyObject *hk = PyBytes_FromStringAndSize((const char *)o.head, o.head_end - o.head);
-        PyObject *hv = hk ? PyDict_GetItemWithError(heads, hk) : NULL;
-        if (hv == NULL && hk != NULL && !PyErr_Occurred()) { /* a header not met yet: Python reads it (and keeps it) */
-            PyObject *learned = PyObject_CallOneArg(learn_head, hk);
-            Py_XDECREF(learned);
-            hv = learned ? PyDict_GetItemWithError(heads, hk) : NULL;
+        /* the header's fragment, and whether a deriver wants its program: by the header without
+         * its pid where that is a plain number, as (before the pid, after it, gated), else by the
+         * whole header, as (fragment, gated) */
+        Py_ssize_t hlen = o.head_end - o.head, plen = o.pid_len;
+        int plain = o.pid != NULL && plen >= 1 && plen <= 9 && (o.pid[0] != '0' || plen == 1);
+        for (Py_ssize_t i = 0; plain && i < plen; i++)
+            plain = is_digit(o.pid[i]);
+        PyObject *hk = PyBytes_FromStringAndSize((const char *)o.head, hlen), *pk = NULL;
+        if (hk != NULL && plain) {
+            Py_ssize_t before = o.pid - o.head;
+            pk = PyBytes_FromStringAndSize(NULL, 1 + hlen - plen);
+            if (pk != NULL) {
+                char *k = PyBytes_AS_STRING(pk);
+                k[0] = 0;
+                memcpy(k + 1, o.head, (size_t)before);
+                memcpy(k + 1 + before, o.pid + plen, (size_t)(hlen - before - plen));
+            }
+        }
+        PyObject *hv = NULL;
+        if (hk != NULL && (pk != NULL || !plain)) {
+            for (int tries = 0; tries < 2 && hv == NULL && !PyErr_Occurred(); tries++) {
+                if (tries) { /* a header not met yet: Python reads it (and keeps it) */
+                    PyObject *learned = PyObject_CallOneArg(learn_head, hk);
+                    if (learned == NULL)
+                        break;
+                    Py_DECREF(learned);
+                }
+                hv = pk ? PyDict_GetItemWithError(heads, pk) : NULL;
+                if (hv == NULL && !PyErr_Occurred())
+                    hv = PyDict_GetItemWithError(heads, hk);
+            }
         }
         Py_XDECREF(hk);
+        Py_XDECREF(pk);
         if (hv == NULL) {
             if (PyErr_Occurred())
                 goto done;
             goto refuse;
         }
-        if (!PyTuple_Check(hv) || PyTuple_GET_SIZE(hv) != 2 || !PyBytes_Check(PyTuple_GET_ITEM(hv, 0))
-            || PyObject_IsTrue(PyTuple_GET_ITEM(hv, 1)))
+        Py_ssize_t nv = PyTuple_Check(hv) ? PyTuple_GET_SIZE(hv) : 0;
+        if ((nv != 2 && nv != 3) || (nv == 3 && !plain) || !PyBytes_Check(PyTuple_GET_ITEM(hv, 0))
+            || (nv == 3 && !PyBytes_Check(PyTuple_GET_ITEM(hv, 1))) || PyObject_IsTrue(PyTuple_GET_ITEM(hv, nv - 1)))
             goto refuse;
-        Py_XSETREF(frag, Py_NewRef(PyTuple_GET_ITEM(hv, 0)));
+        Py_XSETREF(frag, Py_NewRef(hv)); /* held: its pieces stay valid */
+        PyObject *fa = PyTuple_GET_ITEM(frag, 0), *fb = nv == 3 ? PyTuple_GET_ITEM(frag, 1) : NULL;
+        Py_ssize_t frag_len = PyBytes_GET_SIZE(fa) + (fb ? plen + PyBytes_GET_SIZE(fb) : 0);
         Py_ssize_t mlen = o.end - o.msg;
         for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
             PyObject *px = PyTuple_GET_ITEM(prefixes, i);
@@ -262,7 +299,7 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
         char offset[24];
         int offn = snprintf(offset, sizeof offset, "%zd", at + (Py_ssize_t)(p - (const unsigned char *)b.buf));
         Py_ssize_t msg_at = PyBytes_GET_SIZE(head) + offn + 8 + PyBytes_GET_SIZE(sec) + 3 + PyBytes_GET_SIZE(mid)
-                            + PyBytes_GET_SIZE(frag) + 11;
+                            + frag_len + 11;
         PyObject *ev = PyBytes_FromStringAndSize(NULL, msg_at + (Py_ssize_t)esc.len + 2);
         if (ev == NULL)
             goto done;
@@ -274,7 +311,11 @@ static PyObject *iso_block(PyObject *self, PyObject *args) {
         PUT(PyBytes_AS_STRING(sec), PyBytes_GET_SIZE(sec));
         PUT(ms, 3);
         PUT(PyBytes_AS_STRING(mid), PyBytes_GET_SIZE(mid));
-        PUT(PyBytes_AS_STRING(frag), PyBytes_GET_SIZE(frag));
+        PUT(PyBytes_AS_STRING(fa), PyBytes_GET_SIZE(fa));
+        if (fb != NULL) {
+            PUT(o.pid, plen);
+            PUT(PyBytes_AS_STRING(fb), PyBytes_GET_SIZE(fb));
+        }
         PUT(",\"message\":", 11);
         PUT(esc.buf, esc.len);
         PUT("}}", 2);

@@ -63,6 +63,18 @@ def without_crs(block: bytes) -> bytes:
     return block.replace(b"\r\n", b"\n") if b"\r" in block else block
 
 
+def plain_pid(pid: bytes) -> bool:
+    """Whether a header's pid is written in JSON as it stands: 1-9 ASCII digits, no leading zero
+    (as the line parser reads a pid: ``int(pid)`` where it is all digits and at most 9 long)."""
+    return 1 <= len(pid) <= 9 and pid.isdigit() and (pid[:1] != b"0" or len(pid) == 1)
+
+
+def pidless(head: bytes, start: int, end: int) -> bytes:
+    """The compiled reader's key of a header whose plain pid is ``head[start:end]``: the header
+    without the pid's digits, after a NUL byte (which no header starts with)."""
+    return b"\0" + head[:start] + head[end:]
+
+
 class StampCache:
     """The parts of a block parser's lines that repeat, converted once: each RFC 3339 timestamp's
     second (``YYYY-MM-DDTHH:MM:SS.`` UTC, as :class:`SyslogLineParser` sees it) and each header's
@@ -77,8 +89,9 @@ class StampCache:
         #: by block-parser header: its JSON fragment, and its (zone, program)
         self._frags: dict[bytes, bytes] = {}
         self._head_info: dict[bytes, tuple[bytes, bytes]] = {}
-        #: for the compiled block reader (_lines.c): header -> (fragment, a deriver wants its program)
-        self.c_heads: dict[bytes, tuple[bytes, bool]] = {}
+        #: for the compiled block reader (_lines.c): header -> (fragment, a deriver wants its
+        #: program), or for a plain pid, its pidless() key -> (fragment before the pid, after it, wanted)
+        self.c_heads: dict[bytes, tuple[bytes, bool] | tuple[bytes, bytes, bool]] = {}
 
     def clear_seconds(self) -> None:
         self._seconds.clear()
@@ -89,21 +102,27 @@ class StampCache:
         return self._seconds
 
     def learn_head(self, head: bytes, gated: Callable[[str], bool]) -> None:
-        """One header the compiled block reader has not met: read as :meth:`headers_of` reads
-        it, and kept for it (nothing when it is not a block parser's header)."""
+        """One header the compiled block reader has not met, read as :meth:`headers_of` reads it
+        (nothing when it is not a block parser's header). A header whose pid is a plain number
+        is kept without it (:func:`pidless`): its fragment in two pieces, before and after the
+        pid's digits, which the reader puts between them. A file's many processes then share
+        one entry per program and host, instead of one per process that the cache keeps
+        dropping and reading again."""
         m = _HEADER.fullmatch(head)
         if m is None:
             return
         zone, host, program, version, pid, subsystem = m.groups()
+        heads = self.c_heads
+        if len(heads) >= _CACHE_MAX:
+            heads.clear()
+        if pid is not None and plain_pid(pid):
+            frag, prog, _ = self.header(host, program, version, None, subsystem)
+            before, _, after = frag.partition(b'"pid":null')
+            start, end = m.span(5)
+            heads[pidless(head, start, end)] = (before + b'"pid":', after, gated(prog))
+            return
         frag, prog, _ = self.header(host, program, version, pid, subsystem)
-        if len(self._frags) >= _CACHE_MAX:
-            self._frags.clear()
-            self._head_info.clear()
-        self._frags[head] = frag
-        self._head_info[head] = (zone or b"", prog.encode())
-        if len(self.c_heads) >= _CACHE_MAX:
-            self.c_heads.clear()
-        self.c_heads[head] = (frag, gated(prog))
+        heads[head] = (frag, gated(prog))
 
     def learn_second(self, stamp: bytes, zone: bytes) -> None:
         """One RFC 3339 second the compiled block reader has not met, dated and kept."""

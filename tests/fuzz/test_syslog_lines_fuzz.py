@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from agent.pipeline.redact import Redactor
 from collectors.syslog import compiled
-from collectors.syslog.bulk import BLOCK_ISO
+from collectors.syslog.bulk import _HEADER, BLOCK_ISO, StampCache
 from tests.support import need
 
 PIECES = [" ", "  ", "-- ", " -- ", "[", "]", "(", ")", ":", ": ", "1", "1.2", "v", "app", "pid", "é", "\t",
@@ -31,13 +31,13 @@ def _read(line: bytes) -> tuple[Any, list[bytes]]:
     read = compiled.compiled_block_reader()
     need(read is not None, "the compiled syslog reader (pip install -e .)")
     assert read is not None
-    heads: dict[bytes, tuple[bytes, bool]] = {}
+    stamps = StampCache()
     seconds: dict[bytes, dict[bytes, bytes | None]] = {}
     asked: list[bytes] = []
 
-    def learn_head(head: bytes) -> None:
+    def learn_head(head: bytes) -> None:  # the collector's own, which keeps a plain pid apart
         asked.append(head)
-        heads[head] = (b'"f":1', False)
+        stamps.learn_head(head, lambda prog: False)
 
     def learn_second(stamp: bytes, zone: bytes) -> None:
         seconds.setdefault(zone, {})[stamp] = stamp + b"."
@@ -46,7 +46,7 @@ def _read(line: bytes) -> tuple[Any, list[bytes]]:
     triggers = r.trigger_words()
     assert triggers is not None
     spec = (b'{"id":"x-', b'Z","data":{', 1 << 20, *triggers, ())
-    return read(line, 0, spec, heads, seconds, learn_head, learn_second), asked
+    return read(line, 0, spec, stamps.c_heads, seconds, learn_head, learn_second), asked
 
 
 @given(FRACS, ZONES, HOSTS, RESTS, RESTS)
@@ -56,6 +56,10 @@ def _read(line: bytes) -> tuple[Any, list[bytes]]:
 @example("", "Z", "h", "p" * 256 + ":", "x")
 @example("", "Z", "h" * 256, "app[" + "9" * 32 + "] (s):", "x")
 @example("", "-05:30", "h", "app[" + "9" * 33 + "]:", "x")
+@example("", "Z", "h", "app[0]:", "x")
+@example("", "Z", "h", "app[07]:", "x")
+@example("", "Z", "h", "app 1.2[123456789] (s[1]):", "x")
+@example("", "Z", "h", "app[1234567890]:", "x")
 def test_reads_what_the_block_regex_reads(frac: str, zone: str, host: str, tag: str, message: str) -> None:
     line = f"2026-11-26T21:22:30{frac}{zone} {host} {tag}{message}".encode() + b"\n"
     m = BLOCK_ISO.match(line)
@@ -68,3 +72,8 @@ def test_reads_what_the_block_regex_reads(frac: str, zone: str, host: str, tag: 
     assert asked == [m.group(3)], (line, asked)
     message_json = orjson.dumps(m.group(4).decode())
     assert events[0].endswith(b',"message":' + message_json + b"}}"), (line, events[0])
+    # the header's fields as the line parser's cache makes them, the pid in its place
+    h = _HEADER.fullmatch(m.group(3))
+    assert h is not None
+    frag = StampCache().header(*h.groups()[1:])[0]
+    assert b'Z","data":{' + frag + b',"message":' in events[0], (line, events[0], frag)
