@@ -25,7 +25,7 @@ typedef struct {
     char pid[16];
     char ts[40];
     char id[33];
-    size_t esc_len;
+    size_t esc_off, esc_len; /* the escaped message's JSON in the batch's esc arena */
 } Fast;
 
 typedef struct {
@@ -119,10 +119,10 @@ static void fast_of(const Entry *e, const Arena *arena, Spec *sp, Arena *esc, Fa
         f->id[2 * i + 1] = HEX[digest[i] & 15];
     }
     f->id[32] = 0;
-    esc->len = 0;
+    f->esc_off = esc->len;
     if (put_escaped(esc, msg, (size_t)mlen) < 0)
         goto slow;
-    f->esc_len = esc->len;
+    f->esc_len = esc->len - f->esc_off;
     return;
 slow:
     f->slow = 1;
@@ -170,7 +170,7 @@ static PyObject *event_of(PyObject *head, const Fast *f, PyObject *mid, const Ar
     PUT("\",\"ts\":\"", 8);
     PUT(f->ts, tsn);
     PUT(PyBytes_AS_STRING(mid), (size_t)PyBytes_GET_SIZE(mid));
-    PUT(esc->buf, f->esc_len);
+    PUT(esc->buf + f->esc_off, f->esc_len);
     PUT(PyBytes_AS_STRING(fh), (size_t)PyBytes_GET_SIZE(fh));
     PUT(f->pid, pidn);
     PUT(PyBytes_AS_STRING(ft), (size_t)PyBytes_GET_SIZE(ft));
@@ -210,15 +210,45 @@ static int spec_init(Spec *sp, PyObject *spec, PyObject **heads, PyObject **mids
     return triggers_init(&sp->trig, words, masks, exceptions);
 }
 
-typedef struct {
-    Spec *sp;
-    Arena *esc;
-    Fast *f;
-} FastCtx;
+/* Entries read per release of the GIL, and the most field bytes such a batch holds: one release
+ * per entry cost the reader most of its speed whenever the event loop's thread was busy (each
+ * time, it waited for that thread to hand the GIL back). */
+#define BATCH 64
+#define BATCH_BYTES (1 << 20)
 
-static void fast_then(const Entry *e, const Arena *arena, void *ctx) {
-    FastCtx *c = ctx;
-    fast_of(e, arena, c->sp, c->esc, c->f);
+typedef struct {
+    Entry e;
+    Fast f;
+} Slot;
+
+/* Without the GIL: read up to ``want`` entries into ``slots`` (their fields in ``arena``, their
+ * escaped messages in ``esc``), stopping after an entry that fails to read, once ``*nbytes`` of
+ * messages reach ``max_bytes`` or the batch's bytes BATCH_BYTES; the number read, and in ``*r``
+ * sd_journal_next's last answer (1: stopped with entries to come, 0: the end, < 0: an error). */
+static Py_ssize_t read_batch(sd_journal *j, int *pending, const FieldSet *fs, Arena *arena, Arena *esc, Spec *sp,
+                             Slot *slots, Py_ssize_t want, Py_ssize_t max_bytes, Py_ssize_t *nbytes, int *r) {
+    Py_ssize_t got = 0;
+    arena->len = esc->len = 0;
+    *r = 1;
+    while (got < want && *nbytes < max_bytes && arena->len + esc->len < BATCH_BYTES) {
+        if (!*pending)
+            *r = sd_journal_next(j);
+        *pending = 0;
+        if (*r <= 0)
+            break;
+        Slot *s = &slots[got++];
+        read_entry(j, fs, F_MESSAGE, arena, &s->e);
+        if (s->e.error < 0)
+            break;
+        fast_of(&s->e, arena, sp, esc, &s->f);
+        *nbytes += (Py_ssize_t)(s->e.message_len < (size_t)sp->message_cap ? s->e.message_len : (size_t)sp->message_cap);
+    }
+    return got;
+}
+
+static void free_cursors(Slot *slots, Py_ssize_t from, Py_ssize_t to) {
+    for (Py_ssize_t k = from; k < to; k++)
+        free(slots[k].e.cursor);
 }
 
 PyObject *read_events(PyObject *self, PyObject *args) {
@@ -240,74 +270,83 @@ PyObject *read_events(PyObject *self, PyObject *args) {
     }
     PyObject *out = PyList_New(0), *hits = PyList_New(0), *slow = PyList_New(0);
     Arena arena = {NULL, 0, 0}, esc = {NULL, 0, 0};
-    Entry e;
-    Fast f;
+    Slot *slots = malloc(sizeof(Slot) * BATCH);
     char *last = NULL; /* the cursor of the last entry read */
-    int at_end = 0, err = 0;
-    Py_ssize_t n = 0, nbytes = 0;
-    if (out == NULL || hits == NULL || slow == NULL)
+    int at_end = 0, err = 0, done = 0;
+    Py_ssize_t n = 0, nbytes = 0, k = 0, got = 0;
+    if (out == NULL || hits == NULL || slow == NULL || slots == NULL)
         goto fail;
-    while (n < max_entries && nbytes < max_bytes) {
-        FastCtx ctx = {&sp, &esc, &f};
-        int r = next_entry(j, pending, &fs, F_MESSAGE, &arena, &e, fast_then, &ctx);
-        pending = 0;
-        if (r <= 0 || e.error < 0) {
-            if (r > 0) {
-                free(e.cursor);
+    while (!done && n < max_entries && nbytes < max_bytes) {
+        int r;
+        Py_BEGIN_ALLOW_THREADS
+        got = read_batch(j, &pending, &fs, &arena, &esc, &sp, slots, max_entries - n < BATCH ? max_entries - n : BATCH,
+                         max_bytes, &nbytes, &r);
+        Py_END_ALLOW_THREADS
+        for (k = 0; k < got; k++) {
+            Entry *ep = &slots[k].e;
+            Fast *fp = &slots[k].f;
+            if (ep->error < 0) { /* the last of the batch */
+                free(ep->cursor);
                 if (n > 0) /* the entries so far are returned; the next call reads this one again */
                     sd_journal_previous(j);
+                err = ep->error;
+                done = 1;
+                break;
             }
-            err = r < 0 ? r : e.error;
-            at_end = r == 0;
-            break;
-        }
-        n++;
-        nbytes += (Py_ssize_t)(e.message_len < (size_t)sp.message_cap ? e.message_len : (size_t)sp.message_cap);
-        free(last);
-        last = e.cursor;
-        if (f.skip)
-            continue;
-        PyObject *key = key_of(&e, &arena);
-        PyObject *frag = key ? PyDict_GetItemWithError(frags, key) : NULL;
-        if (key == NULL || (frag == NULL && PyErr_Occurred())) {
-            Py_XDECREF(key);
-            goto fail;
-        }
-        int fast = !f.slow && frag != NULL && PyTuple_Check(frag) && PyTuple_GET_SIZE(frag) == 3
-                   && !PyObject_IsTrue(PyTuple_GET_ITEM(frag, 2));
-        if (fast && heads[f.pri] == Py_None) { /* the filter drops the level, no deriver wants it */
+            n++;
+            free(last);
+            last = ep->cursor;
+            if (fp->skip)
+                continue;
+            PyObject *key = key_of(ep, &arena);
+            PyObject *frag = key ? PyDict_GetItemWithError(frags, key) : NULL;
+            if (key == NULL || (frag == NULL && PyErr_Occurred())) {
+                Py_XDECREF(key);
+                goto fail_batch;
+            }
+            int fast = !fp->slow && frag != NULL && PyTuple_Check(frag) && PyTuple_GET_SIZE(frag) == 3
+                       && !PyObject_IsTrue(PyTuple_GET_ITEM(frag, 2));
+            if (fast && heads[fp->pri] == Py_None) { /* the filter drops the level, no deriver wants it */
+                Py_DECREF(key);
+                continue;
+            }
+            Py_ssize_t slot = PyList_GET_SIZE(out);
+            PyObject *item = NULL, *extra = NULL;
+            if (fast) {
+                item = event_of(heads[fp->pri], fp, mids[fp->pri], &esc, frag);
+                if (item != NULL && fp->hit) { /* (slot, where its message's JSON starts, its length, the message) */
+                    Py_ssize_t at = PyBytes_GET_SIZE(heads[fp->pri]) + 40 + (Py_ssize_t)strlen(fp->ts)
+                                    + PyBytes_GET_SIZE(mids[fp->pri]);
+                    const char *m = ep->off[F_MESSAGE] >= 0 ? arena.buf + ep->off[F_MESSAGE] : "";
+                    PyObject *text = PyUnicode_DecodeASCII(m, ep->off[F_MESSAGE] >= 0 ? ep->len[F_MESSAGE] : 0, "strict");
+                    extra = text ? Py_BuildValue("(nnnN)", slot, at, (Py_ssize_t)fp->esc_len, text) : NULL;
+                    if (extra == NULL || PyList_Append(hits, extra) < 0)
+                        Py_CLEAR(item);
+                }
+            } else { /* None in its slot, and (slot, row, key) for the Python loop */
+                PyObject *row = row_of(ep, nf, &arena);
+                extra = row ? Py_BuildValue("(nNO)", slot, row, key) : NULL;
+                if (extra != NULL && PyList_Append(slow, extra) == 0) {
+                    item = Py_None;
+                    Py_INCREF(item);
+                }
+            }
             Py_DECREF(key);
-            continue;
-        }
-        Py_ssize_t slot = PyList_GET_SIZE(out);
-        PyObject *item = NULL, *extra = NULL;
-        if (fast) {
-            item = event_of(heads[f.pri], &f, mids[f.pri], &esc, frag);
-            if (item != NULL && f.hit) { /* (slot, where its message's JSON starts, its length, the message) */
-                Py_ssize_t at = PyBytes_GET_SIZE(heads[f.pri]) + 40 + (Py_ssize_t)strlen(f.ts)
-                                + PyBytes_GET_SIZE(mids[f.pri]);
-                const char *m = e.off[F_MESSAGE] >= 0 ? arena.buf + e.off[F_MESSAGE] : "";
-                PyObject *text = PyUnicode_DecodeASCII(m, e.off[F_MESSAGE] >= 0 ? e.len[F_MESSAGE] : 0, "strict");
-                extra = text ? Py_BuildValue("(nnnN)", slot, at, (Py_ssize_t)f.esc_len, text) : NULL;
-                if (extra == NULL || PyList_Append(hits, extra) < 0)
-                    Py_CLEAR(item);
+            Py_XDECREF(extra);
+            if (item == NULL || PyList_Append(out, item) < 0) {
+                Py_XDECREF(item);
+                goto fail_batch;
             }
-        } else { /* None in its slot, and (slot, row, key) for the Python loop */
-            PyObject *row = row_of(&e, nf, &arena);
-            extra = row ? Py_BuildValue("(nNO)", slot, row, key) : NULL;
-            if (extra != NULL && PyList_Append(slow, extra) == 0) {
-                item = Py_None;
-                Py_INCREF(item);
-            }
+            Py_DECREF(item);
         }
-        Py_DECREF(key);
-        Py_XDECREF(extra);
-        if (item == NULL || PyList_Append(out, item) < 0) {
-            Py_XDECREF(item);
-            goto fail;
+        got = 0;
+        if (r <= 0) {
+            err = r < 0 ? r : err;
+            at_end = r == 0;
+            done = 1;
         }
-        Py_DECREF(item);
     }
+    free(slots);
     free(arena.buf);
     free(esc.buf);
     if (err < 0 && n == 0) {
@@ -325,7 +364,10 @@ PyObject *read_events(PyObject *self, PyObject *args) {
     if (cursor == NULL)
         goto fail_returned;
     return Py_BuildValue("(NNNiNn)", out, hits, slow, at_end, cursor, n);
+fail_batch:
+    free_cursors(slots, k + 1, got);
 fail:
+    free(slots);
     free(last);
     free(arena.buf);
     free(esc.buf);
