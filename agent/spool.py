@@ -133,6 +133,8 @@ class Spool:
         # commits are made durable, when asked, by an fsync of their own (durable())
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        # 512 KiB of page cache, not 2 MiB: bodies are written once and read once
+        self._db.execute("PRAGMA cache_size=-512")
         self._db.executescript(_DDL)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is not None and int(row[0]) > SCHEMA_VERSION:

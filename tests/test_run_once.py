@@ -67,3 +67,13 @@ class TestRunOnce:
         r = agent.cli("run", "--once", "--timeout", "30")
         assert r.returncode == 0, r.stderr[-2000:]
         assert [x["message"] for x in receiver.view("system-logs")] == ["hello"]
+
+
+def test_malloc_arenas_are_limited_where_the_libc_is_glibc() -> None:
+    """``run`` caps glibc's malloc arenas (as MALLOC_ARENA_MAX=2 would): mallopt takes the cap
+    here; elsewhere the call says it could not, and nothing else changes."""
+    import platform
+
+    from agent.cli.run import limit_malloc_arenas
+
+    assert limit_malloc_arenas() is (platform.libc_ver()[0] == "glibc")

@@ -63,6 +63,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+#: glibc's mallopt parameter for the number of malloc arenas
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """At most ``n`` glibc malloc arenas (as ``MALLOC_ARENA_MAX`` would); False where that is
+    not glibc. By default each thread that allocates gets an arena of its own, up to eight per
+    core, and each keeps the memory freed into it: the reader threads' blocks of events, freed by
+    the event loop's thread, left about 4 MiB more resident than two shared arenas do, at no cost
+    in speed (bench/journald.py). Call before the threads start."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL(None).mallopt(_M_ARENA_MAX, n))  # the process's own symbols: libc's
+    except (OSError, AttributeError):
+        return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.logs import configure_logging
     from agent.service import Agent
@@ -81,6 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # What exists now (modules, config) is frozen out of collections, and they run less often.
     gc.freeze()
     gc.set_threshold(10_000, 10, 10)
+    limit_malloc_arenas()
 
     async def main() -> int:
         agent = Agent(cfg, args.config)
