@@ -82,12 +82,11 @@ class TestJournaldMapping:
         assert a["ts"] == "2026-11-26T21:20:00.123Z"
         assert a["data"]["program"] == "sshd" and a["data"]["pid"] == 812 and a["data"]["level"] == "error"
         assert a["data"]["message"] == "hello" and a["data"]["facility"] == "auth"
-        assert a["data"]["extra"] == {
+        assert a["data"]["hostname"] == "web-01"
+        assert a["data"]["extra"] == {  # what the fields above do not already say
             "unit": "ssh.service",
-            "hostname": "web-01",
             "transport": "syslog",
             "boot_id": "0123456789abcdef0123456789abcdef",
-            "facility": "auth",
         }
         assert (b["data"]["program"], b["data"]["pid"], b["data"]["level"]) == ("cron", 9, "info")
         assert c["data"]["program"] == "unknown" and c["data"]["pid"] is None

@@ -93,14 +93,11 @@ def _slow(directory: Path, cfg: JournaldConfig, chain: list[Any]) -> list[dict[s
                 pid = None
         fac_b = d.get("SYSLOG_FACILITY")
         facility = FACILITIES[int(fac_b)] if fac_b in [str(i).encode() for i in range(24)] else None
-        extra = {k: name(d.get(f)) for f, k in (("_SYSTEMD_UNIT", "unit"), ("_HOSTNAME", "hostname"),
-                                                ("_TRANSPORT", "transport"), ("_BOOT_ID", "boot_id"),
-                                                ("_UID", "uid")) if d.get(f) is not None}
-        if facility:
-            extra["facility"] = facility
+        extra = {k: name(d.get(f)) for f, k in (("_SYSTEMD_UNIT", "unit"), ("_TRANSPORT", "transport"),
+                                                ("_BOOT_ID", "boot_id"), ("_UID", "uid")) if d.get(f) is not None}
         data: dict[str, Any] = {
             "program": name(d.get("SYSLOG_IDENTIFIER") or d.get("_COMM")) or "unknown", "pid": pid,
-            "facility": facility, "hostname": extra.get("hostname"), "source": cfg.directory,
+            "facility": facility, "hostname": name(d.get("_HOSTNAME")), "source": cfg.directory,
             "extra": extra, "level": LEVELS[pri], "message": message,
         }
         if cut:

@@ -14,10 +14,10 @@ FACILITIES: tuple[str, ...] = (
     "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
 )
 _FACILITY_BY_BYTES = {str(i).encode(): name for i, name in enumerate(FACILITIES)}
-#: journal fields kept in ``data.extra`` (and under which name)
+#: journal fields kept in ``data.extra`` (and under which name); the host and the facility are
+#: ``data.hostname`` and ``data.facility``, and are not repeated there
 _EXTRA_FIELDS = (
     ("_SYSTEMD_UNIT", "unit"),
-    ("_HOSTNAME", "hostname"),
     ("_TRANSPORT", "transport"),
     ("_BOOT_ID", "boot_id"),
     ("_UID", "uid"),
@@ -54,18 +54,17 @@ def fragment(names: dict[bytes, str], source: str,
     tuple of raw field values: program, facility, unit, hostname, transport, boot id and uid
     (see the collector's ``_read_chunk``); ``names`` caches decoded values, ``source`` is the
     journal's name."""
-    program, fac, *extra_values = key
+    program, fac, unit, host, *extra_values = key
     # a field value may be None (absent); .get gives None then
     facility = _FACILITY_BY_BYTES.get(fac)  # type: ignore[arg-type]
     extra: dict[str, Any] = {}
-    for (_, name), value in zip(_EXTRA_FIELDS, extra_values, strict=True):
+    for (_, name), value in zip(_EXTRA_FIELDS, (unit, *extra_values), strict=True):
         if value is not None:
             text = names.get(value)
             extra[name] = text if text is not None else _decode_name(names, value)
-    if facility:
-        extra["facility"] = facility
+    hostname = None if host is None else (names.get(host) or _decode_name(names, host))
     prog = "unknown" if program is None else (names.get(program) or _decode_name(names, program))
-    fields = {"program": prog, "pid": None, "facility": facility, "hostname": extra.get("hostname"),
+    fields = {"program": prog, "pid": None, "facility": facility, "hostname": hostname,
               "source": source, "extra": extra}
     # the program's JSON string escapes its quotes: the first "pid":null is the field's
     head, _, tail = orjson.dumps(fields)[1:-1].partition(b'"pid":null')
