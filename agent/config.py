@@ -273,9 +273,10 @@ def read_config_text(p: Path) -> str:
         raise ConfigError(str(p), ["(file): does not exist"]) from None
     except OSError as exc:
         raise ConfigError(str(p), [f"(file): cannot be read: {exc.strerror}"]) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise ConfigError(str(p), ["(file): not a regular file"])
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ConfigError(str(p), ["(file): not a regular file"])
         try:
             raw = f.read(MAX_CONFIG_BYTES + 1)
         except OSError as exc:

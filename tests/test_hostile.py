@@ -127,12 +127,19 @@ class TestConfigHazards:
         assert read <= MAX_CONFIG_BYTES + 64 * 1024, read
 
     def test_fifo_or_device_in_place_of_the_config(self, tmp_path: Path) -> None:
-        """A FIFO (which would block) or /dev/zero (which never ends) is refused as not a regular file."""
+        """A FIFO (which would block), /dev/zero (which never ends) or a directory is refused as
+        not a regular file, by check, run and doctor alike, without a traceback."""
         fifo = tmp_path / "agent.yaml"
         os.mkfifo(fifo)
-        for path in (fifo, Path("/dev/zero")):
+        (tmp_path / "conf.d").mkdir()
+        for path in (fifo, Path("/dev/zero"), tmp_path / "conf.d"):
             r = check_config(path)
             assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
+        for cmd in ("run", "doctor"):
+            r = subprocess.run([sys.executable, "-m", "agent.cli", cmd, "--config", str(tmp_path / "conf.d")],
+                               capture_output=True, text=True, timeout=60)
+            said = r.stdout + r.stderr  # doctor reports on stdout
+            assert r.returncode != 0 and "not a regular file" in said and "Traceback" not in said, said
 
     @pytest.mark.parametrize("text,needle", [
         ("log_level: " + "A" * 500_000 + "\n", "'AAAAAAAAAA"),

@@ -384,7 +384,8 @@ class TestJournaldFastPath:
         assert a["message"] == 'bin\x00\ufffd\ufffd "q" \\ \x01\x1f' and a["program"] == 'b"\\' and a["pid"] == 7
         assert b["message"] == "login with password=[REDACTED] ok" and b["level"] == "error"
         assert (b["hostname"], b["facility"]) == ("web-01", "authpriv")
-        assert b["extra"] == {"unit": 'a"b.service', "transport": "syslog", "boot_id": "0123456789abcdef0123456789abcdef"}
+        assert b["extra"] == {"unit": 'a"b.service', "transport": "syslog",
+                              "boot_id": "0123456789abcdef0123456789abcdef"}
         assert c["truncated"] is True and c["message"].endswith(TRUNCATION_MARKER) and c["pid"] == 99
         assert c["program"] == "\ufffd" * 256
         assert d["message"] == "multi\nline\n" and d["pid"] is None and d["level"] == "info"
