@@ -254,10 +254,11 @@ class Batcher:
     async def _flush_caught_up(self, lane: Lane) -> None:
         try:  # a full spool or a failed write leaves the events (kept) to the timer
             await self.flush_lane(lane, wait_for_space=False, drain=True)
-        except Exception as exc:  # noqa: BLE001
+        except SpoolFull:
             lane.flush_scheduled = False
-            if not isinstance(exc, SpoolFull):
-                log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - as the timer's: logged, and the timer retries
+            lane.flush_scheduled = False
+            log.error("writing to the spool failed; retrying", lane=lane.name, error=str(exc))
 
     def _arm_timer(self) -> None:
         if self._timer is None or self._timer.done():
@@ -307,8 +308,8 @@ class Batcher:
             lane.flush_scheduled = False
             loop = asyncio.get_running_loop()
             one_batch = False  # after a full spool: one batch per write, the most that may fit
+            level = None if self.pack_level is None else self.pack_level or 1
             while lane.nevents or lane.checkpoints:
-                level = None if self.pack_level is None else self.pack_level or 1
                 if lane.fail_fast:
                     # everything pushed so far, in batches within the limits, in one transaction
                     taken, cps, fut = lane.take()

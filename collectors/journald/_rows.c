@@ -91,7 +91,7 @@ static PyObject *read_rows(PyObject *self, PyObject *args) {
     int at_end = 0, err = 0;
     Py_ssize_t n = 0, nbytes = 0;
     while (n < max_entries && nbytes < max_bytes) {
-        int r = next_entry(j, pending, &fs, message_field, &arena, &e, NULL, NULL);
+        int r = next_entry(j, pending, &fs, message_field, &arena, &e);
         pending = 0;
         if (r < 0) {
             err = r;

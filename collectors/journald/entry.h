@@ -106,21 +106,24 @@ static inline void read_entry(sd_journal *j, const FieldSet *fs, Py_ssize_t mess
         e->error = r;
 }
 
-/* The next entry (or the one the reader sits on, ``pending``) read into ``e``, then ``then`` on
- * it (may be NULL), all without the GIL: sd_journal_next's answer (1 an entry, 0 the end, < 0
- * an error; a read error is in e->error). */
+/* The next entry (or the one the reader sits on, ``pending``) read into ``e``, its fields put
+ * after what the arena holds; the caller has let go of the GIL: sd_journal_next's answer (1 an
+ * entry, 0 the end, < 0 an error; a read error is in e->error). */
+static inline int step_entry(sd_journal *j, int pending, const FieldSet *fs, Py_ssize_t message_field, Arena *arena,
+                             Entry *e) {
+    int r = pending ? 1 : sd_journal_next(j);
+    if (r > 0)
+        read_entry(j, fs, message_field, arena, e);
+    return r;
+}
+
+/* step_entry into an emptied arena, without the GIL. */
 static inline int next_entry(sd_journal *j, int pending, const FieldSet *fs, Py_ssize_t message_field, Arena *arena,
-                             Entry *e, void (*then)(const Entry *, const Arena *, void *), void *ctx) {
-    int r = 1;
+                             Entry *e) {
+    int r;
     arena->len = 0;
     Py_BEGIN_ALLOW_THREADS
-    if (!pending)
-        r = sd_journal_next(j);
-    if (r > 0) {
-        read_entry(j, fs, message_field, arena, e);
-        if (e->error >= 0 && then != NULL)
-            then(e, arena, ctx);
-    }
+    r = step_entry(j, pending, fs, message_field, arena, e);
     Py_END_ALLOW_THREADS
     return r;
 }

@@ -231,13 +231,12 @@ static Py_ssize_t read_batch(sd_journal *j, int *pending, const FieldSet *fs, Ar
     arena->len = esc->len = 0;
     *r = 1;
     while (got < want && *nbytes < max_bytes && arena->len + esc->len < BATCH_BYTES) {
-        if (!*pending)
-            *r = sd_journal_next(j);
+        Slot *s = &slots[got];
+        *r = step_entry(j, *pending, fs, F_MESSAGE, arena, &s->e);
         *pending = 0;
         if (*r <= 0)
             break;
-        Slot *s = &slots[got++];
-        read_entry(j, fs, F_MESSAGE, arena, &s->e);
+        got++;
         if (s->e.error < 0)
             break;
         fast_of(&s->e, arena, sp, esc, &s->f);
