@@ -72,7 +72,7 @@ def limit_malloc_arenas(n: int = 2) -> bool:
     not glibc. By default each thread that allocates gets an arena of its own, up to eight per
     core, and each keeps the memory freed into it: the reader threads' blocks of events, freed by
     the event loop's thread, left about 4 MiB more resident than two shared arenas do, at no cost
-    in speed (bench/journald.py). Call before the threads start."""
+    in speed (../shared/peerbench, both modes). Call before the threads start."""
     import ctypes
 
     try:
